@@ -1,0 +1,215 @@
+"""``glpi-sync``: the command-line entry point (worker, publish, hook set).
+
+Every command reads the same environment as the worker (``KAFKA_BOOTSTRAP_SERVERS``, ``GLPI_SYNC_TOPIC``, ...).
+Errors are printed as one clear line and exit with status 2 (bad input) or 1 (runtime failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import ValidationError
+
+from app.events import HookSettings, TokenFromEnv, TokenFromFile
+from app.glpi import GlpiClient, GlpiError
+from app.kafka_io import publish
+from app.settings import WorkerSettings
+from app.sync.decide import validate_hook_settings
+
+
+class CliError(Exception):
+    """A user mistake: printed without a traceback, exit status 2."""
+
+
+def _load_records(path: str) -> list[Any]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    stripped = text.strip()
+    if not stripped:
+        return []
+    try:
+        data = orjson.loads(stripped)
+        return data if isinstance(data, list) else [data]
+    except orjson.JSONDecodeError:
+        records = []
+        for number, line in enumerate(stripped.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(orjson.loads(line))
+                except orjson.JSONDecodeError as exc:
+                    raise CliError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        return records
+
+
+def to_envelopes(records: list[Any], hook_id: int | None, account_id: int | None) -> list[dict[str, Any]]:
+    """Envelopes as given, or raw Chatwoot webhook bodies wrapped with ``hook_id``/``account_id``."""
+    envelopes = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or not isinstance(record.get("event"), str):
+            raise CliError(f"record {index}: expected a JSON object with an 'event' name")
+        if "payload" in record and "hook_id" in record:
+            envelopes.append(record)
+            continue
+        if hook_id is None:
+            raise CliError(f"record {index} is a raw Chatwoot body: pass --hook-id (and --account-id)")
+        account = account_id
+        if account is None and isinstance(record.get("account"), dict):
+            account = record["account"].get("id")
+        if account is None:
+            raise CliError(f"record {index}: no account id in the body; pass --account-id")
+        envelopes.append({"event": record["event"], "hook_id": hook_id, "account_id": int(account), "payload": record})
+    return envelopes
+
+
+def _token_ref(inline: str | None, env: str | None, file: str | None, name: str) -> Any:
+    given = [v for v in (inline, env, file) if v]
+    if len(given) > 1:
+        raise CliError(f"give the {name} once: inline, --{name}-env or --{name}-file")
+    if env:
+        return {"env": env}
+    if file:
+        return {"file": file}
+    return inline
+
+
+def _resolve_locally(ref: Any) -> str | None:
+    """Resolve a token reference here, to test it; the worker resolves it again in its own environment."""
+    from app.worker import HookConfigError, resolve_token
+
+    try:
+        return resolve_token(ref)
+    except HookConfigError as exc:
+        raise CliError(f"{exc} (here, where the hook is tested; use --no-test to skip)") from None
+
+
+async def test_glpi(settings: HookSettings, timeout: float = 10.0) -> str:
+    """initSession then killSession with the hook's tokens; returns a one-line success message."""
+    app_token = _resolve_locally(settings.app_token)
+    user_token = _resolve_locally(settings.user_token)
+    assert user_token is not None
+    async with aiohttp.ClientSession() as http:
+        client = GlpiClient(settings.api_url, app_token=app_token, user_token=user_token, http=http, timeout=timeout)
+        await client.open()
+        profile = await client.get_active_profile()
+        await client.close()
+    return f"GLPI connection successful (active profile: {profile.get('name', '?')})"
+
+
+def cmd_hook_set(args: argparse.Namespace, env: WorkerSettings) -> int:
+    raw_settings: dict[str, Any] = {
+        "api_url": args.api_url,
+        "app_token": _token_ref(args.app_token, args.app_token_env, args.app_token_file, "app-token"),
+        "user_token": _token_ref(args.user_token, args.user_token_env, args.user_token_file, "user-token"),
+        "entity_id": args.entity_id,
+        "sync_type": args.sync_type,
+        "ticket_type": args.ticket_type,
+        "category_id": args.category_id,
+        "timezone": args.timezone,
+    }
+    if not raw_settings["user_token"]:
+        raise CliError("a user token is required (--user-token, --user-token-env or --user-token-file)")
+    try:
+        settings = HookSettings.model_validate({k: v for k, v in raw_settings.items() if v is not None})
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) + f" ({e['msg']})" for e in exc.errors())
+        raise CliError(f"invalid hook settings: {fields}") from None
+    settings, problems = validate_hook_settings(settings, allow_http=env.allow_http or args.allow_http)
+    if problems:
+        raise CliError("invalid hook settings:\n  - " + "\n  - ".join(problems))
+    if not args.no_test:
+        try:
+            print(asyncio.run(test_glpi(settings, env.glpi_timeout)))
+        except GlpiError as exc:
+            raise CliError(f"GLPI refused the connection test: {type(exc).__name__} {exc.code}: {exc.message}") from None
+    envelope = {
+        "event": "hook_configured",
+        "hook_id": args.hook_id,
+        "account_id": args.account_id,
+        "payload": {
+            "status": args.status,
+            "account_features": args.features.split(",") if args.features else [],
+            "settings": settings.model_dump(mode="json", exclude_none=True),
+        },
+    }
+    asyncio.run(publish(env.kafka_bootstrap_servers, env.topic, [envelope]))
+    print(f"hook {args.hook_id} configured ({args.status}) on topic {env.topic}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, env: WorkerSettings) -> int:
+    envelopes = to_envelopes(_load_records(args.file), args.hook_id, args.account_id)
+    count = asyncio.run(
+        publish(env.kafka_bootstrap_servers, args.topic or env.topic, envelopes, batch_size=1 if env.embedded_broker else 2)
+    )
+    print(f"published {count} event(s) to {args.topic or env.topic}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, env: WorkerSettings) -> int:
+    from app.worker import run_worker
+
+    run_worker(env)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glpi-sync", description="Chatwoot → GLPI sync worker and tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("worker", help="run the sync worker (configured by environment)").set_defaults(func=cmd_worker)
+
+    pub = sub.add_parser("publish", help="publish envelopes or raw Chatwoot webhook bodies to the topic")
+    pub.add_argument("file", help="JSON (object or array) or JSONL file; '-' reads stdin")
+    pub.add_argument("--hook-id", type=int, help="wrap raw Chatwoot bodies for this hook")
+    pub.add_argument("--account-id", type=int, help="account of raw bodies (default: the body's account.id)")
+    pub.add_argument("--topic", help="override GLPI_SYNC_TOPIC")
+    pub.set_defaults(func=cmd_publish)
+
+    hook = sub.add_parser("hook", help="manage hooks")
+    hook_sub = hook.add_subparsers(dest="hook_command", required=True)
+    hs = hook_sub.add_parser("set", help="validate, test and publish a hook's GLPI settings")
+    hs.add_argument("--hook-id", type=int, required=True)
+    hs.add_argument("--account-id", type=int, required=True)
+    hs.add_argument("--api-url", required=True, help="e.g. https://glpi.example.com/apirest.php")
+    for name in ("app-token", "user-token"):
+        hs.add_argument(f"--{name}", help=f"{name} inline (prefer --{name}-env or --{name}-file)")
+        hs.add_argument(f"--{name}-env", metavar="VAR", help=f"read the {name} from the worker's environment VAR")
+        hs.add_argument(f"--{name}-file", metavar="PATH", help=f"read the {name} from a file on the worker")
+    hs.add_argument("--entity-id", type=int, default=0)
+    hs.add_argument("--sync-type", choices=["user", "contact"], default="user")
+    hs.add_argument("--ticket-type", type=int, choices=[1, 2], default=1)
+    hs.add_argument("--category-id", type=int)
+    hs.add_argument("--timezone", default="UTC", help="GLPI server time zone for dates (IANA name)")
+    hs.add_argument("--status", choices=["enabled", "disabled"], default="enabled")
+    hs.add_argument("--features", default="crm_integration", help="comma-separated account features")
+    hs.add_argument("--allow-http", action="store_true", help="accept a plain-http api_url (local GLPI)")
+    hs.add_argument("--no-test", action="store_true", help="do not test the tokens with initSession")
+    hs.set_defaults(func=cmd_hook_set)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        env = WorkerSettings()
+    except ValidationError as exc:
+        print(f"glpi-sync: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args, env))
+    except CliError as exc:
+        print(f"glpi-sync: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"glpi-sync: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

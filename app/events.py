@@ -1,0 +1,298 @@
+"""The producer contract: Kafka record values, parsed into frozen pydantic models.
+
+A record on the input topic is a JSON *envelope*::
+
+    {"event": "<name>", "hook_id": 7, "account_id": 1, "event_id": "<optional>",
+     "occurred_at": "<optional ISO-8601>", "payload": {...}}
+
+For Chatwoot events, ``payload`` is the webhook body exactly as Chatwoot sends it. The models below keep only the
+fields the sync needs and ignore the rest, so new Chatwoot fields never break parsing; missing *ids* do.
+
+``parse_envelope(raw)`` is the only entry point. It returns a typed event, an :class:`UnknownEvent` (a well-formed
+envelope whose event name we do not handle: skipped with a reason), or raises :class:`InvalidEnvelopeError` with a
+reason that is safe to log (it never echoes token values).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+
+#: Envelopes above this size are rejected before JSON parsing (a Chatwoot payload is a few kB).
+MAX_ENVELOPE_BYTES = 1_000_000
+
+CHATWOOT_EVENTS = (
+    "contact_created",
+    "contact_updated",
+    "conversation_created",
+    "conversation_updated",
+    "conversation_status_changed",
+    "message_created",
+    "message_updated",
+)
+CONTROL_EVENTS = ("hook_configured", "hook_removed")
+
+
+class InvalidEnvelopeError(ValueError):
+    """The record cannot be understood; it goes to the dead-letter topic with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _to_utc(value: Any) -> datetime | None:
+    """Normalise Chatwoot's time formats (ISO string, int/float epoch, ``0`` = unset) to aware UTC."""
+    if value is None or value in (0, "", 0.0):
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a time")
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(float(value), tz=UTC)
+    if isinstance(value, str):
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise ValueError(f"unsupported time value of type {type(value).__name__}")
+
+
+UtcTime = Annotated[datetime | None, BeforeValidator(_to_utc)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Contact(_Model):
+    """A Chatwoot contact: top-level ``contact_*`` body, ``meta.sender`` or an incoming message's sender."""
+
+    id: int
+    name: str | None = None
+    email: str | None = None
+    phone_number: str | None = None
+    identifier: str | None = None
+
+
+class Attachment(_Model):
+    id: int | None = None
+    file_type: str | None = None
+    data_url: str | None = None
+    fallback_title: str | None = None
+
+
+class NestedMessage(_Model):
+    """``conversation.messages[]``: integer ``message_type`` and epoch ``created_at``."""
+
+    id: int
+    content: str | None = None
+    message_type: int | str | None = None
+    private: bool = False
+    created_at: UtcTime = None
+    sender_type: str | None = None
+    sender: dict[str, Any] | None = None
+    attachments: list[Attachment] = Field(default_factory=list)
+
+
+class ConversationMeta(_Model):
+    sender: Contact | None = None
+
+
+class Conversation(_Model):
+    """A conversation payload. ``id`` is the per-account *display* id."""
+
+    id: int
+    inbox_id: int | None = None
+    channel: str | None = None
+    status: Literal["open", "resolved", "pending", "snoozed"] | None = None
+    priority: str | None = None
+    meta: ConversationMeta = Field(default_factory=ConversationMeta)
+    messages: list[NestedMessage] = Field(default_factory=list)
+    additional_attributes: dict[str, Any] = Field(default_factory=dict)
+    created_at: UtcTime = None
+    changed_attributes: list[dict[str, Any]] | None = None
+
+    def changed_keys(self) -> frozenset[str]:
+        """Names of the attributes listed in ``changed_attributes`` (empty when it is null)."""
+        return frozenset(key for entry in self.changed_attributes or [] for key in entry)
+
+
+class Message(_Model):
+    """A ``message_*`` body: string ``message_type``, ISO ``created_at``, full conversation."""
+
+    id: int
+    content: str | None = None
+    message_type: Literal["incoming", "outgoing", "template", "activity"]
+    private: bool = False
+    created_at: UtcTime = None
+    content_type: str | None = None
+    content_attributes: dict[str, Any] = Field(default_factory=dict)
+    sender: dict[str, Any] | None = None
+    attachments: list[Attachment] = Field(default_factory=list)
+    conversation: Conversation
+
+
+class ContactPayload(Contact):
+    changed_attributes: list[dict[str, Any]] | None = None
+
+    def changed_keys(self) -> frozenset[str]:
+        return frozenset(key for entry in self.changed_attributes or [] for key in entry)
+
+
+class TokenFromEnv(_Model):
+    """A token read from the worker's environment variable ``env`` when the hook is used."""
+
+    env: str = Field(min_length=1)
+
+
+class TokenFromFile(_Model):
+    """A token read from the file ``file`` (e.g. a mounted Kubernetes Secret) when the hook is used."""
+
+    file: str = Field(min_length=1)
+
+
+#: A token is given inline (a string), or by reference: ``{"env": "NAME"}`` or ``{"file": "/path"}``.
+TokenRef = Annotated[str, Field(min_length=1)] | TokenFromEnv | TokenFromFile
+
+
+def _blank_to_none(value: Any) -> Any:
+    return None if value in ("", None) else value
+
+
+def _digits_to_int(value: Any) -> Any:
+    """Chatwoot stores hook settings as strings: ``"1"`` means 1."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+
+class HookSettings(_Model):
+    """GLPI settings of one hook. Values may arrive as strings, as Chatwoot stores them.
+
+    Structural checks only; the https rule depends on the worker's ``GLPI_SYNC_ALLOW_HTTP`` and is applied by
+    :func:`app.sync.decide.validate_hook_settings`.
+    """
+
+    api_url: str = Field(min_length=1)
+    app_token: TokenRef | None = None
+    user_token: TokenRef
+    entity_id: int = 0
+    sync_type: Literal["user", "contact"] = "user"
+    ticket_type: Annotated[Literal[1, 2], BeforeValidator(_digits_to_int)] = 1
+    category_id: Annotated[int | None, BeforeValidator(_blank_to_none)] = None
+    timezone: str = "UTC"
+
+    def __repr__(self) -> str:
+        return f"HookSettings(api_url={self.api_url!r}, entity_id={self.entity_id}, sync_type={self.sync_type!r})"
+
+    __str__ = __repr__
+
+
+class HookConfiguredPayload(_Model):
+    status: Literal["enabled", "disabled"] = "enabled"
+    account_features: list[str] = Field(default_factory=list)
+    settings: HookSettings
+
+
+class _Envelope(_Model):
+    hook_id: int = Field(ge=0)
+    account_id: int = Field(ge=0)
+    event_id: str | None = None
+    occurred_at: UtcTime = None
+
+
+class ContactEvent(_Envelope):
+    event: Literal["contact_created", "contact_updated"]
+    payload: ContactPayload
+
+
+class ConversationEvent(_Envelope):
+    event: Literal["conversation_created", "conversation_updated", "conversation_status_changed"]
+    payload: Conversation
+
+
+class MessageEvent(_Envelope):
+    event: Literal["message_created", "message_updated"]
+    payload: Message
+
+
+class HookConfigured(_Envelope):
+    event: Literal["hook_configured"]
+    payload: HookConfiguredPayload
+
+
+class HookRemoved(_Envelope):
+    event: Literal["hook_removed"]
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class UnknownEvent(_Envelope):
+    """A well-formed envelope whose event we do not sync (e.g. ``conversation_typing_on``)."""
+
+    event: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+Event = Annotated[
+    ContactEvent | ConversationEvent | MessageEvent | HookConfigured | HookRemoved,
+    Field(discriminator="event"),
+]
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+KnownEvent = ContactEvent | ConversationEvent | MessageEvent | HookConfigured | HookRemoved
+
+
+def _describe(exc: ValidationError) -> str:
+    """A short validation summary naming fields, never echoing input values (they may hold tokens)."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return "; ".join(parts) + more
+
+
+def parse_envelope(raw: bytes | None) -> KnownEvent | UnknownEvent:
+    """Parse one Kafka record value.
+
+    Raises:
+        InvalidEnvelopeError: not UTF-8 JSON, too big, not an object, or missing/invalid required fields.
+    """
+    if raw is None:
+        raise InvalidEnvelopeError("empty record value")
+    if len(raw) > MAX_ENVELOPE_BYTES:
+        raise InvalidEnvelopeError(f"envelope of {len(raw)} bytes exceeds {MAX_ENVELOPE_BYTES}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEnvelopeError(f"not UTF-8 JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise InvalidEnvelopeError(f"envelope must be a JSON object, got {type(data).__name__}")
+    name = data.get("event")
+    if not isinstance(name, str) or not name:
+        raise InvalidEnvelopeError("envelope has no 'event' name")
+    try:
+        if name in CHATWOOT_EVENTS or name in CONTROL_EVENTS:
+            return _EVENT_ADAPTER.validate_python(data)
+        return UnknownEvent.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidEnvelopeError(f"invalid {name} envelope: {_describe(exc)}") from None
+
+
+def envelope_json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schemas of every envelope kind, keyed by file stem; ``schemas/`` is generated from this."""
+    models: dict[str, type[BaseModel]] = {
+        "contact_event": ContactEvent,
+        "conversation_event": ConversationEvent,
+        "message_event": MessageEvent,
+        "hook_configured": HookConfigured,
+        "hook_removed": HookRemoved,
+    }
+    schemas = {stem: model.model_json_schema(mode="validation") for stem, model in models.items()}
+    schemas["envelope"] = _EVENT_ADAPTER.json_schema(mode="validation")
+    return schemas
+
+
+def now_utc() -> datetime:
+    """The current time, aware UTC (used by the shell, never by the core)."""
+    return datetime.now(tz=UTC)

@@ -1,0 +1,264 @@
+"""A small client for GLPI's legacy REST API (``apirest.php``), knowing nothing of Chatwoot.
+
+Contract:
+- one GLPI session per client, opened lazily and reused by every call; on 401 ``ERROR_SESSION_TOKEN_INVALID`` the
+  client re-inits once and replays the request once (a second failure raises :class:`GlpiSessionInvalidError`);
+- URLs are built by joining strings onto the base, never by RFC 3986 resolution (which would drop
+  ``apirest.php``); ``Location`` headers are never followed;
+- every failure is raised as a :mod:`app.glpi.errors` class; transport errors and timeouts become
+  :class:`GlpiRetryableError`;
+- tokens are sent only in headers and never appear in exceptions or in :meth:`__repr__`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from app.glpi.errors import GlpiError, GlpiRetryableError, GlpiSessionInvalidError, error_for_response
+
+#: Called after every HTTP exchange: (operation, method, http status or 0 on transport error, seconds, glpi code).
+RequestObserver = Callable[[str, str, int, float, str | None], None]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    field: int
+    searchtype: str
+    value: str
+    link: str = "OR"
+
+
+def _decode(value: Any) -> Any:
+    """Undo GLPI 10's storage encoding of ``&<>`` in search output (item reads use the decode header)."""
+    if isinstance(value, str):
+        return html.unescape(value)
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+class GlpiClient:
+    """One GLPI target (API URL + app token + user token) with a reused session."""
+
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        user_token: str,
+        app_token: str | None = None,
+        http: aiohttp.ClientSession,
+        timeout: float = 15.0,
+        observer: RequestObserver | None = None,
+        on_session_opened: Callable[[], None] | None = None,
+    ) -> None:
+        self.base = api_url.rstrip("/")
+        self._user_token = user_token
+        self._app_token = app_token
+        self._http = http
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._observer = observer
+        self._on_session_opened = on_session_opened
+        self._session_token: str | None = None
+        self._init_lock = asyncio.Lock()
+        self.sessions_opened = 0
+
+    def __repr__(self) -> str:
+        return f"GlpiClient({self.base!r}, session={'open' if self._session_token else 'none'})"
+
+    @property
+    def has_session(self) -> bool:
+        return self._session_token is not None
+
+    # ------------------------------------------------------------------------------------------------ transport
+
+    def _headers(self, *, with_session: bool) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "X-GLPI-Sanitized-Content": "false"}
+        if self._app_token:
+            headers["App-Token"] = self._app_token
+        if with_session:
+            if self._session_token is None:  # pragma: no cover - _call always opens a session first
+                raise GlpiSessionInvalidError("ERROR_SESSION_TOKEN_MISSING", "no session")
+            headers["Session-Token"] = self._session_token
+        else:
+            headers["Authorization"] = f"user_token {self._user_token}"
+        return headers
+
+    async def _exchange(
+        self,
+        op: str,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        body: Any = None,
+        with_session: bool = True,
+    ) -> tuple[int, Any, dict[str, str]]:
+        url = f"{self.base}/{path.lstrip('/')}"
+        data = orjson.dumps(body) if body is not None else None
+        started = time.monotonic()
+        status = 0
+        code: str | None = None
+        try:
+            async with self._http.request(
+                method,
+                url,
+                params=list(params or ()),
+                data=data,
+                headers=self._headers(with_session=with_session),
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                raw = await resp.read()
+                headers = {k: v for k, v in resp.headers.items()}
+        except TimeoutError:
+            raise GlpiRetryableError("TIMEOUT", f"{method} {op} timed out") from None
+        except aiohttp.ClientError as exc:
+            raise GlpiRetryableError("CONNECTION", f"{method} {op}: {type(exc).__name__}") from None
+        finally:
+            if self._observer is not None and status == 0:
+                self._observer(op, method, 0, time.monotonic() - started, None)
+        try:
+            parsed: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            parsed = raw[:200].decode("utf-8", "replace")
+        if status >= 300:
+            code = error_for_response(status, parsed, headers).code
+        if self._observer is not None:
+            self._observer(op, method, status, time.monotonic() - started, code)
+        return status, parsed, headers
+
+    async def _init_session(self, stale: str | None) -> None:
+        async with self._init_lock:
+            if self._session_token is not None and self._session_token != stale:
+                return  # another task already re-initialised
+            status, body, headers = await self._exchange("initSession", "GET", "initSession", with_session=False)
+            if status != 200 or not isinstance(body, dict) or not isinstance(body.get("session_token"), str):
+                raise error_for_response(status if status != 200 else 502, body, headers)
+            self._session_token = body["session_token"]
+            self.sessions_opened += 1
+            if self._on_session_opened is not None:
+                self._on_session_opened()
+
+    async def _call(
+        self, op: str, method: str, path: str, *, params: Sequence[tuple[str, str]] | None = None, body: Any = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Run one API call with the shared session; re-init once on an invalid session."""
+        for attempt in (1, 2):
+            if self._session_token is None:
+                await self._init_session(None)
+            used = self._session_token
+            status, parsed, headers = await self._exchange(op, method, path, params=params, body=body)
+            if status < 300:
+                return status, parsed, headers
+            error = error_for_response(status, parsed, headers)
+            if isinstance(error, GlpiSessionInvalidError) and attempt == 1:
+                await self._init_session(used)
+                continue
+            raise error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------------------------------------ sessions
+
+    async def open(self) -> None:
+        """Open the session now (``initSession``); raises the classified error when credentials are wrong."""
+        await self._init_session(self._session_token)
+
+    async def close(self) -> None:
+        """Best-effort ``killSession``; errors are ignored (the session expires on its own anyway)."""
+        token, self._session_token = self._session_token, None
+        if token is None:
+            return
+        self._session_token = token
+        try:
+            await self._exchange("killSession", "GET", "killSession")
+        except GlpiError:
+            pass
+        finally:
+            self._session_token = None
+
+    async def get_active_profile(self) -> dict[str, Any]:
+        _, body, _ = await self._call("getActiveProfile", "GET", "getActiveProfile")
+        profile = body.get("active_profile", body) if isinstance(body, dict) else {}
+        return profile if isinstance(profile, dict) else {}
+
+    # ------------------------------------------------------------------------------------------------ items
+
+    async def search(
+        self, itemtype: str, criteria: Sequence[Criterion], *, forcedisplay: Sequence[int] = (2,), limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Rows of ``GET /search/{itemtype}`` keyed by option id, values HTML-decoded; [] when empty."""
+        params: list[tuple[str, str]] = []
+        for i, crit in enumerate(criteria):
+            if i:
+                params.append((f"criteria[{i}][link]", crit.link))
+            params += [
+                (f"criteria[{i}][field]", str(crit.field)),
+                (f"criteria[{i}][searchtype]", crit.searchtype),
+                (f"criteria[{i}][value]", crit.value),
+            ]
+        params += [(f"forcedisplay[{n}]", str(opt)) for n, opt in enumerate(forcedisplay)]
+        params.append(("range", f"0-{limit - 1}"))
+        _, body, _ = await self._call(f"search/{itemtype}", "GET", f"search/{itemtype}", params=params)
+        rows = body.get("data", []) if isinstance(body, dict) else []
+        return [{k: _decode(v) for k, v in row.items()} for row in rows if isinstance(row, dict)]
+
+    async def search_ids(self, itemtype: str, criteria: Sequence[Criterion]) -> list[int]:
+        """Ids (option 2) of the rows matching ``criteria``, ascending."""
+        ids = []
+        for row in await self.search(itemtype, criteria):
+            value = row.get("2")
+            if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+                ids.append(int(value))
+        return sorted(ids)
+
+    async def get_item(self, itemtype: str, item_id: int) -> dict[str, Any]:
+        _, body, _ = await self._call(f"{itemtype}/{{id}}", "GET", f"{itemtype}/{item_id}")
+        return body if isinstance(body, dict) else {}
+
+    async def get_subitems(
+        self, itemtype: str, item_id: int, sub_itemtype: str, *, page_size: int = 500
+    ) -> list[dict[str, Any]]:
+        """Every child row (follows 206 pages with explicit ranges)."""
+        rows: list[dict[str, Any]] = []
+        start = 0
+        while True:
+            status, body, headers = await self._call(
+                f"{itemtype}/{{id}}/{sub_itemtype}",
+                "GET",
+                f"{itemtype}/{item_id}/{sub_itemtype}",
+                params=[("range", f"{start}-{start + page_size - 1}")],
+            )
+            page = [row for row in body if isinstance(row, dict)] if isinstance(body, list) else []
+            rows += page
+            total = _content_range_total(headers.get("Content-Range"))
+            if status != 206 or not page or total is None or len(rows) >= total:
+                return rows
+            start += len(page)
+
+    async def create(self, itemtype: str, fields: dict[str, Any]) -> int:
+        """``POST /{itemtype}``: the new id (the ``Location`` header is ignored)."""
+        _, body, _ = await self._call(itemtype, "POST", itemtype, body={"input": fields})
+        new_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(new_id, int) or isinstance(new_id, bool):
+            raise GlpiRetryableError("BAD_RESPONSE", f"POST {itemtype} returned no id")
+        return new_id
+
+    async def update(self, itemtype: str, item_id: int, fields: dict[str, Any]) -> None:
+        """``PUT /{itemtype}/{id}`` with the desired values (safe to repeat)."""
+        await self._call(f"{itemtype}/{{id}}", "PUT", f"{itemtype}/{item_id}", body={"input": fields})
+
+
+def _content_range_total(value: str | None) -> int | None:
+    if not value or "/" not in value:
+        return None
+    total = value.rsplit("/", 1)[1]
+    return int(total) if total.isdigit() else None

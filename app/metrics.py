@@ -1,0 +1,99 @@
+"""Every ``cwglpi_`` metric, registered on a registry passed in (one per worker; tests make their own).
+
+Labels are bounded: event types come from a closed list, GLPI operations are path templates (``Ticket/{id}``),
+outcomes and reasons are short fixed strings. No label ever holds a contact, conversation or message id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.events import CHATWOOT_EVENTS, CONTROL_EVENTS
+
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+KNOWN_EVENT_TYPES = frozenset((*CHATWOOT_EVENTS, *CONTROL_EVENTS))
+
+
+def event_type_label(name: str | None) -> str:
+    """Closed set: a known event name, ``unknown`` or ``invalid`` (unparseable envelope)."""
+    if name is None:
+        return "invalid"
+    return name if name in KNOWN_EVENT_TYPES else "unknown"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events = Counter(
+            "cwglpi_events_processed",
+            "Events finished, by event type and outcome (synced, skipped, dead_lettered).",
+            ["event_type", "outcome"],
+            registry=registry,
+        )
+        self.skips = Counter(
+            "cwglpi_events_skipped",
+            "Skipped events by reason class (unknown_hook, hook_disabled, feature_missing, noise, ...).",
+            ["reason"],
+            registry=registry,
+        )
+        self.sync_lag = Histogram(
+            "cwglpi_sync_lag_seconds",
+            "Age of an event (now minus its occurred_at, else its Kafka timestamp) when its GLPI effect is done.",
+            ["event_type"],
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.glpi_requests = Counter(
+            "cwglpi_glpi_requests",
+            "GLPI HTTP requests by operation, method and HTTP status (0 = no response).",
+            ["operation", "method", "status"],
+            registry=registry,
+        )
+        self.glpi_duration = Histogram(
+            "cwglpi_glpi_request_duration_seconds",
+            "GLPI request duration by operation.",
+            ["operation"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.glpi_errors = Counter(
+            "cwglpi_glpi_errors", "GLPI error responses by GLPI error code.", ["code"], registry=registry
+        )
+        self.sessions_opened = Counter(
+            "cwglpi_glpi_sessions_opened", "GLPI sessions opened (initSession).", registry=registry
+        )
+        self.retries = Counter(
+            "cwglpi_retries", "GLPI calls retried after a transient error, by error code.", ["code"], registry=registry
+        )
+        self.dead_letters = Counter(
+            "cwglpi_dlq_events", "Events sent to the dead-letter topic, by error class.", ["error_class"],
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "cwglpi_last_synced_event_timestamp_seconds",
+            "Unix time of the last event synced to GLPI.",
+            registry=registry,
+        )
+
+    def observe_glpi_request(self, op: str, method: str, status: int, seconds: float, code: str | None) -> None:
+        self.glpi_requests.labels(op, method, str(status)).inc()
+        self.glpi_duration.labels(op).observe(seconds)
+        if code:
+            self.glpi_errors.labels(code[:60]).inc()
+
+
+def skip_reason_class(reason: str) -> str:
+    """Bounded label for a skip reason (the full reason goes to the log line)."""
+    for prefix, label in (
+        ("unknown event", "unknown_event"),
+        ("unknown hook", "unknown_hook"),
+        ("hook disabled", "hook_disabled"),
+        ("account lacks", "feature_missing"),
+        ("event account", "account_mismatch"),
+        ("noise", "noise"),
+        ("contact not identifiable", "not_identifiable"),
+    ):
+        if reason.startswith(prefix):
+            return label
+    return "already_synced"

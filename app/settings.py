@@ -1,0 +1,47 @@
+"""Worker configuration from the environment, validated once at start-up.
+
+Every variable is documented in README.md ("Configuration"). Invalid values stop the worker with a message that
+names the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GLPI_SYNC_", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "GLPI_SYNC_KAFKA_BOOTSTRAP_SERVERS")
+    )
+    topic: str = "chatwoot.events"
+    dlq_topic: str = "chatwoot.events.dlq"
+    partitions: int = Field(8, ge=1, le=1000)
+    app_id: str = "chatwoot-glpi-sync"
+    data_dir: Path = Path("./data")
+    store: str = "rocksdb://"
+    http_port: int = Field(6066, ge=0, le=65535)
+    http_host: str = "0.0.0.0"  # noqa: S104 - metrics and health must be reachable by Prometheus/Kubernetes
+    allow_http: bool = False
+    chatwoot_url: str | None = None
+    glpi_timeout: float = Field(15.0, gt=0)
+    retry_budget: float = Field(45.0, ge=0)
+    retry_base: float = Field(0.5, gt=0)
+    embedded_broker: bool = False
+    replication_factor: int = Field(1, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _strip_scheme(cls, value: str) -> str:
+        return value.removeprefix("kafka://").strip()
+
+    @property
+    def broker_url(self) -> str:
+        return ";".join(f"kafka://{server.strip()}" for server in self.kafka_bootstrap_servers.split(","))

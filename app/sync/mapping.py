@@ -1,0 +1,135 @@
+"""Pure translations from Chatwoot values to GLPI values: status, urgency, names, logins, HTML, dates.
+
+Text rule (GLPI 10 stores ``&<>`` as ``&#38;&#60;&#62;`` and decodes them once when showing):
+- plain fields (ticket title, names, phone) are sent raw, so what the technician reads is what the customer wrote;
+- rich-text fields (ticket and followup ``content``) are HTML: customer text is HTML-escaped inside ``<p>``.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: Chatwoot conversation status → GLPI ticket status (2 Processing, 4 Pending, 5 Solved).
+TICKET_STATUS = {"open": 2, "pending": 4, "snoozed": 4, "resolved": 5}
+
+#: Chatwoot priority → GLPI urgency (1 very low … 5 very high); no priority → 3 (medium).
+URGENCY = {"low": 2, "medium": 3, "high": 4, "urgent": 5}
+
+#: varchar columns hold 255 characters, counted after GLPI 10's HTML encoding.
+GLPI_VARCHAR = 255
+
+# Chatwoot names anonymous widget visitors like "quiet-river-512" until they identify themselves.
+_GENERATED_VISITOR_NAME = re.compile(r"^[a-z]+-[a-z]+-\d+$")
+_LOGIN_OK = re.compile(r"^[\w'@.\- ]+$")
+
+
+def urgency_for(priority: str | None) -> int:
+    return URGENCY.get(priority or "", 3)
+
+
+def real_name(name: str | None) -> str | None:
+    """The contact's name, or None when empty or a Chatwoot-generated visitor placeholder."""
+    cleaned = " ".join((name or "").split())
+    if not cleaned or _GENERATED_VISITOR_NAME.match(cleaned):
+        return None
+    return cleaned
+
+
+def split_name(name: str | None) -> tuple[str, str]:
+    """``(firstname, realname)``: split on the first space; a single word is the last name."""
+    cleaned = real_name(name) or ""
+    first, _, last = cleaned.partition(" ")
+    return (first, last) if last else ("", first)
+
+
+def normalise_phone(phone: str | None) -> str | None:
+    """E.164 as Chatwoot validates it, without spaces or separators; None when there are no digits."""
+    if not phone:
+        return None
+    digits = re.sub(r"\D", "", phone)
+    if not digits:
+        return None
+    return ("+" if phone.strip().startswith("+") else "") + digits
+
+
+def normalise_email(email: str | None) -> str | None:
+    cleaned = (email or "").strip().lower()
+    return cleaned or None
+
+
+def user_login(account_id: int, contact_id: int, email: str | None, phone: str | None) -> str:
+    """Email, else the phone's digits (GLPI refuses a login starting with ``+``), else a stable synthetic login."""
+    if email and _LOGIN_OK.match(email):
+        return email[:GLPI_VARCHAR]
+    if phone:
+        return re.sub(r"\D", "", phone)
+    return f"chatwoot-{account_id}-{contact_id}"
+
+
+def encoded_length(text: str) -> int:
+    """Length of ``text`` once GLPI 10 has encoded ``&``, ``<`` and ``>`` (each becomes 5 characters)."""
+    return len(text) + 4 * sum(text.count(c) for c in "&<>")
+
+
+def fit_varchar(text: str, limit: int = GLPI_VARCHAR) -> str:
+    """Shorten on a character boundary so the GLPI 10 encoded length fits ``limit`` (ellipsis when cut)."""
+    if encoded_length(text) <= limit:
+        return text
+    out = []
+    used = 1  # room for the ellipsis
+    for char in text:
+        cost = 5 if char in "&<>" else 1
+        if used + cost > limit:
+            break
+        out.append(char)
+        used += cost
+    return "".join(out).rstrip() + "…"
+
+
+def first_line(text: str | None, limit: int = 80) -> str:
+    line = " ".join((text or "").split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def html_paragraphs(text: str | None) -> str:
+    """Escape customer text and keep its line breaks: blank lines split paragraphs, newlines become ``<br>``."""
+    if not text or not text.strip():
+        return ""
+    blocks = re.split(r"\n\s*\n", text.replace("\r\n", "\n").strip())
+    return "".join(
+        "<p>" + "<br>".join(html.escape(line, quote=False) for line in block.split("\n")) + "</p>"
+        for block in blocks
+    )
+
+
+def html_text(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
+def html_link(url: str, label: str) -> str:
+    return f'<a href="{html.escape(url, quote=True)}">{html.escape(label, quote=False)}</a>'
+
+
+def glpi_datetime(moment: datetime, timezone: str = "UTC") -> str:
+    """GLPI's ``Y-m-d H:i:s`` in the GLPI server's time zone (no zone suffix)."""
+    return moment.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ticket_marker(account_id: int, conversation_id: int) -> str:
+    """Deterministic, searchable, free of ``&<>`` so GLPI 10 stores it unchanged."""
+    return f"[cw:{account_id}/{conversation_id}]"
+
+
+def followup_marker(message_id: int, purpose: str = "message") -> str:
+    return f"[cw-msg:{message_id}]" if purpose == "message" else f"[cw-del:{message_id}]"
+
+
+def conversation_url(base_url: str | None, account_id: int, conversation_id: int) -> str | None:
+    if not base_url:
+        return None
+    return f"{base_url.rstrip('/')}/app/accounts/{account_id}/conversations/{conversation_id}"

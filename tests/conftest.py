@@ -1,0 +1,172 @@
+"""Shared fixtures: example payloads, and (for the broker tests) a real Kafka, the emulator and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import EmulatorProcess, KafkaBroker, WorkerProcess, unique
+
+DATA = Path(__file__).parent / "data" / "chatwoot"
+
+
+def load_example(name: str, **overrides: Any) -> dict[str, Any]:
+    """A Chatwoot webhook body from ``chatwoot-events.md`` §8 (deep copy), with top-level overrides."""
+    body = json.loads((DATA / f"{name}.json").read_text())
+    body = copy.deepcopy(body)
+    body.update(overrides)
+    return body
+
+
+def envelope(event: str, payload: dict[str, Any], hook_id: int = 7, account_id: int = 7, **extra: Any) -> dict[str, Any]:
+    return {"event": event, "hook_id": hook_id, "account_id": account_id, "payload": payload, **extra}
+
+
+def hook_envelope(api_url: str, hook_id: int = 7, account_id: int = 7, **settings: Any) -> dict[str, Any]:
+    return envelope(
+        "hook_configured",
+        {
+            "status": settings.pop("status", "enabled"),
+            "account_features": settings.pop("account_features", ["crm_integration"]),
+            "settings": {
+                "api_url": api_url,
+                "app_token": "emulator-app-token",
+                "user_token": "emulator-user-token",
+                "entity_id": "0",
+                "sync_type": "user",
+                "ticket_type": "1",
+                **settings,
+            },
+        },
+        hook_id,
+        account_id,
+    )
+
+
+def story(hook_id: int = 7, account_id: int = 7) -> list[dict[str, Any]]:
+    """The example story of chatwoot-events.md §8, in delivery order, as envelopes."""
+    names = [
+        "contact_created",
+        "contact_updated",
+        "conversation_created",
+        "message_created",
+        "message_created_private_note",
+        "conversation_updated",
+        "conversation_status_changed",
+    ]
+    return [envelope(load_example(n)["event"], load_example(n), hook_id, account_id) for n in names]
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
+    emu = EmulatorProcess(tmp_path)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+class SyncEnv:
+    """One isolated deployment on the shared broker: its own topics, consumer group and workers."""
+
+    def __init__(self, kafka: KafkaBroker, workdir: Path, partitions: int = 4) -> None:
+        self.kafka = kafka
+        self.workdir = workdir
+        self.partitions = partitions
+        self.topic = unique("events")
+        self.dlq = self.topic + ".dlq"
+        self.app_id = unique("cwglpi")
+        self.workers: list[WorkerProcess] = []
+        from app.kafka_io import ensure_topics
+
+        asyncio.run(ensure_topics(kafka.bootstrap, {self.topic: partitions, self.dlq: 1}))
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+            "GLPI_SYNC_TOPIC": self.topic,
+            "GLPI_SYNC_DLQ_TOPIC": self.dlq,
+            "GLPI_SYNC_PARTITIONS": str(self.partitions),
+            "GLPI_SYNC_APP_ID": self.app_id,
+            "GLPI_SYNC_ALLOW_HTTP": "true",
+            "GLPI_SYNC_RETRY_BUDGET": "5",
+            "GLPI_SYNC_RETRY_BASE": "0.1",
+            "GLPI_SYNC_GLPI_TIMEOUT": "5",
+        }
+
+    def worker(self, name: str = "w1") -> WorkerProcess:
+        worker = WorkerProcess(self.workdir, self.env, name)
+        self.workers.append(worker)
+        return worker
+
+    def publish(self, envelopes: list[dict[str, Any]]) -> None:
+        from app.kafka_io import publish
+
+        asyncio.run(publish(self.kafka.bootstrap, self.topic, envelopes, batch_size=2))
+
+    def publish_raw(self, records: list[tuple[bytes | None, bytes]]) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        async def go() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.kafka.bootstrap, acks="all")
+            await producer.start()
+            try:
+                for key, value in records:
+                    await producer.send_and_wait(self.topic, value, key=key)
+            finally:
+                await producer.stop()
+
+        asyncio.run(go())
+
+    def read_topic(self, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
+        from aiokafka import AIOKafkaConsumer
+
+        async def go() -> list[Any]:
+            consumer = AIOKafkaConsumer(
+                topic, bootstrap_servers=self.kafka.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+            )
+            await consumer.start()
+            records: list[Any] = []
+            try:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + timeout
+                while len(records) < expected and loop.time() < deadline:
+                    batch = await consumer.getmany(timeout_ms=500)
+                    for msgs in batch.values():
+                        records.extend(msgs)
+            finally:
+                await consumer.stop()
+            return records
+
+        return asyncio.run(go())
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@pytest.fixture
+def sync_env(kafka: KafkaBroker, tmp_path: Path) -> Iterator[SyncEnv]:
+    env = SyncEnv(kafka, tmp_path)
+    try:
+        yield env
+    finally:
+        env.stop()

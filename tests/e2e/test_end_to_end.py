@@ -1,0 +1,214 @@
+"""End to end: real Apache Kafka, real ``glpi-sync worker`` processes (RocksDB tables), the GLPI emulator."""
+
+from __future__ import annotations
+
+import copy
+import html
+import os
+import subprocess
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import SyncEnv, envelope, hook_envelope, load_example, story
+from tests.harness import PYTHON, ROOT, WORKER_BIN, EmulatorProcess, wait_until
+
+pytestmark = pytest.mark.broker
+
+
+def _outcomes(env: SyncEnv) -> list[dict[str, Any]]:
+    return [line for worker in env.workers for line in worker.outcomes()]
+
+
+def _wait_outcomes(env: SyncEnv, count: int, timeout: float = 90) -> list[dict[str, Any]]:
+    wait_until(lambda: len(_outcomes(env)) >= count, timeout, what=f"{count} event outcomes")
+    return _outcomes(env)
+
+
+def _decoded(value: str) -> str:
+    return html.unescape(value)
+
+
+def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
+    worker = sync_env.worker()
+    worker.start()
+    # The operator configures the hook through the CLI, which tests the tokens with initSession first.
+    result = subprocess.run(
+        [WORKER_BIN, "hook", "set", "--hook-id", "7", "--account-id", "7", "--api-url", emulator.api_url + "/",
+         "--app-token", "emulator-app-token", "--user-token", "emulator-user-token"],
+        env={**os.environ, **sync_env.env}, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "GLPI connection successful" in result.stdout
+    sync_env.publish(story())
+    outcomes = _wait_outcomes(sync_env, 8)
+    by_event = [(o["event"], o["outcome"]) for o in outcomes]
+    assert by_event == [
+        ("hook_configured", "synced"),
+        ("contact_created", "skipped"),  # anonymous visitor: not identifiable yet
+        ("contact_updated", "synced"),
+        ("conversation_created", "synced"),
+        ("message_created", "synced"),
+        ("message_created", "synced"),
+        ("conversation_updated", "synced"),
+        ("conversation_status_changed", "skipped"),  # the same resolution: one GLPI update, not two
+    ]
+
+    state = emulator.state()
+    users = [u for u in state["User"] if u["id"] != 2]
+    assert len(users) == 1
+    user = users[0]
+    assert (user["name"], user["firstname"], user["realname"], user["phone"]) == (
+        "marta.silva@example.org", "Marta", "Silva", "+351912000111",
+    )
+    assert [(e["users_id"], e["email"], e["is_default"]) for e in state["UserEmail"]] == [
+        (user["id"], "marta.silva@example.org", 1)
+    ]
+
+    assert len(state["Ticket"]) == 1
+    ticket = state["Ticket"][0]
+    assert _decoded(ticket["name"]) == "Chat #57: Hello, the VPN client keeps disconnecting every few minutes"
+    content = _decoded(ticket["content"])
+    assert content.startswith("<p>Hello, the VPN client keeps disconnecting every few minutes</p>")
+    assert "From: Marta Silva · marta.silva@example.org · +351912000111" in content
+    assert "[cw:7/57]" in content
+    assert (ticket["type"], ticket["entities_id"], ticket["status"], ticket["urgency"]) == (1, 0, 5, 3)
+    assert ticket["date"] == "2025-11-03 14:01:42"
+    assert [(a["tickets_id"], a["users_id"], a["type"]) for a in state["Ticket_User"]] == [
+        (ticket["id"], user["id"], 1)
+    ]
+
+    followups = sorted(state["ITILFollowup"], key=lambda f: f["id"])
+    assert len(followups) == 2
+    incoming, note = followups
+    assert incoming["items_id"] == ticket["id"] and incoming["is_private"] == 0
+    assert incoming["date"] == "2025-11-03 14:03:12"
+    text = _decoded(incoming["content"])
+    assert "<strong>Marta Silva</strong>" in text and "<p>Screenshot of the error attached</p>" in text
+    assert "vpn-error.png" in text and "[cw-msg:4412]" in text
+    assert note["is_private"] == 1 and note["date"] == "2025-11-03 14:05:30"
+    assert "Leo Costa (agent)" in _decoded(note["content"])
+    assert "Gateway logs show token expiry after 300 s." in _decoded(note["content"])
+
+    puts = [r for r in emulator.requests() if r["method"] == "PUT" and r["path"].startswith("Ticket/")]
+    assert [r["body"]["input"] for r in puts] == [{"status": 5}]
+    # One session for the whole story (plus the CLI's own test session, which it killed).
+    inits = [r for r in emulator.requests() if r["path"] == "initSession"]
+    assert len(inits) == 2
+
+    status, body = worker.http_get("/metrics")
+    assert status == 200
+    metrics = body.decode()
+    assert 'cwglpi_events_processed_total{event_type="message_created",outcome="synced"} 2.0' in metrics
+    assert "cwglpi_sync_lag_seconds_bucket" in metrics
+    assert 'cwglpi_glpi_requests_total{method="POST",operation="ITILFollowup",status="201"} 2.0' in metrics
+
+
+def test_reopen_and_contact_mode_requester(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
+    worker = sync_env.worker()
+    worker.start()
+    hook = hook_envelope(emulator.api_url, hook_id=8, account_id=8, sync_type="contact")
+    conv = load_example("conversation_created")
+    resolved = copy.deepcopy(load_example("conversation_status_changed"))
+    reopened = copy.deepcopy(resolved)
+    reopened["status"] = "open"
+    sync_env.publish([
+        hook,
+        envelope("conversation_created", conv, 8, 8),
+        envelope("conversation_status_changed", resolved, 8, 8),
+        envelope("conversation_status_changed", reopened, 8, 8),
+    ])
+    _wait_outcomes(sync_env, 4)
+    state = emulator.state()
+    assert [c["name"] for c in state["Contact"]] == ["Silva"]
+    assert state["Contact"][0]["firstname"] == "Marta" and state["Contact"][0]["email"] == "marta.silva@example.org"
+    assert [u["id"] for u in state["User"]] == [2]  # contact mode never creates users
+    (ticket,) = state["Ticket"]
+    assert ticket["status"] == 2  # resolved (5) then reopened (2)
+    assert [(a["users_id"], a["alternative_email"]) for a in state["Ticket_User"]] == [(0, "marta.silva@example.org")]
+
+
+def test_worker_restart_mid_stream_loses_and_duplicates_nothing(
+    sync_env: SyncEnv, emulator: EmulatorProcess
+) -> None:
+    conversations = 12
+    events: list[dict[str, Any]] = [hook_envelope(emulator.api_url)]
+    for conv_id in range(100, 100 + conversations):
+        conv = load_example("conversation_created", id=conv_id)
+        conv["messages"][0]["id"] = conv_id * 100
+        events.append(envelope("conversation_created", conv))
+        for n in range(1, 4):
+            msg = load_example("message_created", id=conv_id * 100 + n, content=f"message {n} of {conv_id}")
+            msg["conversation"]["id"] = conv_id
+            events.append(envelope("message_created", msg))
+    emulator.faults({"path": "ITILFollowup", "method": "POST", "kind": "delay", "seconds": 0.05, "count": -1})
+    first = sync_env.worker("w1")
+    first.start()
+    sync_env.publish(events)
+    wait_until(lambda: len(emulator.state()["ITILFollowup"]) >= 10, 90, what="some followups")
+    first.kill()  # kill -9 mid-stream: no graceful commit
+    second = sync_env.worker("w2")
+    second.start()
+    wait_until(
+        lambda: len(emulator.state()["ITILFollowup"]) >= conversations * 3 and len(second.outcomes()) > 0,
+        120, what="all followups",
+    )
+    wait_until(lambda: sum(o["event"] == "message_created" for o in second.outcomes()) > 0, 30, what="replays")
+    state = emulator.state()
+    assert len(state["Ticket"]) == conversations
+    markers = [_decoded(f["content"]).split("[cw-msg:")[1].split("]")[0] for f in state["ITILFollowup"]]
+    assert len(markers) == len(set(markers)) == conversations * 3
+    assert len([u for u in state["User"] if u["id"] != 2]) == 1
+
+
+def test_bad_records_are_dead_lettered_and_the_agent_carries_on(
+    sync_env: SyncEnv, emulator: EmulatorProcess
+) -> None:
+    worker = sync_env.worker()
+    worker.start()
+    sync_env.publish([hook_envelope(emulator.api_url)])
+    sync_env.publish_raw([
+        (b"7", b"this is not json"),
+        (b"7", orjson.dumps({"event": "message_created", "payload": {}})),  # no hook id
+        (b"7", b"\xff\xfe\x00binary"),
+    ])
+    sync_env.publish([envelope("contact_updated", load_example("contact_updated"))])
+    outcomes = _wait_outcomes(sync_env, 5)
+    assert [o["outcome"] for o in outcomes] == ["synced", "dead_lettered", "dead_lettered", "dead_lettered", "synced"]
+    dlq = sync_env.read_topic(sync_env.dlq, 3)
+    assert [r.value for r in dlq][0] == b"this is not json"
+    headers = {k: v.decode() for k, v in dlq[1].headers}
+    assert headers["__connect.errors.topic"] == sync_env.topic
+    assert headers["__connect.errors.stage"] == "parse"
+    assert headers["__connect.errors.exception.class.name"] == "InvalidEnvelopeError"
+    assert "hook_id" in headers["__connect.errors.exception.message"]
+    assert len([u for u in emulator.state()["User"] if u["id"] != 2]) == 1
+
+
+def test_events_of_unknown_disabled_or_featureless_hooks_are_skipped(
+    sync_env: SyncEnv, emulator: EmulatorProcess
+) -> None:
+    worker = sync_env.worker()
+    worker.start()
+    contact = load_example("contact_updated")
+    sync_env.publish([
+        envelope("contact_updated", contact, hook_id=11, account_id=11),
+        hook_envelope(emulator.api_url, hook_id=12, account_id=12, status="disabled"),
+        envelope("contact_updated", contact, hook_id=12, account_id=12),
+        hook_envelope(emulator.api_url, hook_id=13, account_id=13, account_features=[]),
+        envelope("contact_updated", contact, hook_id=13, account_id=13),
+        envelope("conversation_typing_on", {}, hook_id=13, account_id=13),
+    ])
+    outcomes = _wait_outcomes(sync_env, 6)
+    reasons = {(o["hook_id"], o["event"]): (o["outcome"], o["msg"]) for o in outcomes}
+    assert reasons[(11, "contact_updated")][1].endswith("unknown hook")
+    assert reasons[(12, "contact_updated")][1].endswith("hook disabled")
+    assert reasons[(13, "contact_updated")][1].endswith("account lacks feature crm_integration")
+    assert "unknown event" in reasons[(13, "conversation_typing_on")][1]
+    assert [u["id"] for u in emulator.state()["User"]] == [2]
+
+
+def test_emulator_runs_on_its_own() -> None:
+    proc = subprocess.run([PYTHON, "-m", "tests.glpi_emulator", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and "--port" in proc.stdout
