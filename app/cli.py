@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 from pydantic import ValidationError
 
-from app.events import HookSettings, TokenFromEnv, TokenFromFile
+from app.events import HookSettings
 from app.glpi import GlpiClient, GlpiError
 from app.kafka_io import publish
 from app.settings import WorkerSettings
@@ -88,13 +88,13 @@ def _resolve_locally(ref: Any) -> str | None:
         raise CliError(f"{exc} (here, where the hook is tested; use --no-test to skip)") from None
 
 
-async def test_glpi(settings: HookSettings, timeout: float = 10.0) -> str:
-    """initSession then killSession with the hook's tokens; returns a one-line success message."""
+async def check_glpi_connection(settings: HookSettings, timeout_s: float = 10.0) -> str:
+    """InitSession then killSession with the hook's tokens; returns a one-line success message."""
     app_token = _resolve_locally(settings.app_token)
     user_token = _resolve_locally(settings.user_token)
     assert user_token is not None
     async with aiohttp.ClientSession() as http:
-        client = GlpiClient(settings.api_url, app_token=app_token, user_token=user_token, http=http, timeout=timeout)
+        client = GlpiClient(settings.api_url, app_token=app_token, user_token=user_token, http=http, timeout=timeout_s)
         await client.open()
         profile = await client.get_active_profile()
         await client.close()
@@ -124,9 +124,11 @@ def cmd_hook_set(args: argparse.Namespace, env: WorkerSettings) -> int:
         raise CliError("invalid hook settings:\n  - " + "\n  - ".join(problems))
     if not args.no_test:
         try:
-            print(asyncio.run(test_glpi(settings, env.glpi_timeout)))
+            print(asyncio.run(check_glpi_connection(settings, env.glpi_timeout)))
         except GlpiError as exc:
-            raise CliError(f"GLPI refused the connection test: {type(exc).__name__} {exc.code}: {exc.message}") from None
+            raise CliError(
+                f"GLPI refused the connection test: {type(exc).__name__} {exc.code}: {exc.message}"
+            ) from None
     envelope = {
         "event": "hook_configured",
         "hook_id": args.hook_id,
@@ -145,7 +147,12 @@ def cmd_hook_set(args: argparse.Namespace, env: WorkerSettings) -> int:
 def cmd_publish(args: argparse.Namespace, env: WorkerSettings) -> int:
     envelopes = to_envelopes(_load_records(args.file), args.hook_id, args.account_id)
     count = asyncio.run(
-        publish(env.kafka_bootstrap_servers, args.topic or env.topic, envelopes, batch_size=1 if env.embedded_broker else 2)
+        publish(
+            env.kafka_bootstrap_servers,
+            args.topic or env.topic,
+            envelopes,
+            batch_size=1 if env.embedded_broker else 2,
+        )
     )
     print(f"published {count} event(s) to {args.topic or env.topic}")
     return 0
@@ -158,11 +165,21 @@ def cmd_worker(args: argparse.Namespace, env: WorkerSettings) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace, env: WorkerSettings) -> int:
+    from app.demo import main as demo_main
+
+    return demo_main(once=args.once)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glpi-sync", description="Chatwoot → GLPI sync worker and tools.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("worker", help="run the sync worker (configured by environment)").set_defaults(func=cmd_worker)
+
+    demo = sub.add_parser("demo", help="embedded broker + GLPI emulator + worker + a demo conversation (make run)")
+    demo.add_argument("--once", action="store_true", help="exit after printing the result instead of running on")
+    demo.set_defaults(func=cmd_demo)
 
     pub = sub.add_parser("publish", help="publish envelopes or raw Chatwoot webhook bodies to the topic")
     pub.add_argument("file", help="JSON (object or array) or JSONL file; '-' reads stdin")

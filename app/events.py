@@ -19,7 +19,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 
 #: Envelopes above this size are rejected before JSON parsing (a Chatwoot payload is a few kB).
 MAX_ENVELOPE_BYTES = 1_000_000
@@ -51,7 +59,7 @@ def _to_utc(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, bool):
-        raise ValueError("a boolean is not a time")
+        raise ValueError("a boolean is not a time")  # noqa: TRY004 - pydantic only wraps ValueError
     if isinstance(value, int | float):
         return datetime.fromtimestamp(float(value), tz=UTC)
     if isinstance(value, str):
@@ -60,7 +68,13 @@ def _to_utc(value: Any) -> datetime | None:
     raise ValueError(f"unsupported time value of type {type(value).__name__}")
 
 
-UtcTime = Annotated[datetime | None, BeforeValidator(_to_utc)]
+UtcTime = Annotated[
+    datetime | None,
+    BeforeValidator(_to_utc),
+    WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}, {"type": "null"}]}),
+]
+#: Chatwoot stores hook settings as strings, so an integer setting may arrive as ``"12"``.
+_INT_OR_DIGITS = {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]+$"}]}
 
 
 class _Model(BaseModel):
@@ -177,10 +191,16 @@ class HookSettings(_Model):
     api_url: str = Field(min_length=1)
     app_token: TokenRef | None = None
     user_token: TokenRef
-    entity_id: int = 0
+    entity_id: Annotated[int, Field(ge=0), WithJsonSchema(_INT_OR_DIGITS)] = 0
     sync_type: Literal["user", "contact"] = "user"
-    ticket_type: Annotated[Literal[1, 2], BeforeValidator(_digits_to_int)] = 1
-    category_id: Annotated[int | None, BeforeValidator(_blank_to_none)] = None
+    ticket_type: Annotated[
+        Literal[1, 2], BeforeValidator(_digits_to_int), WithJsonSchema({"enum": [1, 2, "1", "2"]})
+    ] = 1
+    category_id: Annotated[
+        int | None,
+        BeforeValidator(_blank_to_none),
+        WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]*$"}, {"type": "null"}]}),
+    ] = None
     timezone: str = "UTC"
 
     def __repr__(self) -> str:

@@ -57,7 +57,7 @@ class RetryPolicy:
     rand: Callable[[], float] = field(default=random.random)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
-        backoff = min(self.cap, self.base * 2 ** (attempt - 1)) * self.rand()
+        backoff = float(min(self.cap, self.base * 2 ** (attempt - 1)) * self.rand())
         return max(backoff, retry_after or 0.0)
 
 
@@ -170,8 +170,11 @@ async def sync_event(
     executor_for: Callable[[], GlpiExecutor],
     persist: Persist,
 ) -> EventResult:
-    """Drive ``event`` to completion. ``persist(view, durable)`` writes records; durable=True must not return
-    before the write is safe from a crash (the intent protocol relies on it)."""
+    """Drive ``event`` to completion and return how it finished.
+
+    ``persist(view, durable)`` writes the changed records; with ``durable`` it must not return before the write is
+    safe from a crash (the intent protocol relies on it). GLPI errors propagate after the retry budget.
+    """
     ran: list[str] = []
     for _ in range(MAX_STEPS):
         step = decide(view, event, ctx)

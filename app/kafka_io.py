@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,7 +23,9 @@ async def publish(bootstrap: str, topic: str, envelopes: Iterable[dict[str, Any]
     ``batch_size=1`` keeps one record per batch, which the embedded Tansu broker needs.
     """
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", max_batch_size=16384 if batch_size > 1 else 1024,
+        bootstrap_servers=bootstrap,
+        acks="all",
+        max_batch_size=16384 if batch_size > 1 else 1024,
         linger_ms=0 if batch_size == 1 else 5,
     )
     await producer.start()
@@ -44,9 +47,7 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], *, replication: 
         existing = set(await admin.list_topics())
         new = [NewTopic(name, parts, replication) for name, parts in topics.items() if name not in existing]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()

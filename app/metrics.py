@@ -64,10 +64,15 @@ class Metrics:
             "cwglpi_glpi_sessions_opened", "GLPI sessions opened (initSession).", registry=registry
         )
         self.retries = Counter(
-            "cwglpi_retries", "GLPI calls retried after a transient error, by error code.", ["code"], registry=registry
+            "cwglpi_retries",
+            "GLPI calls retried after a transient error, by error code.",
+            ["code"],
+            registry=registry,
         )
         self.dead_letters = Counter(
-            "cwglpi_dlq_events", "Events sent to the dead-letter topic, by error class.", ["error_class"],
+            "cwglpi_dlq_events",
+            "Events sent to the dead-letter topic, by error class.",
+            ["error_class"],
             registry=registry,
         )
         self.last_success = Gauge(

@@ -17,7 +17,8 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GLPI_SYNC_", extra="ignore", frozen=True)
 
     kafka_bootstrap_servers: str = Field(
-        "127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "GLPI_SYNC_KAFKA_BOOTSTRAP_SERVERS")
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "GLPI_SYNC_KAFKA_BOOTSTRAP_SERVERS"),
     )
     topic: str = "chatwoot.events"
     dlq_topic: str = "chatwoot.events.dlq"
@@ -26,7 +27,7 @@ class WorkerSettings(BaseSettings):
     data_dir: Path = Path("./data")
     store: str = "rocksdb://"
     http_port: int = Field(6066, ge=0, le=65535)
-    http_host: str = "0.0.0.0"  # noqa: S104 - metrics and health must be reachable by Prometheus/Kubernetes
+    http_host: str = "0.0.0.0"
     allow_http: bool = False
     chatwoot_url: str | None = None
     glpi_timeout: float = Field(15.0, gt=0)

@@ -13,18 +13,20 @@ import pytest
 
 from tests.harness import EmulatorProcess, KafkaBroker, WorkerProcess, unique
 
-DATA = Path(__file__).parent / "data" / "chatwoot"
+EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 
 
-def load_example(name: str, **overrides: Any) -> dict[str, Any]:
-    """A Chatwoot webhook body from ``chatwoot-events.md`` §8 (deep copy), with top-level overrides."""
-    body = json.loads((DATA / f"{name}.json").read_text())
+def load_example(example_name: str, /, **overrides: Any) -> dict[str, Any]:
+    """The Chatwoot webhook body of ``schemas/examples/<name>.json`` (the story of chatwoot-events.md §8)."""
+    body = json.loads((EXAMPLES / f"{example_name}.json").read_text())["payload"]
     body = copy.deepcopy(body)
     body.update(overrides)
     return body
 
 
-def envelope(event: str, payload: dict[str, Any], hook_id: int = 7, account_id: int = 7, **extra: Any) -> dict[str, Any]:
+def envelope(
+    event: str, payload: dict[str, Any], hook_id: int = 7, account_id: int = 7, **extra: Any
+) -> dict[str, Any]:
     return {"event": event, "hook_id": hook_id, "account_id": account_id, "payload": payload, **extra}
 
 
@@ -141,7 +143,10 @@ class SyncEnv:
 
         async def go() -> list[Any]:
             consumer = AIOKafkaConsumer(
-                topic, bootstrap_servers=self.kafka.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+                topic,
+                bootstrap_servers=self.kafka.bootstrap,
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
             )
             await consumer.start()
             records: list[Any] = []

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import html
 import re
 import secrets
@@ -46,8 +47,16 @@ NO_CACHE = {
 CANONICAL = {
     name.lower(): name
     for name in (
-        "User", "UserEmail", "Contact", "Ticket", "Ticket_User", "ITILFollowup", "ITILSolution", "Entity",
-        "ITILCategory", "Profile",
+        "User",
+        "UserEmail",
+        "Contact",
+        "Ticket",
+        "Ticket_User",
+        "ITILFollowup",
+        "ITILSolution",
+        "Entity",
+        "ITILCategory",
+        "Profile",
     )
 }
 VARCHAR = {
@@ -58,10 +67,28 @@ VARCHAR = {
     "Ticket_User": ("alternative_email",),
 }
 SEARCH_OPTIONS: dict[str, dict[int, str]] = {
-    "User": {1: "name", 2: "id", 5: "_emails", 6: "phone", 9: "firstname", 11: "mobile", 34: "realname", 8: "is_active"},
+    "User": {
+        1: "name",
+        2: "id",
+        5: "_emails",
+        6: "phone",
+        9: "firstname",
+        11: "mobile",
+        34: "realname",
+        8: "is_active",
+    },
     "Contact": {1: "name", 2: "id", 3: "phone", 6: "email", 10: "mobile", 11: "firstname"},
-    "Ticket": {1: "name", 2: "id", 4: "_requesters", 12: "status", 14: "type", 21: "content", 34: "_alt_emails",
-               10: "urgency", 3: "priority"},
+    "Ticket": {
+        1: "name",
+        2: "id",
+        4: "_requesters",
+        12: "status",
+        14: "type",
+        21: "content",
+        34: "_alt_emails",
+        10: "urgency",
+        3: "priority",
+    },
 }
 EQUALS_ONLY = {"Ticket": {12, 10, 3}}
 DOC_SUFFIX = "; view documentation in your browser at {base}/#{code}"
@@ -110,11 +137,19 @@ class Emulator:
 
     def reset(self) -> None:
         self.items = {name: {} for name in CANONICAL.values()}
-        self.next_id = {name: 1 for name in CANONICAL.values()}
+        self.next_id = dict.fromkeys(CANONICAL.values(), 1)
         self.items["Entity"][0] = {"id": 0, "name": "Root entity", "completename": "Root entity"}
         self.items["User"][2] = {
-            "id": 2, "name": "glpi", "firstname": "", "realname": "", "phone": "", "mobile": "", "is_active": 1,
-            "entities_id": 0, "is_deleted": 0, "api_token": "x",
+            "id": 2,
+            "name": "glpi",
+            "firstname": "",
+            "realname": "",
+            "phone": "",
+            "mobile": "",
+            "is_active": 1,
+            "entities_id": 0,
+            "is_deleted": 0,
+            "api_token": "x",
         }
         self.next_id["User"] = 10
         self.next_id["Ticket"] = 100
@@ -172,11 +207,18 @@ class Emulator:
     def init_session(self, params: dict[str, str]) -> dict[str, str]:
         user_token = params.get("user_token")
         if not user_token and not params.get("login"):
-            raise ApiError(400, "ERROR_LOGIN_PARAMETERS_MISSING",
-                           "parameter(s) login, password or user_token are missing", True)
+            raise ApiError(
+                400,
+                "ERROR_LOGIN_PARAMETERS_MISSING",
+                "parameter(s) login, password or user_token are missing",
+                True,
+            )
         if params.get("login") and not user_token:
-            raise ApiError(400, "ERROR_LOGIN_WITH_CREDENTIALS_DISABLED",
-                           "usage of initSession resource with credentials is disabled")
+            raise ApiError(
+                400,
+                "ERROR_LOGIN_WITH_CREDENTIALS_DISABLED",
+                "usage of initSession resource with credentials is disabled",
+            )
         user_id = self.user_tokens.get(user_token or "")
         if user_id is None:
             raise ApiError(401, "ERROR_GLPI_LOGIN_USER_TOKEN", "parameter user_token seems invalid")
@@ -209,8 +251,17 @@ class Emulator:
         if any(u["name"] == self.encode(login) for u in self.items["User"].values()):
             raise ApiError(400, "ERROR_GLPI_ADD", "Unable to add. The user already exists.")
         new = self.new_id("User")
-        item = {"id": new, "is_active": 1, "is_deleted": 0, "entities_id": 0, "firstname": "", "realname": "",
-                "phone": "", "mobile": "", **self.store_fields("User", fields)}
+        item = {
+            "id": new,
+            "is_active": 1,
+            "is_deleted": 0,
+            "entities_id": 0,
+            "firstname": "",
+            "realname": "",
+            "phone": "",
+            "mobile": "",
+            **self.store_fields("User", fields),
+        }
         self.items["User"][new] = item
         emails = fields.get("_useremails") or []
         values = list(emails.values()) if isinstance(emails, dict) else list(emails)
@@ -228,8 +279,13 @@ class Emulator:
         if any(e["email"] == self.encode(email) for e in existing):
             raise ApiError(400, "ERROR_GLPI_ADD", "")
         new = self.new_id("UserEmail")
-        self.items["UserEmail"][new] = {"id": new, "users_id": users_id, "email": self.encode(email)[:255],
-                                        "is_default": 0 if existing else 1, "is_dynamic": 0}
+        self.items["UserEmail"][new] = {
+            "id": new,
+            "users_id": users_id,
+            "email": self.encode(email)[:255],
+            "is_default": 0 if existing else 1,
+            "is_dynamic": 0,
+        }
         return new
 
     def _add_ticket(self, fields: dict[str, Any], session: dict[str, Any]) -> int:
@@ -238,10 +294,25 @@ class Emulator:
         if not re.match(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", str(date)):
             raise ApiError(400, "ERROR_GLPI_ADD", "Incorrect value for date field.")
         new = self.new_id("Ticket")
-        item = {"id": new, "entities_id": 0, "name": "", "content": "", "status": 1, "type": 1, "urgency": 3,
-                "impact": 3, "priority": 3, "itilcategories_id": 0, "is_deleted": 0, "date": date, "date_mod": now,
-                "users_id_recipient": session["user_id"], "solvedate": None, "closedate": None,
-                **self.store_fields("Ticket", fields)}
+        item = {
+            "id": new,
+            "entities_id": 0,
+            "name": "",
+            "content": "",
+            "status": 1,
+            "type": 1,
+            "urgency": 3,
+            "impact": 3,
+            "priority": 3,
+            "itilcategories_id": 0,
+            "is_deleted": 0,
+            "date": date,
+            "date_mod": now,
+            "users_id_recipient": session["user_id"],
+            "solvedate": None,
+            "closedate": None,
+            **self.store_fields("Ticket", fields),
+        }
         for key in ("urgency", "impact", "priority", "type", "status"):
             if not isinstance(item.get(key), int):
                 item[key] = {"type": 1, "status": 1}.get(key, 3)
@@ -255,11 +326,17 @@ class Emulator:
             alt = notif.get("alternative_email", "") if isinstance(notif, dict) else ""
             for index, uid in enumerate(ids):
                 alt_email = alt[index] if isinstance(alt, list) else (alt if index == 0 else "")
-                try:
-                    self._add_ticket_user({"tickets_id": new, "users_id": uid, "type": 1,
-                                           "alternative_email": alt_email or "", "use_notification": 1}, session)
-                except ApiError:
-                    pass  # unknown requester: ticket still created, no actor row
+                with contextlib.suppress(ApiError):  # unknown requester: ticket still created, no actor row
+                    self._add_ticket_user(
+                        {
+                            "tickets_id": new,
+                            "users_id": uid,
+                            "type": 1,
+                            "alternative_email": alt_email or "",
+                            "use_notification": 1,
+                        },
+                        session,
+                    )
         return new
 
     def _add_ticket_user(self, fields: dict[str, Any], session: dict[str, Any]) -> int:
@@ -273,14 +350,22 @@ class Emulator:
         elif uid not in self.items["User"]:
             raise ApiError(400, "ERROR_GLPI_ADD", "")
         for row in self.items["Ticket_User"].values():
-            if row["tickets_id"] == tid and row["users_id"] == uid and row["type"] == kind and (
-                uid != 0 or row["alternative_email"] == alt
+            if (
+                row["tickets_id"] == tid
+                and row["users_id"] == uid
+                and row["type"] == kind
+                and (uid != 0 or row["alternative_email"] == alt)
             ):
                 raise ApiError(400, "ERROR_GLPI_ADD", "")
         new = self.new_id("Ticket_User")
-        self.items["Ticket_User"][new] = {"id": new, "tickets_id": tid, "users_id": uid, "type": kind,
-                                          "use_notification": int(fields.get("use_notification", 1)),
-                                          "alternative_email": self.encode(alt)[:255]}
+        self.items["Ticket_User"][new] = {
+            "id": new,
+            "tickets_id": tid,
+            "users_id": uid,
+            "type": kind,
+            "use_notification": int(fields.get("use_notification", 1)),
+            "alternative_email": self.encode(alt)[:255],
+        }
         if kind == 2 and self.items["Ticket"][tid]["status"] == 1:
             self.items["Ticket"][tid]["status"] = 2
         return new
@@ -300,10 +385,17 @@ class Emulator:
             raise ApiError(400, "ERROR_GLPI_ADD", "Incorrect value for date field.")
         new = self.new_id("ITILFollowup")
         self.items["ITILFollowup"][new] = {
-            "id": new, "itemtype": "Ticket", "items_id": fields["items_id"], "date": date,
-            "users_id": fields.get("users_id", session["user_id"]), "users_id_editor": 0,
-            "content": self.encode(content), "is_private": int(fields.get("is_private", 0)), "requesttypes_id": 0,
-            "date_mod": now, "date_creation": now,
+            "id": new,
+            "itemtype": "Ticket",
+            "items_id": fields["items_id"],
+            "date": date,
+            "users_id": fields.get("users_id", session["user_id"]),
+            "users_id_editor": 0,
+            "content": self.encode(content),
+            "is_private": int(fields.get("is_private", 0)),
+            "requesttypes_id": 0,
+            "date_mod": now,
+            "date_creation": now,
             "timeline_position": 1,
         }
         ticket["date_mod"] = now
@@ -316,8 +408,12 @@ class Emulator:
         if fields.get("itemtype") != "Ticket" or tid not in self.items["Ticket"]:
             raise ApiError(400, "ERROR_GLPI_ADD", "")
         new = self.new_id("ITILSolution")
-        self.items["ITILSolution"][new] = {"id": new, "itemtype": "Ticket", "items_id": tid,
-                                           "content": self.encode(str(fields.get("content", "")))}
+        self.items["ITILSolution"][new] = {
+            "id": new,
+            "itemtype": "Ticket",
+            "items_id": tid,
+            "content": self.encode(str(fields.get("content", ""))),
+        }
         self.items["Ticket"][tid]["status"] = 5
         return new
 
@@ -327,8 +423,13 @@ class Emulator:
         item = self.items[itemtype].get(item_id)
         if item is None:
             raise ApiError(400, "ERROR_GLPI_UPDATE", None)
-        if itemtype == "User" and "name" in fields and any(
-            u["name"] == self.encode(str(fields["name"])) and uid != item_id for uid, u in self.items["User"].items()
+        if (
+            itemtype == "User"
+            and "name" in fields
+            and any(
+                u["name"] == self.encode(str(fields["name"])) and uid != item_id
+                for uid, u in self.items["User"].items()
+            )
         ):
             raise ApiError(400, "ERROR_GLPI_UPDATE", "Unable to update. The user already exists.")
         item.update(self.store_fields(itemtype, {k: v for k, v in fields.items() if k != "id"}))
@@ -349,20 +450,30 @@ class Emulator:
             values = [e["email"] for e in self.items["UserEmail"].values() if e["users_id"] == item["id"]]
             return values[0] if len(values) == 1 else (values or None)
         if column == "_requesters":
-            values = [str(r["users_id"]) for r in self.items["Ticket_User"].values()
-                      if r["tickets_id"] == item["id"] and r["type"] == 1 and r["users_id"]]
+            values = [
+                str(r["users_id"])
+                for r in self.items["Ticket_User"].values()
+                if r["tickets_id"] == item["id"] and r["type"] == 1 and r["users_id"]
+            ]
             return values[0] if len(values) == 1 else (values or None)
         if column == "_alt_emails":
-            values = [r["alternative_email"] for r in self.items["Ticket_User"].values()
-                      if r["tickets_id"] == item["id"] and r["alternative_email"]]
+            values = [
+                r["alternative_email"]
+                for r in self.items["Ticket_User"].values()
+                if r["tickets_id"] == item["id"] and r["alternative_email"]
+            ]
             return values[0] if len(values) == 1 else (values or None)
         return item.get(column)
 
     def search(self, itemtype: str, query: list[tuple[str, str]]) -> tuple[int, dict[str, Any], dict[str, str]]:
         options = SEARCH_OPTIONS.get(itemtype)
         if options is None:
-            raise ApiError(400, "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
-                           "resource not found or not an instance of CommonDBTM", True)
+            raise ApiError(
+                400,
+                "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
+                "resource not found or not an instance of CommonDBTM",
+                True,
+            )
         criteria: dict[int, dict[str, str]] = {}
         forced: list[int] = []
         rng = None
@@ -440,21 +551,29 @@ class Emulator:
         anchored_end = text.endswith("$") and len(text) > int(anchored_start)
         core = text[1 if anchored_start else 0 : -1 if anchored_end else None]
         regex = re.compile(
-            ("^" if anchored_start else "") + re.escape(core) + ("$" if anchored_end else ""), re.IGNORECASE | re.DOTALL
+            ("^" if anchored_start else "") + re.escape(core) + ("$" if anchored_end else ""),
+            re.IGNORECASE | re.DOTALL,
         )
         return any(v is not None and regex.search(str(v)) for v in values)
 
 
 # ---------------------------------------------------------------------------------------------- HTTP layer
 
+EMULATOR_KEY: web.AppKey[Emulator] = web.AppKey("emulator")
+
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json",
-                        charset="UTF-8", headers={**NO_CACHE, **(headers or {})})
+    return web.Response(
+        body=orjson.dumps(data),
+        status=status,
+        content_type="application/json",
+        charset="UTF-8",
+        headers={**NO_CACHE, **(headers or {})},
+    )
 
 
 def _params(request: web.Request, body: Any) -> dict[str, str]:
-    params: dict[str, str] = {k: v for k, v in request.query.items()}
+    params: dict[str, str] = dict(request.query.items())
     lower = {k.lower(): v for k, v in request.headers.items()}
     if "session-token" in lower:
         params["session_token"] = lower["session-token"]
@@ -473,18 +592,23 @@ def _params(request: web.Request, body: Any) -> dict[str, str]:
 
 
 def build_app(emulator: Emulator | None = None) -> web.Application:
-    """The aiohttp application; ``app["emulator"]`` is the state object tests may inspect directly."""
+    """The aiohttp application; ``app[EMULATOR_KEY]`` is the state object tests may inspect directly."""
     emu = emulator or Emulator()
     app = web.Application(client_max_size=16 * 1024 * 1024)
-    app["emulator"] = emu
+    app[EMULATOR_KEY] = emu
 
     async def api(request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"].strip("/")
         raw = await request.read()
-        body: Any = None
         session_token = request.headers.get("Session-Token")
-        entry = {"method": request.method, "path": path, "query": list(request.query.items()), "body": None,
-                 "session": session_token, "t": time.time()}
+        entry = {
+            "method": request.method,
+            "path": path,
+            "query": list(request.query.items()),
+            "body": None,
+            "session": session_token,
+            "t": time.time(),
+        }
         emu.log.append(entry)
         for rule in list(emu.faults):
             if rule.count != 0 and rule.matches(request.method, path):
@@ -496,12 +620,18 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
                     await asyncio.sleep(rule.seconds or 3600)
                 elif rule.kind == "status":
                     if rule.status in (502, 503, 504):
-                        return web.Response(status=rule.status, text="<html><body>Bad gateway</body></html>",
-                                            content_type="text/html")
+                        return web.Response(
+                            status=rule.status,
+                            text="<html><body>Bad gateway</body></html>",
+                            content_type="text/html",
+                        )
                     return _json(["ERROR_SQL", "Unexpected SQL Error : emulated"], rule.status)
                 elif rule.kind == "retry_after":
-                    return _json(["ERROR", "Too Many Requests"], 429,
-                                 {"Retry-After": str(rule.retry_after if rule.retry_after is not None else 1)})
+                    return _json(
+                        ["ERROR", "Too Many Requests"],
+                        429,
+                        {"Retry-After": str(rule.retry_after if rule.retry_after is not None else 1)},
+                    )
                 elif rule.kind == "expire_session":
                     emu.sessions.clear()
                 elif rule.kind == "drop":
@@ -513,13 +643,18 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
                     raise ConnectionResetError("emulated drop")
         return await _dispatch(emu, request, path, raw, entry)
 
-    async def _dispatch(emu: Emulator, request: web.Request, path: str, raw: bytes,
-                        entry: dict[str, Any] | None = None) -> web.Response:
+    async def _dispatch(
+        emu: Emulator, request: web.Request, path: str, raw: bytes, entry: dict[str, Any] | None = None
+    ) -> web.Response:
         try:
             if raw:
                 if request.method == "GET":
-                    raise ApiError(400, "ERROR_JSON_PAYLOAD_FORBIDDEN",
-                                   "GET Request should not have json payload (http body)", True)
+                    raise ApiError(
+                        400,
+                        "ERROR_JSON_PAYLOAD_FORBIDDEN",
+                        "GET Request should not have json payload (http body)",
+                        True,
+                    )
                 try:
                     body = orjson.loads(raw)
                 except orjson.JSONDecodeError:
@@ -537,8 +672,9 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
             return _json([exc.code, message], exc.status)
 
     async def state(request: web.Request) -> web.Response:
-        return _json({name: list(items.values()) for name, items in emu.items.items()}
-                     | {"sessions": len(emu.sessions)})
+        return _json(
+            {name: list(items.values()) for name, items in emu.items.items()} | {"sessions": len(emu.sessions)}
+        )
 
     async def requests_log(request: web.Request) -> web.Response:
         return _json(emu.log)
@@ -548,14 +684,29 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
         if data.get("clear"):
             emu.faults.clear()
         for rule in data.get("rules", []):
-            emu.faults.append(Rule(path=rule.get("path", ".*"), method=rule.get("method"), kind=rule["kind"],
-                                   status=int(rule.get("status", 503)), seconds=float(rule.get("seconds", 0)),
-                                   count=int(rule.get("count", 1)), retry_after=rule.get("retry_after")))
+            emu.faults.append(
+                Rule(
+                    path=rule.get("path", ".*"),
+                    method=rule.get("method"),
+                    kind=rule["kind"],
+                    status=int(rule.get("status", 503)),
+                    seconds=float(rule.get("seconds", 0)),
+                    count=int(rule.get("count", 1)),
+                    retry_after=rule.get("retry_after"),
+                )
+            )
         return _json({"rules": len(emu.faults)})
 
     async def config(request: web.Request) -> web.Response:
         data = await request.json()
-        for key in ("enable_api", "glpi11", "session_ttl", "url_base_api", "list_limit", "restricted_profile"):
+        for key in (
+            "enable_api",
+            "glpi11",
+            "session_ttl",
+            "url_base_api",
+            "list_limit",
+            "restricted_profile",
+        ):
             if key in data:
                 setattr(emu, key, data[key])
         if "app_tokens" in data:
@@ -601,27 +752,42 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
         return _json(True)
     if path == "getActiveProfile":
         name = "Technician" if emu.restricted_profile else "Super-Admin"
-        return _json({"active_profile": {"id": 6 if emu.restricted_profile else 4, "name": name,
-                                         "interface": "central",
-                                         "user": 7 if emu.restricted_profile else 31,
-                                         "ticket": 127 if emu.restricted_profile else 261151,
-                                         "followup": 5 if emu.restricted_profile else 15383,
-                                         "contact_enterprise": 0 if emu.restricted_profile else 127}})
+        return _json(
+            {
+                "active_profile": {
+                    "id": 6 if emu.restricted_profile else 4,
+                    "name": name,
+                    "interface": "central",
+                    "user": 7 if emu.restricted_profile else 31,
+                    "ticket": 127 if emu.restricted_profile else 261151,
+                    "followup": 5 if emu.restricted_profile else 15383,
+                    "contact_enterprise": 0 if emu.restricted_profile else 127,
+                }
+            }
+        )
     if path == "getMyProfiles":
         return _json({"myprofiles": [{"id": 4, "name": "Super-Admin", "entities": [{"id": 0, "name": "Root entity"}]}]})
     parts = path.split("/")
     if parts[0] == "search" and len(parts) == 2:
         itemtype = CANONICAL.get(parts[1].lower())
         if itemtype is None:
-            raise ApiError(400, "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
-                           "resource not found or not an instance of CommonDBTM", True)
+            raise ApiError(
+                400,
+                "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
+                "resource not found or not an instance of CommonDBTM",
+                True,
+            )
         query = parse_qsl(request.query_string, keep_blank_values=True)
         status, data, headers = emu.search(itemtype, query)
         return _json(data, status, headers)
     itemtype = CANONICAL.get(parts[0].lower())
     if itemtype is None:
-        raise ApiError(400, "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
-                       "resource not found or not an instance of CommonDBTM", True)
+        raise ApiError(
+            400,
+            "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
+            "resource not found or not an instance of CommonDBTM",
+            True,
+        )
     decode = request.headers.get("X-GLPI-Sanitized-Content", "").lower() == "false" and not emu.glpi11
     if len(parts) == 1:
         if method == "POST":
@@ -629,8 +795,11 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
                 raise ApiError(400, "ERROR_BAD_ARRAY", "input parameter must be an array of objects", True)
             new_id = emu.add(itemtype, body["input"], session)
             name = emu.items[itemtype][new_id].get("name", "")
-            return _json({"id": new_id, "message": f"Item successfully added: {html.unescape(str(name))}"}, 201,
-                         {"Location": f"{emu.url_base_api}/{itemtype}/{new_id}"})
+            return _json(
+                {"id": new_id, "message": f"Item successfully added: {html.unescape(str(name))}"},
+                201,
+                {"Location": f"{emu.url_base_api}/{itemtype}/{new_id}"},
+            )
         if method == "GET":
             rows = [i for i in emu.items[itemtype].values() if not i.get("is_deleted")]
             return _list(emu, itemtype, rows, request, decode)
@@ -641,8 +810,12 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
     if len(parts) >= 3 and parts[2]:
         sub = CANONICAL.get(parts[2].lower())
         if sub is None:
-            raise ApiError(400, "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
-                           "resource not found or not an instance of CommonDBTM", True)
+            raise ApiError(
+                400,
+                "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
+                "resource not found or not an instance of CommonDBTM",
+                True,
+            )
         if item_id not in emu.items[itemtype]:
             raise ApiError(404, "ERROR_ITEM_NOT_FOUND", "Item not found")
         if len(parts) >= 4 and parts[3].isdigit():
@@ -651,8 +824,11 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
                 raise ApiError(404, "ERROR_ITEM_NOT_FOUND", "Item not found")
             return _json(emu.decode_item(child) if decode else child)
         fk = f"{itemtype.lower()}s_id"
-        rows = [r for r in emu.items[sub].values()
-                if r.get(fk) == item_id or (r.get("itemtype") == itemtype and r.get("items_id") == item_id)]
+        rows = [
+            r
+            for r in emu.items[sub].values()
+            if r.get(fk) == item_id or (r.get("itemtype") == itemtype and r.get("items_id") == item_id)
+        ]
         return _list(emu, sub, rows, request, decode)
     if method == "GET":
         item = emu.items[itemtype].get(item_id)
@@ -669,7 +845,11 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
         item = emu.items[itemtype].get(item_id)
         if item is None:
             raise ApiError(400, "ERROR_GLPI_DELETE", "Item not found")
-        purge = params.get("force_purge") in ("1", "true", "True") or itemtype not in ("Ticket", "User", "Contact")
+        purge = params.get("force_purge") in ("1", "true", "True") or itemtype not in (
+            "Ticket",
+            "User",
+            "Contact",
+        )
         if purge:
             del emu.items[itemtype][item_id]
             if itemtype == "Ticket":
@@ -681,8 +861,7 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
     raise ApiError(405, "ERROR_METHOD_NOT_ALLOWED", "Method Not Allowed", True)
 
 
-def _list(emu: Emulator, itemtype: str, rows: list[dict[str, Any]], request: web.Request,
-          decode: bool) -> web.Response:
+def _list(emu: Emulator, itemtype: str, rows: list[dict[str, Any]], request: web.Request, decode: bool) -> web.Response:
     rows = sorted(rows, key=lambda r: r["id"])
     total = len(rows)
     rng = request.query.get("range")
@@ -713,8 +892,12 @@ def main() -> None:
     parser.add_argument("--glpi11", action="store_true")
     parser.add_argument("--session-ttl", type=float, default=1440.0)
     args = parser.parse_args()
-    emu = Emulator(app_tokens={args.app_token}, user_tokens={args.user_token: 2}, glpi11=args.glpi11,
-                   session_ttl=args.session_ttl)
+    emu = Emulator(
+        app_tokens={args.app_token},
+        user_tokens={args.user_token: 2},
+        glpi11=args.glpi11,
+        session_ttl=args.session_ttl,
+    )
     web.run_app(build_app(emu), host=args.host, port=args.port, print=None)
 
 

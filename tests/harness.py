@@ -50,8 +50,15 @@ def ensure_kafka_libs() -> Path:
     if not any(KAFKA_LIBS.glob("kafka_2.13-*.jar")):
         KAFKA_LIBS.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["mvn", "-q", "-B", "-f", str(ROOT / "deploy" / "kafka" / "pom.xml"), "dependency:copy-dependencies",
-             f"-DoutputDirectory={KAFKA_LIBS}"],
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(ROOT / "deploy" / "kafka" / "pom.xml"),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={KAFKA_LIBS}",
+            ],
             check=True,
         )
     return KAFKA_LIBS
@@ -102,14 +109,35 @@ class KafkaBroker:
         config = self._write_config()
         classpath = f"{libs}/*"
         subprocess.run(
-            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", "cwglpiTestCluster0000A", "-c",
-             str(config)],
-            check=True, capture_output=True,
+            [
+                "java",
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                "cwglpiTestCluster0000A",
+                "-c",
+                str(config),
+            ],
+            check=True,
+            capture_output=True,
         )
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            ["java", "-Xms256m", "-Xmx768m", "-XX:+UseSerialGC", "-cp", classpath, "kafka.Kafka", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "java",
+                "-Xms256m",
+                "-Xmx768m",
+                "-XX:+UseSerialGC",
+                "-cp",
+                classpath,
+                "kafka.Kafka",
+                str(config),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_port(self.port, timeout, self.proc)
         asyncio.run(self._wait_ready(timeout))
@@ -147,8 +175,19 @@ class KafkaBroker:
         log = self.log_path.open("ab")
         config = self.workdir / "server.properties"
         self.proc = subprocess.Popen(
-            ["java", "-Xms256m", "-Xmx768m", "-XX:+UseSerialGC", "-cp", f"{KAFKA_LIBS}/*", "kafka.Kafka", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "java",
+                "-Xms256m",
+                "-Xmx768m",
+                "-XX:+UseSerialGC",
+                "-cp",
+                f"{KAFKA_LIBS}/*",
+                "kafka.Kafka",
+                str(config),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_port(self.port, 90, self.proc)
         asyncio.run(self._wait_ready(90))
@@ -170,8 +209,18 @@ class EmulatorProcess:
     def start(self) -> None:
         log = (self.workdir / f"emulator-{self.port}.log").open("wb")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "tests.glpi_emulator", "--port", str(self.port), "--session-ttl", str(self.session_ttl)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            [
+                PYTHON,
+                "-m",
+                "tests.glpi_emulator",
+                "--port",
+                str(self.port),
+                "--session-ttl",
+                str(self.session_ttl),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         wait_port(self.port, 30, self.proc)
 
@@ -182,9 +231,10 @@ class EmulatorProcess:
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         async def go() -> Any:
-            async with aiohttp.ClientSession() as http, http.request(
-                method, f"http://127.0.0.1:{self.port}/_emulator/{path}", json=body
-            ) as resp:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.request(method, f"http://127.0.0.1:{self.port}/_emulator/{path}", json=body) as resp,
+            ):
                 return await resp.json()
 
         return asyncio.run(go())
@@ -222,7 +272,11 @@ class WorkerProcess:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [WORKER_BIN, "worker"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [WORKER_BIN, "worker"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         wait_port(self.http_port, 60, self.proc)
@@ -257,7 +311,10 @@ class WorkerProcess:
 
     def http_get(self, path: str) -> tuple[int, bytes]:
         async def go() -> tuple[int, bytes]:
-            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{self.http_port}{path}") as resp:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{self.http_port}{path}") as resp,
+            ):
                 return resp.status, await resp.read()
 
         return asyncio.run(go())

@@ -118,7 +118,7 @@ class GlpiClient:
             ) as resp:
                 status = resp.status
                 raw = await resp.read()
-                headers = {k: v for k, v in resp.headers.items()}
+                headers = dict(resp.headers.items())
         except TimeoutError:
             raise GlpiRetryableError("TIMEOUT", f"{method} {op} timed out") from None
         except aiohttp.ClientError as exc:
@@ -149,7 +149,13 @@ class GlpiClient:
                 self._on_session_opened()
 
     async def _call(
-        self, op: str, method: str, path: str, *, params: Sequence[tuple[str, str]] | None = None, body: Any = None
+        self,
+        op: str,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        body: Any = None,
     ) -> tuple[int, Any, dict[str, str]]:
         """Run one API call with the shared session; re-init once on an invalid session."""
         for attempt in (1, 2):
@@ -193,7 +199,12 @@ class GlpiClient:
     # ------------------------------------------------------------------------------------------------ items
 
     async def search(
-        self, itemtype: str, criteria: Sequence[Criterion], *, forcedisplay: Sequence[int] = (2,), limit: int = 50
+        self,
+        itemtype: str,
+        criteria: Sequence[Criterion],
+        *,
+        forcedisplay: Sequence[int] = (2,),
+        limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Rows of ``GET /search/{itemtype}`` keyed by option id, values HTML-decoded; [] when empty."""
         params: list[tuple[str, str]] = []

@@ -107,7 +107,11 @@ def error_for_response(status: int, body: Any, headers: Mapping[str, str] | None
         return GlpiAuthError(code, message, status)
     if code.startswith("ERROR_GLPI_") and message.startswith(PERMISSION_MESSAGE):
         return GlpiAuthError(code, message, status)
-    if status == 404 or code == "ERROR_ITEM_NOT_FOUND" or (code == "ERROR_GLPI_UPDATE" and len(body) > 1 and body[1] is None):
+    if (
+        status == 404
+        or code == "ERROR_ITEM_NOT_FOUND"
+        or (code == "ERROR_GLPI_UPDATE" and len(body) > 1 and body[1] is None)
+    ):
         return GlpiNotFoundError(code, message, status)
     if status in (401, 403):
         return GlpiAuthError(code, message, status)

@@ -393,13 +393,17 @@ def _decide_conversation(view: SyncView, event: ConversationEvent, settings: Hoo
     if step is not None:
         return step
     record = view.conversation
-    assert record is not None and record.ticket_id is not None  # _ticket_step returned None
+    assert record is not None
+    assert record.ticket_id is not None
     if not is_status_change or conv.status is None:
         return Finished("skipped", "ticket exists", _ticket_ids(view))
     if record.status == conv.status:
         return Finished("skipped", f"ticket status already matches {conv.status}", _ticket_ids(view))
     return UpdateItem(
-        "Ticket", record.ticket_id, {"status": mapping.TICKET_STATUS[conv.status]}, conversation_status=conv.status
+        "Ticket",
+        record.ticket_id,
+        {"status": mapping.TICKET_STATUS[conv.status]},
+        conversation_status=conv.status,
     )
 
 
@@ -443,7 +447,8 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
     if step is not None:
         return step
     conversation = view.conversation
-    assert conversation is not None and conversation.ticket_id is not None  # _ticket_step returned None
+    assert conversation is not None
+    assert conversation.ticket_id is not None
     record = view.message
     ids = _ticket_ids(view)
     if deleted:

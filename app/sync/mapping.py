@@ -102,8 +102,7 @@ def html_paragraphs(text: str | None) -> str:
         return ""
     blocks = re.split(r"\n\s*\n", text.replace("\r\n", "\n").strip())
     return "".join(
-        "<p>" + "<br>".join(html.escape(line, quote=False) for line in block.split("\n")) + "</p>"
-        for block in blocks
+        "<p>" + "<br>".join(html.escape(line, quote=False) for line in block.split("\n")) + "</p>" for block in blocks
     )
 
 

@@ -69,6 +69,19 @@ def _emails(existing: tuple[str, ...], email: str | None) -> tuple[str, ...]:
     return existing if not email or email in existing else (*existing, email)
 
 
+def _record_update(view: SyncView, cmd: UpdateItem) -> SyncView:
+    if cmd.snapshot is not None:
+        wrote = cmd.snapshot
+        contact = _contact_record(view, wrote)
+        emails = _emails(contact.emails, wrote.email) if cmd.itemtype == "Contact" else contact.emails
+        updated = contact.model_copy(update={"name": wrote.name, "phone": wrote.phone, "emails": emails})
+        return view.model_copy(update={"contact": updated})
+    if cmd.conversation_status is not None and view.conversation is not None:
+        conv = view.conversation.model_copy(update={"status": cmd.conversation_status})
+        return view.model_copy(update={"conversation": conv})
+    return view
+
+
 def record(view: SyncView, cmd: Command, outcome: Outcome) -> SyncView:
     """The view after GLPI confirmed ``cmd`` with ``outcome``."""
     match cmd:
@@ -88,16 +101,8 @@ def record(view: SyncView, cmd: Command, outcome: Outcome) -> SyncView:
                 }
             )
             return view.model_copy(update={"contact": updated})
-        case UpdateItem(snapshot=snap) if snap is not None:
-            contact = _contact_record(view, snap)
-            emails = _emails(contact.emails, snap.email) if cmd.itemtype == "Contact" else contact.emails
-            updated = contact.model_copy(update={"name": snap.name, "phone": snap.phone, "emails": emails})
-            return view.model_copy(update={"contact": updated})
-        case UpdateItem(conversation_status=status) if status is not None:
-            assert view.conversation is not None
-            return view.model_copy(update={"conversation": view.conversation.model_copy(update={"status": status})})
         case UpdateItem():
-            return view
+            return _record_update(view, cmd)
         case EnsureUserEmail():
             contact = _contact_record(view, cmd.snapshot)
             updated = contact.model_copy(update={"emails": _emails(contact.emails, cmd.email)})

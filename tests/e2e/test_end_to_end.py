@@ -35,9 +35,25 @@ def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator:
     worker.start()
     # The operator configures the hook through the CLI, which tests the tokens with initSession first.
     result = subprocess.run(
-        [WORKER_BIN, "hook", "set", "--hook-id", "7", "--account-id", "7", "--api-url", emulator.api_url + "/",
-         "--app-token", "emulator-app-token", "--user-token", "emulator-user-token"],
-        env={**os.environ, **sync_env.env}, capture_output=True, text=True, check=False,
+        [
+            WORKER_BIN,
+            "hook",
+            "set",
+            "--hook-id",
+            "7",
+            "--account-id",
+            "7",
+            "--api-url",
+            emulator.api_url + "/",
+            "--app-token",
+            "emulator-app-token",
+            "--user-token",
+            "emulator-user-token",
+        ],
+        env={**os.environ, **sync_env.env},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "GLPI connection successful" in result.stdout
@@ -60,7 +76,10 @@ def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator:
     assert len(users) == 1
     user = users[0]
     assert (user["name"], user["firstname"], user["realname"], user["phone"]) == (
-        "marta.silva@example.org", "Marta", "Silva", "+351912000111",
+        "marta.silva@example.org",
+        "Marta",
+        "Silva",
+        "+351912000111",
     )
     assert [(e["users_id"], e["email"], e["is_default"]) for e in state["UserEmail"]] == [
         (user["id"], "marta.silva@example.org", 1)
@@ -82,12 +101,16 @@ def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator:
     followups = sorted(state["ITILFollowup"], key=lambda f: f["id"])
     assert len(followups) == 2
     incoming, note = followups
-    assert incoming["items_id"] == ticket["id"] and incoming["is_private"] == 0
+    assert incoming["items_id"] == ticket["id"]
+    assert incoming["is_private"] == 0
     assert incoming["date"] == "2025-11-03 14:03:12"
     text = _decoded(incoming["content"])
-    assert "<strong>Marta Silva</strong>" in text and "<p>Screenshot of the error attached</p>" in text
-    assert "vpn-error.png" in text and "[cw-msg:4412]" in text
-    assert note["is_private"] == 1 and note["date"] == "2025-11-03 14:05:30"
+    assert "<strong>Marta Silva</strong>" in text
+    assert "<p>Screenshot of the error attached</p>" in text
+    assert "vpn-error.png" in text
+    assert "[cw-msg:4412]" in text
+    assert note["is_private"] == 1
+    assert note["date"] == "2025-11-03 14:05:30"
     assert "Leo Costa (agent)" in _decoded(note["content"])
     assert "Gateway logs show token expiry after 300 s." in _decoded(note["content"])
 
@@ -113,25 +136,26 @@ def test_reopen_and_contact_mode_requester(sync_env: SyncEnv, emulator: Emulator
     resolved = copy.deepcopy(load_example("conversation_status_changed"))
     reopened = copy.deepcopy(resolved)
     reopened["status"] = "open"
-    sync_env.publish([
-        hook,
-        envelope("conversation_created", conv, 8, 8),
-        envelope("conversation_status_changed", resolved, 8, 8),
-        envelope("conversation_status_changed", reopened, 8, 8),
-    ])
+    sync_env.publish(
+        [
+            hook,
+            envelope("conversation_created", conv, 8, 8),
+            envelope("conversation_status_changed", resolved, 8, 8),
+            envelope("conversation_status_changed", reopened, 8, 8),
+        ]
+    )
     _wait_outcomes(sync_env, 4)
     state = emulator.state()
     assert [c["name"] for c in state["Contact"]] == ["Silva"]
-    assert state["Contact"][0]["firstname"] == "Marta" and state["Contact"][0]["email"] == "marta.silva@example.org"
+    assert state["Contact"][0]["firstname"] == "Marta"
+    assert state["Contact"][0]["email"] == "marta.silva@example.org"
     assert [u["id"] for u in state["User"]] == [2]  # contact mode never creates users
     (ticket,) = state["Ticket"]
     assert ticket["status"] == 2  # resolved (5) then reopened (2)
     assert [(a["users_id"], a["alternative_email"]) for a in state["Ticket_User"]] == [(0, "marta.silva@example.org")]
 
 
-def test_worker_restart_mid_stream_loses_and_duplicates_nothing(
-    sync_env: SyncEnv, emulator: EmulatorProcess
-) -> None:
+def test_worker_restart_mid_stream_loses_and_duplicates_nothing(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
     conversations = 12
     events: list[dict[str, Any]] = [hook_envelope(emulator.api_url)]
     for conv_id in range(100, 100 + conversations):
@@ -152,7 +176,8 @@ def test_worker_restart_mid_stream_loses_and_duplicates_nothing(
     second.start()
     wait_until(
         lambda: len(emulator.state()["ITILFollowup"]) >= conversations * 3 and len(second.outcomes()) > 0,
-        120, what="all followups",
+        120,
+        what="all followups",
     )
     wait_until(lambda: sum(o["event"] == "message_created" for o in second.outcomes()) > 0, 30, what="replays")
     state = emulator.state()
@@ -162,22 +187,28 @@ def test_worker_restart_mid_stream_loses_and_duplicates_nothing(
     assert len([u for u in state["User"] if u["id"] != 2]) == 1
 
 
-def test_bad_records_are_dead_lettered_and_the_agent_carries_on(
-    sync_env: SyncEnv, emulator: EmulatorProcess
-) -> None:
+def test_bad_records_are_dead_lettered_and_the_agent_carries_on(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
     worker = sync_env.worker()
     worker.start()
     sync_env.publish([hook_envelope(emulator.api_url)])
-    sync_env.publish_raw([
-        (b"7", b"this is not json"),
-        (b"7", orjson.dumps({"event": "message_created", "payload": {}})),  # no hook id
-        (b"7", b"\xff\xfe\x00binary"),
-    ])
+    sync_env.publish_raw(
+        [
+            (b"7", b"this is not json"),
+            (b"7", orjson.dumps({"event": "message_created", "payload": {}})),  # no hook id
+            (b"7", b"\xff\xfe\x00binary"),
+        ]
+    )
     sync_env.publish([envelope("contact_updated", load_example("contact_updated"))])
     outcomes = _wait_outcomes(sync_env, 5)
-    assert [o["outcome"] for o in outcomes] == ["synced", "dead_lettered", "dead_lettered", "dead_lettered", "synced"]
+    assert [o["outcome"] for o in outcomes] == [
+        "synced",
+        "dead_lettered",
+        "dead_lettered",
+        "dead_lettered",
+        "synced",
+    ]
     dlq = sync_env.read_topic(sync_env.dlq, 3)
-    assert [r.value for r in dlq][0] == b"this is not json"
+    assert next(r.value for r in dlq) == b"this is not json"
     headers = {k: v.decode() for k, v in dlq[1].headers}
     assert headers["__connect.errors.topic"] == sync_env.topic
     assert headers["__connect.errors.stage"] == "parse"
@@ -192,14 +223,16 @@ def test_events_of_unknown_disabled_or_featureless_hooks_are_skipped(
     worker = sync_env.worker()
     worker.start()
     contact = load_example("contact_updated")
-    sync_env.publish([
-        envelope("contact_updated", contact, hook_id=11, account_id=11),
-        hook_envelope(emulator.api_url, hook_id=12, account_id=12, status="disabled"),
-        envelope("contact_updated", contact, hook_id=12, account_id=12),
-        hook_envelope(emulator.api_url, hook_id=13, account_id=13, account_features=[]),
-        envelope("contact_updated", contact, hook_id=13, account_id=13),
-        envelope("conversation_typing_on", {}, hook_id=13, account_id=13),
-    ])
+    sync_env.publish(
+        [
+            envelope("contact_updated", contact, hook_id=11, account_id=11),
+            hook_envelope(emulator.api_url, hook_id=12, account_id=12, status="disabled"),
+            envelope("contact_updated", contact, hook_id=12, account_id=12),
+            hook_envelope(emulator.api_url, hook_id=13, account_id=13, account_features=[]),
+            envelope("contact_updated", contact, hook_id=13, account_id=13),
+            envelope("conversation_typing_on", {}, hook_id=13, account_id=13),
+        ]
+    )
     outcomes = _wait_outcomes(sync_env, 6)
     reasons = {(o["hook_id"], o["event"]): (o["outcome"], o["msg"]) for o in outcomes}
     assert reasons[(11, "contact_updated")][1].endswith("unknown hook")
@@ -211,4 +244,5 @@ def test_events_of_unknown_disabled_or_featureless_hooks_are_skipped(
 
 def test_emulator_runs_on_its_own() -> None:
     proc = subprocess.run([PYTHON, "-m", "tests.glpi_emulator", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0 and "--port" in proc.stdout
+    assert proc.returncode == 0
+    assert "--port" in proc.stdout

@@ -1,0 +1,66 @@
+# chatwoot-glpi-sync: the two commands a newcomer needs are `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+KAFKA_LIBS := .cache/kafka/libs
+
+.PHONY: run test check static fmt fmt-check lint typecheck imports schemas kafka test-unit test-integration \
+        test-e2e venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Fetch Apache Kafka (KRaft) jars from Maven Central for the test suite (cached).
+kafka: $(KAFKA_LIBS)/.fetched
+$(KAFKA_LIBS)/.fetched: deploy/kafka/pom.xml
+	mkdir -p $(KAFKA_LIBS)
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS)
+	touch $@
+
+## Embedded broker + GLPI emulator + worker + a demo conversation; runs until Ctrl-C.
+run: venv
+	$(VENV)/bin/glpi-sync demo
+
+## The whole test suite (unit, emulator, real Kafka end-to-end).
+test: venv kafka
+	$(PY) -m pytest
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+test-integration: venv
+	$(PY) -m pytest tests/integration
+
+test-e2e: venv kafka
+	$(PY) -m pytest tests/e2e
+
+fmt: venv
+	$(VENV)/bin/ruff format app tests
+	$(VENV)/bin/ruff check --fix app tests
+
+fmt-check: venv
+	$(VENV)/bin/ruff format --check app tests
+
+lint: venv
+	$(VENV)/bin/ruff check app tests
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+imports: venv
+	$(VENV)/bin/lint-imports
+
+static: fmt-check lint typecheck imports
+
+check: static test
+
+schemas: venv
+	$(PY) -m app.schema_export schemas/chatwoot
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

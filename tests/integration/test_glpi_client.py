@@ -1,0 +1,283 @@
+"""GlpiClient and GlpiExecutor against the GLPI emulator served over real HTTP (in process)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from app.execute import GlpiExecutor, RetryPolicy
+from app.glpi import (
+    Criterion,
+    GlpiAuthError,
+    GlpiClient,
+    GlpiNotFoundError,
+    GlpiRejectedError,
+    GlpiRetryableError,
+)
+from app.sync.commands import (
+    Applied,
+    ContactSnapshot,
+    CreateFollowup,
+    CreateTicket,
+    EnsureUser,
+    EnsureUserEmail,
+    Lookup,
+    Resolved,
+    SearchCriterion,
+)
+from tests.glpi_emulator import Emulator, Rule, build_app
+from tests.harness import free_port
+
+
+@dataclass
+class Served:
+    emu: Emulator
+    base: str
+    http: aiohttp.ClientSession
+
+    def client(self, **overrides: object) -> GlpiClient:
+        options: dict[str, object] = {
+            "app_token": "emulator-app-token",
+            "user_token": "emulator-user-token",
+            "timeout": 2.0,
+        }
+        options.update(overrides)
+        return GlpiClient(self.base, http=self.http, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    emu = Emulator()
+    runner = web.AppRunner(build_app(emu))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    async with aiohttp.ClientSession() as http:
+        # A base with a path and a trailing slash: the client must keep apirest.php (prior defect #1).
+        yield Served(emu, f"http://127.0.0.1:{port}/apirest.php/", http)
+    await runner.cleanup()
+
+
+def _paths(emu: Emulator) -> list[str]:
+    return [entry["path"] for entry in emu.log]
+
+
+async def test_one_session_is_reused_and_killed(served: Served) -> None:
+    client = served.client()
+    await client.create("User", {"name": "jane@ext.example"})
+    await client.search_ids("User", [Criterion(1, "contains", "^jane@ext.example$")])
+    assert _paths(served.emu).count("initSession") == 1
+    token = next(iter(served.emu.sessions))
+    await client.close()
+    assert token not in served.emu.sessions
+    assert _paths(served.emu)[-1] == "killSession"
+
+
+async def test_expired_session_is_reinitialised_once_and_the_call_replayed(served: Served) -> None:
+    client = served.client()
+    await client.create("User", {"name": "a@b.example"})
+    served.emu.sessions.clear()
+    user_id = await client.create("User", {"name": "c@d.example"})
+    assert user_id > 0
+    assert _paths(served.emu).count("initSession") == 2
+
+
+async def test_session_that_keeps_failing_raises_after_one_reinit(served: Served) -> None:
+    served.emu.faults.append(Rule(path="^User$", method="POST", kind="expire_session", count=-1))
+    with pytest.raises(GlpiAuthError) as caught:
+        await served.client().create("User", {"name": "x@y.example"})
+    assert caught.value.code == "ERROR_SESSION_TOKEN_INVALID"
+    assert _paths(served.emu).count("initSession") == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setup", "code"),
+    [
+        ({"app_token": "wrong"}, {}, "ERROR_WRONG_APP_TOKEN_PARAMETER"),
+        ({"app_token": None}, {}, "ERROR_APP_TOKEN_PARAMETERS_MISSING"),
+        ({"user_token": "wrong"}, {}, "ERROR_GLPI_LOGIN_USER_TOKEN"),
+        ({}, {"enable_api": False}, "ERROR"),
+    ],
+)
+async def test_broken_credentials_are_auth_errors(
+    served: Served, overrides: dict[str, object], setup: dict[str, object], code: str
+) -> None:
+    for key, value in setup.items():
+        setattr(served.emu, key, value)
+    with pytest.raises(GlpiAuthError) as caught:
+        await served.client(**overrides).open()
+    assert caught.value.code == code
+    assert "wrong" not in str(caught.value) or code == "ERROR_WRONG_APP_TOKEN_PARAMETER"
+
+
+async def test_search_semantics(served: Served) -> None:
+    client = served.client()
+    assert await client.search_ids("User", [Criterion(5, "contains", "^nobody@x.example$")]) == []
+    uid = await client.create("User", {"name": "jane@ext.example", "_useremails": ["Jane@Ext.example"]})
+    assert await client.search_ids("User", [Criterion(5, "contains", "^jane@ext.example$")]) == [uid]
+    assert await client.search_ids("User", [Criterion(5, "equals", "jane@ext.example")]) == []  # GLPI 10 quirk
+    assert await client.search_ids("User", [Criterion(5, "contains", "^ane@ext.example$")]) == []
+    with pytest.raises(GlpiRejectedError, match="Bad field ID"):
+        await client.search_ids("User", [Criterion(999, "contains", "x")])
+
+
+async def test_text_round_trip_and_search_decoding(served: Served) -> None:
+    client = served.client()
+    tid = await client.create("Ticket", {"name": "A & B <x>", "content": "<p>[cw:1/2]</p>"})
+    stored = served.emu.items["Ticket"][tid]
+    assert stored["name"] == "A &#38; B &#60;x&#62;"
+    assert (await client.get_item("Ticket", tid))["name"] == "A & B <x>"
+    rows = await client.search("Ticket", [Criterion(21, "contains", "[cw:1/2]")])
+    assert rows[0]["1"] == "A & B <x>"
+    long_name = "&" * 300
+    tid2 = await client.create("Ticket", {"name": long_name, "content": "x"})
+    assert len(served.emu.items["Ticket"][tid2]["name"]) == 255
+
+
+async def test_missing_items(served: Served) -> None:
+    client = served.client()
+    with pytest.raises(GlpiNotFoundError):
+        await client.get_item("Ticket", 999)
+    with pytest.raises(GlpiNotFoundError):
+        await client.update("Ticket", 999, {"status": 5})
+    with pytest.raises(GlpiNotFoundError):
+        await client.get_subitems("Ticket", 999, "ITILFollowup")
+
+
+async def test_subitems_follow_206_pages(served: Served) -> None:
+    client = served.client()
+    tid = await client.create("Ticket", {"name": "t", "content": "c"})
+    for n in range(7):
+        await client.create("ITILFollowup", {"itemtype": "Ticket", "items_id": tid, "content": f"f{n}"})
+    rows = await client.get_subitems("Ticket", tid, "ITILFollowup", page_size=3)
+    assert [r["content"] for r in rows] == [f"f{n}" for n in range(7)]
+
+
+@pytest.mark.parametrize(
+    ("rule", "code"),
+    [
+        (Rule(path="^User$", method="POST", kind="status", status=503), "HTTP_503"),
+        (Rule(path="^User$", method="POST", kind="status", status=500), "ERROR_SQL"),
+        (Rule(path="^User$", method="POST", kind="retry_after", retry_after=3), "ERROR"),
+        (Rule(path="^User$", method="POST", kind="timeout", seconds=5), "TIMEOUT"),
+    ],
+)
+async def test_transient_failures_are_retryable(served: Served, rule: Rule, code: str) -> None:
+    served.emu.faults.append(rule)
+    client = served.client(timeout=0.5)
+    await client.open()
+    with pytest.raises(GlpiRetryableError) as caught:
+        await client.create("User", {"name": "q@r.example"})
+    assert caught.value.code == code
+    if rule.kind == "retry_after":
+        assert caught.value.retry_after == 3
+
+
+# ---------------------------------------------------------------------------------------------- executor
+
+
+def _snap() -> ContactSnapshot:
+    return ContactSnapshot(7, 318, "Jane Doe", None, "jane@ext.example")
+
+
+def _ensure_user(login: str = "jane@ext.example") -> EnsureUser:
+    lookup = Lookup((SearchCriterion(5, "contains", "^jane@ext.example$"),), "email")
+    return EnsureUser((lookup,), {"name": login, "_useremails": ["jane@ext.example"]}, login, _snap())
+
+
+async def test_ensure_user_finds_before_creating(served: Served) -> None:
+    executor = GlpiExecutor(served.client())
+    created = await executor.run(_ensure_user())
+    assert created == Resolved(created.glpi_id, created=True)  # type: ignore[union-attr]
+    again = await executor.run(_ensure_user())
+    assert again == Resolved(created.glpi_id, created=False)  # type: ignore[union-attr]
+    assert len([u for u in served.emu.items["User"].values() if u["name"] != "glpi"]) == 1
+
+
+async def test_ensure_user_adopts_an_existing_login(served: Served) -> None:
+    client = served.client()
+    existing = await client.create("User", {"name": "jdoe"})
+    cmd = EnsureUser((), {"name": "jdoe"}, "jdoe", _snap())
+    assert await GlpiExecutor(client).run(cmd) == Resolved(existing, created=False)
+
+
+async def test_ensure_user_email_never_duplicates(served: Served) -> None:
+    client = served.client()
+    uid = await client.create("User", {"name": "u1", "_useremails": ["one@x.example"]})
+    executor = GlpiExecutor(client)
+    assert await executor.run(EnsureUserEmail(uid, "ONE@x.example", _snap())) == Applied(changed=False)
+    assert await executor.run(EnsureUserEmail(uid, "two@x.example", _snap())) == Applied(changed=True)
+    assert await executor.run(EnsureUserEmail(uid, "two@x.example", _snap())) == Applied(changed=False)
+    assert sorted(e["email"] for e in served.emu.items["UserEmail"].values()) == [
+        "one@x.example",
+        "two@x.example",
+    ]
+
+
+async def test_ticket_and_followup_lookups_find_what_a_lost_reply_created(served: Served) -> None:
+    client = served.client()
+    executor = GlpiExecutor(client)
+    ticket = CreateTicket({"name": "t", "content": "<p>[cw:7/57]</p>"}, "[cw:7/57]", 7, 57, None, "open")
+    first = await executor.run(ticket)
+    assert isinstance(first, Resolved)
+    replay = CreateTicket(ticket.input, ticket.marker, 7, 57, None, "open", lookup_first=True)
+    assert await executor.run(replay) == Resolved(first.glpi_id, created=False)
+    follow = CreateFollowup(
+        first.glpi_id,
+        {"itemtype": "Ticket", "items_id": first.glpi_id, "content": "<p>hi</p><p>[cw-msg:1]</p>"},
+        "[cw-msg:1]",
+        7,
+        57,
+        1,
+    )
+    made = await executor.run(follow)
+    assert isinstance(made, Resolved)
+    replayed = CreateFollowup(follow.ticket_id, follow.input, follow.marker, 7, 57, 1, lookup_first=True)
+    assert await executor.run(replayed) == Resolved(made.glpi_id, created=False)
+    assert len(served.emu.items["Ticket"]) == 1
+    assert len(served.emu.items["ITILFollowup"]) == 1
+
+
+async def test_executor_retries_transient_errors_within_budget(served: Served) -> None:
+    served.emu.faults.append(Rule(path="^User$", method="POST", kind="status", status=503, count=2))
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    retried: list[str] = []
+    executor = GlpiExecutor(
+        served.client(),
+        RetryPolicy(base=0.01, budget=5, sleep=fake_sleep, rand=lambda: 1.0),
+        on_retry=retried.append,
+    )
+    assert isinstance(await executor.run(_ensure_user()), Resolved)
+    assert retried == ["HTTP_503", "HTTP_503"]
+    assert sleeps == [0.01, 0.02]
+
+
+async def test_executor_honours_retry_after_and_gives_up_at_the_budget(served: Served) -> None:
+    served.emu.faults.append(Rule(path="^User$", method="POST", kind="retry_after", retry_after=2, count=-1))
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await asyncio.sleep(0)
+
+    executor = GlpiExecutor(served.client(), RetryPolicy(base=0.01, budget=0.5, sleep=fake_sleep))
+    with pytest.raises(GlpiRetryableError):
+        await executor.run(_ensure_user())
+    assert sleeps == []  # Retry-After of 2 s does not fit a 0.5 s budget: give up at once, the worker decides
+
+
+async def test_rejections_are_not_retried(served: Served) -> None:
+    executor = GlpiExecutor(served.client())
+    bad = CreateFollowup(12345, {"itemtype": "Ticket", "items_id": 12345, "content": "x"}, "[cw-msg:9]", 7, 1, 9)
+    with pytest.raises(GlpiRejectedError):
+        await executor.run(bad)
+    assert _paths(served.emu).count("ITILFollowup") == 1

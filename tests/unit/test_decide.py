@@ -1,0 +1,464 @@
+"""The sync rules, one table row per rule: pure decide/record, no loop, no network."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.events import HookSettings, KnownEvent, parse_envelope
+from app.sync.commands import (
+    Applied,
+    Command,
+    CreateFollowup,
+    CreateTicket,
+    EnsureContact,
+    EnsureUser,
+    EnsureUserEmail,
+    Finished,
+    Resolved,
+    UpdateItem,
+)
+from app.sync.decide import apply_hook_event, decide, validate_hook_settings
+from app.sync.record import record, with_intent
+from app.sync.state import (
+    ContactRecord,
+    ConversationRecord,
+    HookRecord,
+    Intent,
+    MessageRecord,
+    SyncContext,
+    SyncView,
+)
+from tests.conftest import envelope, load_example
+
+CTX = SyncContext(chatwoot_base_url="https://chat.northwind.example", allow_http=True)
+
+
+def hook(**settings: Any) -> HookRecord:
+    status = settings.pop("status", "enabled")
+    features = settings.pop("features", ("crm_integration",))
+    return HookRecord(
+        hook_id=7,
+        account_id=7,
+        status=status,
+        account_features=features,
+        settings=HookSettings(api_url="https://glpi.example/apirest.php", user_token="u", **settings),
+    )
+
+
+def event(event_name: str, example: str | None = None, **overrides: Any) -> KnownEvent:
+    import orjson
+
+    payload = load_example(example or event_name, **overrides)
+    parsed = parse_envelope(orjson.dumps(envelope(event_name, payload)))
+    assert not hasattr(parsed, "extra")
+    return parsed  # type: ignore[return-value]
+
+
+MARTA = ContactRecord(
+    account_id=7,
+    contact_id=318,
+    glpi_itemtype="User",
+    glpi_id=42,
+    name="Marta Silva",
+    phone="+351912000111",
+    emails=("marta.silva@example.org",),
+)
+TICKET = ConversationRecord(
+    account_id=7,
+    conversation_id=57,
+    ticket_id=1234,
+    body_message_id=4410,
+    last_synced_message_id=4410,
+    status="open",
+)
+
+
+def run(view: SyncView, ev: KnownEvent, results: list[Any]) -> tuple[list[Command], Finished, SyncView]:
+    """Drive decide/record like the shell does, feeding ``results`` as GLPI outcomes."""
+    commands: list[Command] = []
+    outcomes = iter(results)
+    for _ in range(12):
+        step = decide(view, ev, CTX)
+        if isinstance(step, Finished):
+            return commands, step, view
+        commands.append(step)
+        view = with_intent(view, step)
+        view = record(view, step, next(outcomes))
+    raise AssertionError("did not finish")
+
+
+# --------------------------------------------------------------------------------------------------- gating
+
+
+@pytest.mark.parametrize(
+    ("hook_record", "reason"),
+    [
+        (None, "unknown hook"),
+        (hook(status="disabled"), "hook disabled"),
+        (hook(features=()), "account lacks feature crm_integration"),
+    ],
+)
+def test_gated_events_are_skipped_with_a_reason(hook_record: HookRecord | None, reason: str) -> None:
+    step = decide(SyncView(hook=hook_record), event("contact_updated"), CTX)
+    assert step == Finished("skipped", reason)
+
+
+def test_event_of_another_account_is_skipped() -> None:
+    import orjson
+
+    ev = parse_envelope(orjson.dumps(envelope("contact_updated", load_example("contact_updated"), account_id=9)))
+    step = decide(SyncView(hook=hook()), ev, CTX)
+    assert isinstance(step, Finished)
+    assert step.reason.startswith("event account 9")
+
+
+# --------------------------------------------------------------------------------------------------- contacts
+
+
+def test_anonymous_visitor_is_not_identifiable() -> None:
+    step = decide(SyncView(hook=hook()), event("contact_created"), CTX)
+    assert step == Finished("skipped", "contact not identifiable (no name, email or phone)")
+
+
+def test_identified_contact_becomes_a_user_found_by_email_then_phone() -> None:
+    step = decide(SyncView(hook=hook()), event("contact_updated"), CTX)
+    assert isinstance(step, EnsureUser)
+    assert [lookup.describe for lookup in step.lookups] == ["email", "phone"]
+    assert [(c.field, c.searchtype, c.value) for c in step.lookups[0].criteria] == [
+        (5, "contains", "^marta.silva@example.org$")
+    ]
+    assert [c.field for c in step.lookups[1].criteria] == [6, 11]
+    assert step.input == {
+        "name": "marta.silva@example.org",
+        "firstname": "Marta",
+        "realname": "Silva",
+        "is_active": 1,
+        "entities_id": 0,
+        "phone": "+351912000111",
+        "_useremails": ["marta.silva@example.org"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "login", "first", "last"),
+    [
+        ({"email": None}, "351912000111", "Marta", "Silva"),  # GLPI refuses a login starting with +
+        ({"email": None, "phone_number": None}, "chatwoot-7-318", "Marta", "Silva"),
+        ({"name": "Cher"}, "marta.silva@example.org", "", "Cher"),
+        ({"name": "Ana Maria de Souza"}, "marta.silva@example.org", "Ana", "Maria de Souza"),
+    ],
+)
+def test_user_login_and_name_split(overrides: dict[str, Any], login: str, first: str, last: str) -> None:
+    step = decide(SyncView(hook=hook()), event("contact_updated", **overrides), CTX)
+    assert isinstance(step, EnsureUser)
+    assert (step.login, step.input["firstname"], step.input["realname"]) == (login, first, last)
+
+
+def test_contact_update_that_only_touches_activity_is_noise() -> None:
+    ev = event(
+        "contact_updated",
+        changed_attributes=[
+            {"last_activity_at": {"previous_value": None, "current_value": "2025-11-03T14:03:12Z"}},
+            {"updated_at": {"previous_value": None, "current_value": "2025-11-03T14:03:12Z"}},
+        ],
+    )
+    assert decide(SyncView(hook=hook(), contact=MARTA), ev, CTX) == Finished(
+        "skipped", "noise: only last_activity_at, updated_at changed"
+    )
+
+
+def test_contact_update_changes_names_then_adds_the_new_email_once() -> None:
+    ev = event("contact_updated", name="Marta Silva Costa", email="marta@work.example")
+    commands, finished, view = run(SyncView(hook=hook(), contact=MARTA), ev, [Applied(), Applied()])
+    assert commands == [
+        UpdateItem("User", 42, {"firstname": "Marta", "realname": "Silva Costa"}, snapshot=commands[0].snapshot),  # type: ignore[union-attr]
+        EnsureUserEmail(42, "marta@work.example", commands[1].snapshot),  # type: ignore[union-attr]
+    ]
+    assert finished.reason == "GLPI already holds this contact"
+    assert view.contact is not None
+    assert view.contact.emails == (
+        "marta.silva@example.org",
+        "marta@work.example",
+    )
+    # Replaying the same update makes no call.
+    assert run(view, ev, [])[0] == []
+
+
+def test_contact_mode_creates_a_glpi_contact_with_last_name_as_name() -> None:
+    step = decide(SyncView(hook=hook(sync_type="contact")), event("contact_updated"), CTX)
+    assert isinstance(step, EnsureContact)
+    assert step.input == {
+        "name": "Silva",
+        "firstname": "Marta",
+        "entities_id": 0,
+        "email": "marta.silva@example.org",
+        "phone": "+351912000111",
+    }
+    assert [c.field for lookup in step.lookups for c in lookup.criteria] == [6, 3]
+
+
+def test_found_user_is_adopted_and_missing_email_added() -> None:
+    ev = event("contact_updated")
+    commands, _, view = run(SyncView(hook=hook()), ev, [Resolved(99, created=False), Applied()])
+    assert [type(c) for c in commands] == [EnsureUser, EnsureUserEmail]
+    assert view.contact is not None
+    assert view.contact.glpi_id == 99
+
+
+def test_pending_user_intent_adds_a_login_lookup() -> None:
+    pending = ContactRecord(
+        account_id=7, contact_id=318, pending=Intent(op="ensure_user", marker="marta.silva@example.org")
+    )
+    step = decide(SyncView(hook=hook(), contact=pending), event("contact_updated"), CTX)
+    assert isinstance(step, EnsureUser)
+    assert [lk.describe for lk in step.lookups] == [
+        "email",
+        "phone",
+        "login",
+    ]
+
+
+# --------------------------------------------------------------------------------------------------- tickets
+
+
+def test_conversation_creates_user_then_ticket_with_requester_and_body() -> None:
+    ev = event("conversation_created")
+    commands, finished, view = run(SyncView(hook=hook(category_id="12")), ev, [Resolved(42), Resolved(1234)])
+    ensure, ticket = commands
+    assert isinstance(ensure, EnsureUser)
+    assert isinstance(ticket, CreateTicket)
+    assert ticket.marker == "[cw:7/57]"
+    assert not ticket.lookup_first
+    fields = ticket.input
+    assert fields["name"] == "Chat #57: Hello, the VPN client keeps disconnecting every few minutes"
+    assert fields["content"].startswith("<p>Hello, the VPN client keeps disconnecting every few minutes</p>")
+    assert '<a href="https://chat.northwind.example/app/accounts/7/conversations/57">' in fields["content"]
+    assert "[cw:7/57]" in fields["content"]
+    assert (fields["type"], fields["entities_id"], fields["urgency"], fields["itilcategories_id"]) == (
+        1,
+        0,
+        3,
+        12,
+    )
+    assert fields["_users_id_requester"] == 42
+    assert fields["date"] == "2025-11-03 14:01:42"
+    assert "status" not in fields
+    assert view.conversation == ConversationRecord(
+        account_id=7,
+        conversation_id=57,
+        ticket_id=1234,
+        body_message_id=4410,
+        last_synced_message_id=4410,
+        status="open",
+    )
+    assert finished == Finished("skipped", "ticket exists", {"user_id": 42, "ticket_id": 1234})
+
+
+def test_contact_mode_ticket_gets_an_email_only_requester() -> None:
+    view = SyncView(hook=hook(sync_type="contact"), contact=MARTA.model_copy(update={"glpi_itemtype": "Contact"}))
+    step = decide(view, event("conversation_created"), CTX)
+    assert isinstance(step, CreateTicket)
+    assert step.input["_users_id_requester"] == 0
+    assert step.input["_users_id_requester_notif"] == {
+        "use_notification": 1,
+        "alternative_email": "marta.silva@example.org",
+    }
+
+
+def test_contact_mode_without_email_has_no_requester_but_details_in_content() -> None:
+    conv = load_example("conversation_created")
+    conv["meta"]["sender"]["email"] = None
+    import orjson
+
+    ev = parse_envelope(orjson.dumps(envelope("conversation_created", conv)))
+    view = SyncView(hook=hook(sync_type="contact"), contact=MARTA.model_copy(update={"glpi_itemtype": "Contact"}))
+    step = decide(view, ev, CTX)
+    assert isinstance(step, CreateTicket)
+    assert "_users_id_requester" not in step.input
+    assert "From: Marta Silva · +351912000111" in step.input["content"]
+
+
+@pytest.mark.parametrize(("priority", "urgency"), [("low", 2), ("medium", 3), ("high", 4), ("urgent", 5), (None, 3)])
+def test_urgency_follows_priority(priority: str | None, urgency: int) -> None:
+    step = decide(SyncView(hook=hook(), contact=MARTA), event("conversation_created", priority=priority), CTX)
+    assert isinstance(step, CreateTicket)
+    assert step.input["urgency"] == urgency == step.input["priority"]
+
+
+def test_hostile_html_is_escaped_in_content_and_raw_in_title() -> None:
+    conv = load_example("conversation_created")
+    conv["messages"][0]["content"] = "<script>alert(1)</script> & co\nline two"
+    import orjson
+
+    ev = parse_envelope(orjson.dumps(envelope("conversation_created", conv)))
+    step = decide(SyncView(hook=hook(), contact=MARTA), ev, CTX)
+    assert isinstance(step, CreateTicket)
+    assert step.input["name"] == "Chat #57: <script>alert(1)</script> & co line two"
+    assert step.input["content"].startswith("<p>&lt;script&gt;alert(1)&lt;/script&gt; &amp; co<br>line two</p>")
+
+
+# --------------------------------------------------------------------------------------------------- messages
+
+
+def test_message_becomes_a_followup_with_sender_attachments_and_date() -> None:
+    view = SyncView(hook=hook(), contact=MARTA, conversation=TICKET)
+    step = decide(view, event("message_created"), CTX)
+    assert isinstance(step, CreateFollowup)
+    assert step.input["itemtype"] == "Ticket"
+    assert step.input["items_id"] == 1234
+    assert step.input["is_private"] == 0
+    assert step.input["date"] == "2025-11-03 14:03:12"
+    content = step.input["content"]
+    assert content.startswith("<p><strong>Marta Silva</strong> · 2025-11-03 14:03:12</p>")
+    assert "vpn-error.png" in content
+    assert content.endswith("<p>[cw-msg:4412]</p>")
+
+
+def test_private_note_is_a_private_followup() -> None:
+    view = SyncView(hook=hook(), contact=MARTA, conversation=TICKET)
+    step = decide(view, event("message_created", "message_created_private_note"), CTX)
+    assert isinstance(step, CreateFollowup)
+    assert step.input["is_private"] == 1
+    assert "Leo Costa (agent)" in step.input["content"]
+
+
+def test_synced_message_and_ticket_body_are_not_duplicated() -> None:
+    done = MessageRecord(account_id=7, message_id=4412, conversation_id=57, followup_id=901)
+    view = SyncView(hook=hook(), contact=MARTA, conversation=TICKET, message=done)
+    assert decide(view, event("message_created"), CTX).outcome == "skipped"  # type: ignore[union-attr]
+    body = event("message_created", id=4410)
+    assert decide(SyncView(hook=hook(), contact=MARTA, conversation=TICKET), body, CTX) == Finished(
+        "skipped", "message is the ticket's description", {"user_id": 42, "ticket_id": 1234}
+    )
+
+
+def test_message_below_the_cursor_without_record_is_looked_up_not_dropped() -> None:
+    ahead = TICKET.model_copy(update={"last_synced_message_id": 5000})
+    step = decide(SyncView(hook=hook(), contact=MARTA, conversation=ahead), event("message_created"), CTX)
+    assert isinstance(step, CreateFollowup)
+    assert step.lookup_first
+
+
+def test_message_for_an_unknown_conversation_creates_the_ticket_first() -> None:
+    commands, _, view = run(SyncView(hook=hook(), contact=MARTA), event("message_created"), [Resolved(5), Resolved(6)])
+    assert [type(c) for c in commands] == [CreateTicket]  # the message is the ticket body
+    assert view.conversation is not None
+    assert view.conversation.body_message_id == 4412
+
+
+def test_followup_intent_makes_the_retry_look_first() -> None:
+    pending = MessageRecord(
+        account_id=7,
+        message_id=4412,
+        conversation_id=57,
+        pending=Intent(op="create_followup", marker="[cw-msg:4412]"),
+    )
+    step = decide(
+        SyncView(hook=hook(), contact=MARTA, conversation=TICKET, message=pending),
+        event("message_created"),
+        CTX,
+    )
+    assert isinstance(step, CreateFollowup)
+    assert step.lookup_first
+
+
+def test_deleted_message_becomes_one_private_note() -> None:
+    ev = event(
+        "message_updated",
+        "message_created",
+        content="This message was deleted",
+        content_attributes={"deleted": True},
+    )
+    commands, _, view = run(SyncView(hook=hook(), contact=MARTA, conversation=TICKET), ev, [Resolved(77)])
+    (note,) = commands
+    assert isinstance(note, CreateFollowup)
+    assert note.input["is_private"] == 1
+    assert note.purpose == "deletion"
+    assert "was deleted" in note.input["content"]
+    assert view.message is not None
+    assert view.message.deletion_followup_id == 77
+    assert run(view, ev, [])[0] == []
+
+
+def test_other_message_updates_do_nothing() -> None:
+    ev = event("message_updated", "message_created")
+    assert decide(SyncView(hook=hook()), ev, CTX) == Finished("skipped", "message_updated without deletion")
+
+
+# --------------------------------------------------------------------------------------------------- status
+
+
+@pytest.mark.parametrize(("status", "glpi"), [("open", 2), ("pending", 4), ("snoozed", 4), ("resolved", 5)])
+def test_status_change_maps_to_ticket_status(status: str, glpi: int) -> None:
+    current = TICKET.model_copy(update={"status": "resolved" if status == "open" else "open"})
+    ev = event("conversation_status_changed", status=status)
+    step = decide(SyncView(hook=hook(), contact=MARTA, conversation=current), ev, CTX)
+    assert step == UpdateItem("Ticket", 1234, {"status": glpi}, conversation_status=status)
+
+
+def test_resolve_fires_two_events_but_one_update() -> None:
+    view = SyncView(hook=hook(), contact=MARTA, conversation=TICKET)
+    commands, _, view = run(view, event("conversation_updated"), [Applied()])
+    assert len(commands) == 1
+    assert run(view, event("conversation_status_changed"), [])[0] == []
+
+
+def test_conversation_updated_without_status_is_noise() -> None:
+    ev = event(
+        "conversation_updated",
+        changed_attributes=[{"waiting_since": {"previous_value": 0, "current_value": 1}}],
+    )
+    assert decide(SyncView(hook=hook()), ev, CTX) == Finished(
+        "skipped", "noise: conversation_updated changed waiting_since"
+    )
+
+
+def test_status_event_for_an_unknown_conversation_creates_the_ticket_solved() -> None:
+    commands, _, view = run(SyncView(hook=hook(), contact=MARTA), event("conversation_status_changed"), [Resolved(9)])
+    (ticket,) = commands
+    assert isinstance(ticket, CreateTicket)
+    assert ticket.input["status"] == 5
+    assert view.conversation is not None
+    assert view.conversation.status == "resolved"
+
+
+# --------------------------------------------------------------------------------------------------- hook config
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_http", "problem"),
+    [
+        ("https://glpi.example/apirest.php/", False, None),
+        ("https://glpi.example", False, "must end with /apirest.php"),
+        ("https://glpi.example/glpi", False, "must end with /apirest.php"),
+        ("http://glpi.example/apirest.php", False, "plain http"),
+        ("http://glpi.example/apirest.php", True, None),
+        ("glpi.example/apirest.php", False, "absolute"),
+    ],
+)
+def test_hook_url_validation(url: str, allow_http: bool, problem: str | None) -> None:
+    settings, problems = validate_hook_settings(HookSettings(api_url=url, user_token="u"), allow_http=allow_http)
+    if problem is None:
+        assert problems == []
+        assert not settings.api_url.endswith("/")
+    else:
+        assert any(problem in p for p in problems)
+
+
+def test_refused_hook_configuration_keeps_the_previous_one() -> None:
+    import orjson
+
+    bad = parse_envelope(
+        orjson.dumps(
+            envelope(
+                "hook_configured",
+                {"settings": {"api_url": "http://glpi.example/apirest.php", "user_token": "u"}},
+            )
+        )
+    )
+    current = hook()
+    updated, problems = apply_hook_event(current, bad, SyncContext(allow_http=False))  # type: ignore[arg-type]
+    assert updated is current
+    assert problems
