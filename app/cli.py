@@ -80,7 +80,7 @@ def _token_ref(inline: str | None, env: str | None, file: str | None, name: str)
 
 def _resolve_locally(ref: Any) -> str | None:
     """Resolve a token reference here, to test it; the worker resolves it again in its own environment."""
-    from app.worker import HookConfigError, resolve_token
+    from app.pipeline import HookConfigError, resolve_token
 
     try:
         return resolve_token(ref)

@@ -42,6 +42,8 @@ CHATWOOT_EVENTS = (
     "message_updated",
 )
 CONTROL_EVENTS = ("hook_configured", "hook_removed")
+#: Commands accepted only from the control topic (never from the producers' topic).
+CONTROL_COMMANDS = ("hook_retry", "hook_pause", "hook_resume")
 
 
 class InvalidEnvelopeError(ValueError):
@@ -247,6 +249,22 @@ class HookRemoved(_Envelope):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
+class ControlCommandPayload(_Model):
+    reason: str = ""
+    requested_by: str = ""
+
+
+class ControlCommand(_Model):
+    """An operator or worker command for one hook, from the control topic (ordered with the hook's events)."""
+
+    event: Literal["hook_retry", "hook_pause", "hook_resume"]
+    hook_id: int = Field(ge=0)
+    account_id: int = Field(0, ge=0)
+    event_id: str | None = None
+    occurred_at: UtcTime = None
+    payload: ControlCommandPayload = Field(default_factory=ControlCommandPayload)
+
+
 class UnknownEvent(_Envelope):
     """A well-formed envelope whose event we do not sync (e.g. ``conversation_typing_on``)."""
 
@@ -255,11 +273,11 @@ class UnknownEvent(_Envelope):
 
 
 Event = Annotated[
-    ContactEvent | ConversationEvent | MessageEvent | HookConfigured | HookRemoved,
+    ContactEvent | ConversationEvent | MessageEvent | HookConfigured | HookRemoved | ControlCommand,
     Field(discriminator="event"),
 ]
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-KnownEvent = ContactEvent | ConversationEvent | MessageEvent | HookConfigured | HookRemoved
+KnownEvent = ContactEvent | ConversationEvent | MessageEvent | HookConfigured | HookRemoved | ControlCommand
 
 
 def _describe(exc: ValidationError) -> str:
@@ -292,7 +310,7 @@ def parse_envelope(raw: bytes | None) -> KnownEvent | UnknownEvent:
     if not isinstance(name, str) or not name:
         raise InvalidEnvelopeError("envelope has no 'event' name")
     try:
-        if name in CHATWOOT_EVENTS or name in CONTROL_EVENTS:
+        if name in CHATWOOT_EVENTS or name in CONTROL_EVENTS or name in CONTROL_COMMANDS:
             return _EVENT_ADAPTER.validate_python(data)
         return UnknownEvent.model_validate(data)
     except ValidationError as exc:
@@ -307,6 +325,7 @@ def envelope_json_schemas() -> dict[str, dict[str, Any]]:
         "message_event": MessageEvent,
         "hook_configured": HookConfigured,
         "hook_removed": HookRemoved,
+        "control_command": ControlCommand,
     }
     schemas = {stem: model.model_json_schema(mode="validation") for stem, model in models.items()}
     schemas["envelope"] = _EVENT_ADAPTER.json_schema(mode="validation")

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from app.events import KnownEvent, UnknownEvent
-from app.glpi import Criterion, GlpiClient, GlpiRejectedError, GlpiRetryableError
+from app.glpi import Criterion, GlpiClient, GlpiNotFoundError, GlpiRejectedError, GlpiRetryableError
 from app.sync.commands import (
     Applied,
     Command,
@@ -37,7 +37,7 @@ from app.sync.commands import (
     SearchCriterion,
     UpdateItem,
 )
-from app.sync.decide import decide
+from app.sync.decide import decide, ticket_gone
 from app.sync.record import intent_for, record, with_intent
 from app.sync.state import SyncContext, SyncView
 
@@ -142,7 +142,12 @@ class GlpiExecutor:
                     for row in await self.client.get_subitems("Ticket", cmd.ticket_id, "ITILFollowup"):
                         if cmd.marker in html.unescape(str(row.get("content", ""))) and isinstance(row.get("id"), int):
                             return Resolved(row["id"], created=False)
-                return Resolved(await self.client.create("ITILFollowup", cmd.input))
+                try:
+                    return Resolved(await self.client.create("ITILFollowup", cmd.input))
+                except GlpiRejectedError:
+                    # GLPI answers ["ERROR_GLPI_ADD", ""] when the parent ticket is gone: tell the two apart.
+                    await self.client.get_item("Ticket", cmd.ticket_id)  # raises GlpiNotFoundError if gone
+                    raise
 
 
 def _login(login: str) -> SearchCriterion:
@@ -150,6 +155,15 @@ def _login(login: str) -> SearchCriterion:
 
 
 Persist = Callable[[SyncView, bool], Awaitable[None]]
+
+
+def _ticket_of(step: Command) -> int | None:
+    """The ticket a command writes to, when a missing ticket means "recreate it"."""
+    if isinstance(step, CreateFollowup):
+        return step.ticket_id
+    if isinstance(step, UpdateItem) and step.itemtype == "Ticket":
+        return step.item_id
+    return None
 
 
 @dataclass(frozen=True)
@@ -176,6 +190,7 @@ async def sync_event(
     safe from a crash (the intent protocol relies on it). GLPI errors propagate after the retry budget.
     """
     ran: list[str] = []
+    recreated = False
     for _ in range(MAX_STEPS):
         step = decide(view, event, ctx)
         if isinstance(step, Finished):
@@ -183,7 +198,18 @@ async def sync_event(
         if intent_for(step) is not None:
             view = with_intent(view, step)
             await persist(view, True)
-        outcome = await executor_for().run(step)
+        try:
+            outcome = await executor_for().run(step)
+        except GlpiNotFoundError:
+            gone = _ticket_of(step)
+            if gone is None or recreated:
+                raise
+            # The ticket was deleted in GLPI: recreate it rather than lose this conversation's later messages.
+            recreated = True
+            view = ticket_gone(view, gone)
+            await persist(view, True)
+            ran.append("ticket_gone")
+            continue
         view = record(view, step, outcome)
         await persist(view, False)
         ran.append(step.op)

@@ -39,13 +39,20 @@ async def publish(bootstrap: str, topic: str, envelopes: Iterable[dict[str, Any]
     return count
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, int], *, replication: int = 1) -> None:
-    """Create ``{name: partitions}`` topics that do not exist yet."""
+async def ensure_topics(
+    bootstrap: str, topics: dict[str, int], *, replication: int = 1, configs: dict[str, dict[str, str]] | None = None
+) -> None:
+    """Create ``{name: partitions}`` topics that do not exist yet (with per-topic ``configs``)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(name, parts, replication) for name, parts in topics.items() if name not in existing]
+        configs = configs or {}
+        new = [
+            NewTopic(name, parts, replication, topic_configs=configs.get(name) or {})
+            for name, parts in topics.items()
+            if name not in existing
+        ]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from app.events import CHATWOOT_EVENTS, CONTROL_EVENTS
+from app.events import CHATWOOT_EVENTS, CONTROL_COMMANDS, CONTROL_EVENTS
 
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-KNOWN_EVENT_TYPES = frozenset((*CHATWOOT_EVENTS, *CONTROL_EVENTS))
+KNOWN_EVENT_TYPES = frozenset((*CHATWOOT_EVENTS, *CONTROL_EVENTS, *CONTROL_COMMANDS))
 
 
 def event_type_label(name: str | None) -> str:
@@ -74,6 +74,21 @@ class Metrics:
             "Events sent to the dead-letter topic, by error class.",
             ["error_class"],
             registry=registry,
+        )
+        self.hooks_paused = Gauge(
+            "cwglpi_hooks_paused",
+            "Hooks whose events are parked, by pause kind (transient, auth, operator).",
+            ["kind"],
+            registry=registry,
+        )
+        self.parked = Counter(
+            "cwglpi_events_parked",
+            "Events parked because their hook was paused, by pause kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.parked_pending = Gauge(
+            "cwglpi_parked_events", "Events waiting in parked queues of this worker's hooks.", registry=registry
         )
         self.last_success = Gauge(
             "cwglpi_last_synced_event_timestamp_seconds",

@@ -22,6 +22,7 @@ class WorkerSettings(BaseSettings):
     )
     topic: str = "chatwoot.events"
     dlq_topic: str = "chatwoot.events.dlq"
+    control_topic: str = "chatwoot.events.control"
     partitions: int = Field(8, ge=1, le=1000)
     app_id: str = "chatwoot-glpi-sync"
     data_dir: Path = Path("./data")
@@ -33,6 +34,9 @@ class WorkerSettings(BaseSettings):
     glpi_timeout: float = Field(15.0, gt=0)
     retry_budget: float = Field(45.0, ge=0)
     retry_base: float = Field(0.5, gt=0)
+    resume_interval: float = Field(15.0, gt=0)
+    max_inflight: int = Field(2000, ge=1)
+    create_topics: bool = True
     embedded_broker: bool = False
     replication_factor: int = Field(1, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -94,6 +94,7 @@ class SyncEnv:
         self.partitions = partitions
         self.topic = unique("events")
         self.dlq = self.topic + ".dlq"
+        self.control = self.topic + ".control"
         self.app_id = unique("cwglpi")
         self.workers: list[WorkerProcess] = []
         from app.kafka_io import ensure_topics
@@ -106,6 +107,8 @@ class SyncEnv:
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
             "GLPI_SYNC_TOPIC": self.topic,
             "GLPI_SYNC_DLQ_TOPIC": self.dlq,
+            "GLPI_SYNC_CONTROL_TOPIC": self.control,
+            "GLPI_SYNC_RESUME_INTERVAL": "2",
             "GLPI_SYNC_PARTITIONS": str(self.partitions),
             "GLPI_SYNC_APP_ID": self.app_id,
             "GLPI_SYNC_ALLOW_HTTP": "true",

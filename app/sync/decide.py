@@ -93,6 +93,8 @@ def apply_hook_event(
     settings, problems = validate_hook_settings(event.payload.settings, allow_http=ctx.allow_http)
     if problems:
         return current, problems
+    # A new configuration is the operator's fix for a transient or credentials pause; an operator pause stays.
+    keep_pause = current.pause if current is not None and current.pause and current.pause.kind == "operator" else None
     return (
         HookRecord(
             hook_id=event.hook_id,
@@ -100,10 +102,34 @@ def apply_hook_event(
             status=event.payload.status,
             account_features=tuple(event.payload.account_features),
             settings=settings,
-            paused_reason=None,
+            pause=keep_pause,
+            parked_first=current.parked_first if current else 0,
+            parked_next=current.parked_next if current else 0,
+            partition=current.partition if current else None,
         ),
         [],
     )
+
+
+def ticket_gone(view: SyncView, ticket_id: int) -> SyncView:
+    """The view after GLPI reported the conversation's ticket missing (deleted or purged).
+
+    The mapping is cleared so the next step creates a new ticket, which names the one it replaces; messages
+    synced to the old ticket are not re-sent (their text is in Chatwoot), later ones go to the new ticket.
+    """
+    conv = view.conversation
+    if conv is None or conv.ticket_id != ticket_id:
+        return view
+    replaced = conv.model_copy(
+        update={
+            "ticket_id": None,
+            "status": None,
+            "body_message_id": None,
+            "pending": None,
+            "replaced_ticket_ids": (*conv.replaced_ticket_ids, ticket_id),
+        }
+    )
+    return view.model_copy(update={"conversation": replaced})
 
 
 # ------------------------------------------------------------------------------------------------------ routing
@@ -341,6 +367,11 @@ def _ticket_step(
     url = mapping.conversation_url(ctx.chatwoot_base_url, account_id, conv.id)
     if url:
         body += "<p>" + mapping.html_link(url, f"Open conversation #{conv.id} in Chatwoot") + "</p>"
+    if record is not None and record.replaced_ticket_ids:
+        previous = ", ".join(f"#{tid}" for tid in record.replaced_ticket_ids)
+        body += (
+            f"<p>This ticket replaces GLPI ticket {previous}, which was deleted; earlier messages are in Chatwoot.</p>"
+        )
     body += f"<p>Chatwoot reference: {marker}</p>"
     urgency = mapping.urgency_for(conv.priority)
     ticket: dict[str, Any] = {

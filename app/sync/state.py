@@ -27,13 +27,41 @@ class Intent(_Record):
     marker: str
 
 
+class Pause(_Record):
+    """Why a hook's events are parked instead of synced.
+
+    ``transient``: GLPI stayed unreachable past the retry budget; the worker retries on its own.
+    ``auth``: credentials, API switch or rights are broken; resumes when the hook is reconfigured or resumed.
+    ``operator``: paused by ``glpi-sync hook pause``; resumes with ``hook resume``.
+    """
+
+    kind: Literal["transient", "auth", "operator"]
+    reason: str
+    since: str
+
+
 class HookRecord(_Record):
+    """A hook's configuration plus its runtime bookkeeping (pause, parked-event queue, home partition)."""
+
     hook_id: int
     account_id: int
     status: Literal["enabled", "disabled"] = "enabled"
     account_features: tuple[str, ...] = ()
     settings: HookSettings
-    paused_reason: str | None = None
+    pause: Pause | None = None
+    parked_first: int = 0
+    parked_next: int = 0
+    partition: int | None = None
+
+    @property
+    def parked(self) -> int:
+        """Events waiting in the parked queue, in order."""
+        return self.parked_next - self.parked_first
+
+    @property
+    def parking(self) -> bool:
+        """New events must join the parked queue (to keep the hook's order)."""
+        return self.pause is not None or self.parked > 0
 
     def __repr__(self) -> str:
         return (
@@ -64,6 +92,7 @@ class ConversationRecord(_Record):
     body_message_id: int | None = None
     last_synced_message_id: int | None = None
     status: str | None = None
+    replaced_ticket_ids: tuple[int, ...] = ()
     pending: Intent | None = None
 
 
@@ -92,6 +121,10 @@ class SyncContext(_Record):
     allow_http: bool = False
     required_feature: str = "crm_integration"
     extra: dict[str, str] = Field(default_factory=dict)
+
+
+def parked_key(hook_id: int, seq: int) -> str:
+    return f"{hook_id}:{seq:012d}"
 
 
 def contact_key(account_id: int, contact_id: int) -> str:
