@@ -158,6 +158,81 @@ def cmd_publish(args: argparse.Namespace, env: WorkerSettings) -> int:
     return 0
 
 
+def _dlq_entry(record: Any) -> dict[str, Any]:
+    headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+    event, hook_id = None, None
+    try:
+        parsed = orjson.loads(record.value)
+        if isinstance(parsed, dict):
+            event = parsed.get("event") if isinstance(parsed.get("event"), str) else None
+            hook_id = parsed.get("hook_id") if isinstance(parsed.get("hook_id"), int) else None
+    except orjson.JSONDecodeError:
+        pass
+    return {
+        "dlq_offset": record.offset,
+        "dlq_partition": record.partition,
+        "failed_at": headers.get("cwglpi.failed_at", ""),
+        "hook_id": hook_id,
+        "event": event,
+        "source": f"{headers.get('__connect.errors.topic', '?')}/{headers.get('__connect.errors.partition', '?')}"
+        f"@{headers.get('__connect.errors.offset', '?')}",
+        "stage": headers.get("__connect.errors.stage", ""),
+        "error_class": headers.get("__connect.errors.exception.class.name", ""),
+        "glpi_code": headers.get("cwglpi.glpi.code", ""),
+        "reason": headers.get("__connect.errors.exception.message", ""),
+        "replayed_from": headers.get("cwglpi.replayed_from", ""),
+    }
+
+
+def _dlq_records(env: WorkerSettings) -> list[Any]:
+    from app.kafka_io import read_topic
+
+    return asyncio.run(read_topic(env.kafka_bootstrap_servers, env.dlq_topic))
+
+
+def cmd_dlq_list(args: argparse.Namespace, env: WorkerSettings) -> int:
+    entries = [_dlq_entry(r) for r in _dlq_records(env)]
+    if args.hook is not None:
+        entries = [e for e in entries if e["hook_id"] == args.hook]
+    entries = entries[-args.limit :] if args.limit else entries
+    if args.json:
+        print(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not entries:
+        print(f"{env.dlq_topic} is empty")
+        return 0
+    for e in entries:
+        where = f"#{e['dlq_partition']}:{e['dlq_offset']}  {e['failed_at']}  hook {e['hook_id']}"
+        print(f"{where}  {e['event'] or '(unparsed)'}  from {e['source']}")
+        print(f"    {e['stage']}: {e['error_class']} {e['glpi_code']} {e['reason']}")
+    print(f"{len(entries)} dead-lettered record(s) in {env.dlq_topic}")
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace, env: WorkerSettings) -> int:
+    from app.kafka_io import publish_raw
+
+    if not args.all and not args.offset and args.hook is None:
+        raise CliError("choose what to replay: --offset N (repeatable), --hook H, or --all")
+    selected = []
+    for record in _dlq_records(env):
+        entry = _dlq_entry(record)
+        if args.offset and record.offset not in args.offset:
+            continue
+        if args.hook is not None and entry["hook_id"] != args.hook:
+            continue
+        # Key by the envelope's hook id when it has one, so the replay lands on the hook's partition.
+        key = str(entry["hook_id"]).encode() if entry["hook_id"] is not None else record.key
+        headers = [("cwglpi.replayed_from", f"{env.dlq_topic}:{record.partition}:{record.offset}".encode())]
+        selected.append((key, record.value, headers))
+    if args.dry_run:
+        print(f"would replay {len(selected)} record(s) onto {env.topic}")
+        return 0
+    count = asyncio.run(publish_raw(env.kafka_bootstrap_servers, env.topic, selected))
+    print(f"replayed {count} record(s) onto {env.topic} (safe to repeat: the sync never writes anything twice)")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace, env: WorkerSettings) -> int:
     from app.worker import run_worker
 
@@ -187,6 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--account-id", type=int, help="account of raw bodies (default: the body's account.id)")
     pub.add_argument("--topic", help="override GLPI_SYNC_TOPIC")
     pub.set_defaults(func=cmd_publish)
+
+    dlq = sub.add_parser("dlq", help="inspect and replay the dead-letter topic")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dl = dlq_sub.add_parser("list", help="what was dead-lettered, and why")
+    dl.add_argument("--hook", type=int, help="only this hook's records")
+    dl.add_argument("--limit", type=int, default=0, help="only the last N records")
+    dl.add_argument("--json", action="store_true", help="machine-readable output")
+    dl.set_defaults(func=cmd_dlq_list)
+    dr = dlq_sub.add_parser("replay", help="publish dead-lettered records back onto the main topic")
+    dr.add_argument("--offset", type=int, action="append", default=[], help="DLQ offset to replay (repeatable)")
+    dr.add_argument("--hook", type=int, help="replay this hook's records")
+    dr.add_argument("--all", action="store_true", help="replay everything")
+    dr.add_argument("--dry-run", action="store_true")
+    dr.set_defaults(func=cmd_dlq_replay)
 
     hook = sub.add_parser("hook", help="manage hooks")
     hook_sub = hook.add_subparsers(dest="hook_command", required=True)

@@ -36,6 +36,7 @@ from app.sync.commands import (
     Resolved,
     SearchCriterion,
     UpdateItem,
+    cautious,
 )
 from app.sync.decide import decide, ticket_gone
 from app.sync.record import intent_for, record, with_intent
@@ -94,6 +95,9 @@ class GlpiExecutor:
                 if self._on_retry is not None:
                     self._on_retry(exc.code)
                 await self.policy.sleep(wait)
+                # The failed attempt may have reached GLPI (a timeout or a dropped reply after the write):
+                # every later attempt looks for the object before creating it.
+                cmd = cautious(cmd)
 
     async def _find(self, itemtype: str, lookups: tuple[Lookup, ...]) -> int | None:
         for lookup in lookups:
@@ -105,7 +109,8 @@ class GlpiExecutor:
     async def _run_once(self, cmd: Command) -> Outcome:
         match cmd:
             case EnsureUser():
-                found = await self._find("User", cmd.lookups)
+                login_lookup = (Lookup((_login(cmd.login),), "login"),) if cmd.lookup_first else ()
+                found = await self._find("User", cmd.lookups + login_lookup)
                 if found is not None:
                     return Resolved(found, created=False)
                 try:
@@ -118,7 +123,8 @@ class GlpiExecutor:
                         raise
                     return Resolved(existing, created=False)
             case EnsureContact():
-                found = await self._find("Contact", cmd.lookups)
+                fallback = (cmd.fallback,) if cmd.lookup_first and cmd.fallback is not None else ()
+                found = await self._find("Contact", cmd.lookups + fallback)
                 if found is not None:
                     return Resolved(found, created=False)
                 return Resolved(await self.client.create("Contact", cmd.input))

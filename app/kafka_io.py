@@ -2,19 +2,67 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
 
 
 def envelope_key(envelope: dict[str, Any]) -> bytes:
     """The record key producers must use: the hook id as a decimal UTF-8 string."""
     return str(int(envelope["hook_id"])).encode()
+
+
+async def read_topic(bootstrap: str, topic: str, *, wait_s: float = 10.0) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` from the beginning up to its end offsets at call time (no consumer group)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if end[tp] > 0}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while remaining and loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, msgs in batch.items():
+                records.extend(m for m in msgs if m.offset < end[tp])
+                if msgs and msgs[-1].offset >= end[tp] - 1:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return sorted(records, key=lambda r: (r.partition, r.offset))
+
+
+async def publish_raw(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+) -> int:
+    """Send ``(key, value, headers)`` records in order (acks=all); returns how many were acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    count = 0
+    try:
+        for key, value, headers in records:
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
+            count += 1
+    finally:
+        await producer.stop()
+    return count
 
 
 async def publish(bootstrap: str, topic: str, envelopes: Iterable[dict[str, Any]], *, batch_size: int = 1) -> int:

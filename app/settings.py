@@ -35,6 +35,7 @@ class WorkerSettings(BaseSettings):
     retry_budget: float = Field(45.0, ge=0)
     retry_base: float = Field(0.5, gt=0)
     resume_interval: float = Field(15.0, gt=0)
+    session_timeout: float = Field(30.0, ge=6, le=300)
     max_inflight: int = Field(2000, ge=1)
     create_topics: bool = True
     embedded_broker: bool = False

@@ -87,8 +87,8 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         # Tansu: end_offsets() is wrong after multi-record batches, so table recovery would lose records.
         producer_max_batch_size=1 if settings.embedded_broker else 16384,
         # Tansu makes a group join wait half the session timeout.
-        broker_session_timeout=6.0 if settings.embedded_broker else 30.0,
-        broker_heartbeat_interval=1.0 if settings.embedded_broker else 3.0,
+        broker_session_timeout=6.0 if settings.embedded_broker else settings.session_timeout,
+        broker_heartbeat_interval=1.0 if settings.embedded_broker else min(3.0, settings.session_timeout / 6),
         table_cleanup_interval=3600,
         Table=DurableTable,
     )

@@ -109,6 +109,7 @@ class SyncEnv:
             "GLPI_SYNC_DLQ_TOPIC": self.dlq,
             "GLPI_SYNC_CONTROL_TOPIC": self.control,
             "GLPI_SYNC_RESUME_INTERVAL": "2",
+            "GLPI_SYNC_SESSION_TIMEOUT": "6",
             "GLPI_SYNC_PARTITIONS": str(self.partitions),
             "GLPI_SYNC_APP_ID": self.app_id,
             "GLPI_SYNC_ALLOW_HTTP": "true",

@@ -239,6 +239,22 @@ class EmulatorProcess:
 
         return asyncio.run(go())
 
+    def delete(self, path: str) -> Any:
+        """DELETE an item through the emulated API (what a GLPI admin does in the UI)."""
+
+        async def go() -> Any:
+            async with aiohttp.ClientSession() as http:
+                base = f"http://127.0.0.1:{self.port}/apirest.php"
+                headers = {"App-Token": "emulator-app-token"}
+                async with http.get(
+                    f"{base}/initSession", headers={**headers, "Authorization": "user_token emulator-user-token"}
+                ) as resp:
+                    token = (await resp.json())["session_token"]
+                async with http.delete(f"{base}/{path}", headers={**headers, "Session-Token": token}) as resp:
+                    return await resp.json()
+
+        return asyncio.run(go())
+
     def state(self) -> dict[str, list[dict[str, Any]]]:
         return dict(self._call("GET", "state"))
 

@@ -8,7 +8,7 @@ shows that an earlier attempt may already have created the object.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 
@@ -50,6 +50,7 @@ class EnsureUser:
     input: dict[str, Any]
     login: str
     snapshot: ContactSnapshot
+    lookup_first: bool = False
     op: Literal["ensure_user"] = "ensure_user"
 
 
@@ -60,6 +61,7 @@ class EnsureContact:
     snapshot: ContactSnapshot
     marker: str
     lookup_first: bool = False
+    fallback: Lookup | None = None
     op: Literal["ensure_contact"] = "ensure_contact"
 
 
@@ -111,6 +113,15 @@ class CreateFollowup:
 
 
 Command = EnsureUser | EnsureContact | UpdateItem | EnsureUserEmail | CreateTicket | CreateFollowup
+
+
+def cautious(cmd: Command) -> Command:
+    """The same command, looking for its object before creating it (after an attempt with an unknown outcome)."""
+    if isinstance(cmd, EnsureUser | EnsureContact | CreateTicket | CreateFollowup):
+        return replace(cmd, lookup_first=True)
+    return cmd
+
+
 CREATES = (EnsureUser, EnsureContact, CreateTicket, CreateFollowup)
 
 

@@ -217,8 +217,6 @@ def _ensure_contact_command(
             lookups.append(Lookup((_exact(5, snap.email),), "email"))
         if snap.phone:
             lookups.append(Lookup((_exact(6, snap.phone), _exact(11, snap.phone)), "phone"))
-        if pending is not None and pending.marker == login:
-            lookups.append(Lookup((_exact(1, login),), "login"))
         user_input: dict[str, Any] = {
             "name": login,
             "firstname": mapping.fit_varchar(first),
@@ -230,7 +228,9 @@ def _ensure_contact_command(
             user_input["phone"] = snap.phone
         if snap.email:
             user_input["_useremails"] = [snap.email]
-        return EnsureUser(tuple(lookups), user_input, login, snap)
+        return EnsureUser(
+            tuple(lookups), user_input, login, snap, lookup_first=pending is not None and pending.marker == login
+        )
     marker = f"contact:{account_id}/{contact.id}"
     contact_lookups = []
     if snap.email:
@@ -238,11 +238,10 @@ def _ensure_contact_command(
     if snap.phone:
         contact_lookups.append(Lookup((_exact(3, snap.phone),), "phone"))
     lookup_first = pending is not None and pending.marker == marker
-    if lookup_first and not contact_lookups:
-        criteria = [_exact(1, last or first)]
-        if first and last:
-            criteria.append(_exact(11, first, "AND"))
-        contact_lookups.append(Lookup(tuple(criteria), "name"))
+    name_criteria = [_exact(1, last or first)] if (last or first) else []
+    if first and last:
+        name_criteria.append(_exact(11, first, "AND"))
+    fallback = Lookup(tuple(name_criteria), "name") if name_criteria and not contact_lookups else None
     contact_input: dict[str, Any] = {
         "name": mapping.fit_varchar(last or first or snap.email or snap.phone or f"Chatwoot contact {contact.id}"),
         "firstname": mapping.fit_varchar(first if last else ""),
@@ -252,7 +251,7 @@ def _ensure_contact_command(
         contact_input["email"] = snap.email
     if snap.phone:
         contact_input["phone"] = snap.phone
-    return EnsureContact(tuple(contact_lookups), contact_input, snap, marker, lookup_first)
+    return EnsureContact(tuple(contact_lookups), contact_input, snap, marker, lookup_first, fallback)
 
 
 def _contact_sync_step(

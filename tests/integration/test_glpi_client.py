@@ -281,3 +281,25 @@ async def test_rejections_are_not_retried(served: Served) -> None:
     with pytest.raises(GlpiRejectedError):
         await executor.run(bad)
     assert _paths(served.emu).count("ITILFollowup") == 1
+
+
+@pytest.mark.parametrize("path", ["^Ticket$", "^ITILFollowup$", "^User$"])
+async def test_a_reply_lost_after_the_write_never_duplicates(served: Served, path: str) -> None:
+    client = served.client()
+    ticket_id = await client.create("Ticket", {"name": "base", "content": "<p>[cw:7/1]</p>"})
+    served.emu.faults.append(Rule(path=path, method="POST", kind="drop", count=1))
+    executor = GlpiExecutor(client, RetryPolicy(base=0.01, budget=5))
+    commands = {
+        "^Ticket$": CreateTicket({"name": "t", "content": "<p>[cw:7/99]</p>"}, "[cw:7/99]", 7, 99, None, "open"),
+        "^ITILFollowup$": CreateFollowup(
+            ticket_id, {"itemtype": "Ticket", "items_id": ticket_id, "content": "<p>[cw-msg:5]</p>"}, "[cw-msg:5]",
+            7, 1, 5,
+        ),
+        "^User$": EnsureUser((), {"name": "chatwoot-7-5"}, "chatwoot-7-5", _snap()),
+    }
+    before = {name: len(items) for name, items in served.emu.items.items()}
+    outcome = await executor.run(commands[path])
+    assert isinstance(outcome, Resolved)
+    assert outcome.created is False  # the retry found what the lost attempt had created
+    itemtype = path.strip("^$")
+    assert len(served.emu.items[itemtype]) == before[itemtype] + 1

@@ -207,17 +207,14 @@ def test_found_user_is_adopted_and_missing_email_added() -> None:
     assert view.contact.glpi_id == 99
 
 
-def test_pending_user_intent_adds_a_login_lookup() -> None:
+def test_pending_user_intent_makes_the_retry_look_first() -> None:
     pending = ContactRecord(
         account_id=7, contact_id=318, pending=Intent(op="ensure_user", marker="marta.silva@example.org")
     )
     step = decide(SyncView(hook=hook(), contact=pending), event("contact_updated"), CTX)
     assert isinstance(step, EnsureUser)
-    assert [lk.describe for lk in step.lookups] == [
-        "email",
-        "phone",
-        "login",
-    ]
+    assert step.lookup_first
+    assert [lk.describe for lk in step.lookups] == ["email", "phone"]
 
 
 # --------------------------------------------------------------------------------------------------- tickets
