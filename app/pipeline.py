@@ -550,9 +550,11 @@ class Pipeline:
         self.metrics.events.labels(event_type, outcome).inc()
         if outcome == "skipped":
             self.metrics.skips.labels(skip_reason_class(reason)).inc()
+        lag = None
         if outcome == "synced" and parsed is not None:
             occurred = parsed.occurred_at.timestamp() if parsed.occurred_at else record.timestamp
-            self.metrics.sync_lag.labels(event_type).observe(max(0.0, time.time() - occurred))
+            lag = max(0.0, time.time() - occurred)
+            self.metrics.sync_lag.labels(event_type).observe(lag)
             self.metrics.last_success.set(time.time())
         level = logging.WARNING if outcome in ("dead_lettered", "parked") else logging.INFO
         log.log(
@@ -571,6 +573,7 @@ class Pipeline:
                 "parked_seq": record.parked_seq,
                 "glpi_ids": result.finished.glpi_ids if result else {},
                 "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                "lag_s": round(lag, 3) if lag is not None else None,
             },
         )
 
