@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KAFKA_LIBS := .cache/kafka/libs
 
-.PHONY: run test check static fmt fmt-check lint typecheck imports schemas kafka test-unit test-integration \
+.PHONY: chaos run test check static fmt fmt-check lint typecheck imports schemas kafka test-unit test-integration \
         test-e2e venv clean
 
 $(STAMP): pyproject.toml
@@ -38,6 +38,10 @@ test-integration: venv
 
 test-e2e: venv kafka
 	$(PY) -m pytest tests/e2e
+
+## The long fault-injection suite: 50 kill -9 points, GLPI faults, a 60 s outage, rebalance and broker restart.
+chaos: venv kafka
+	$(PY) -m tests.chaos --kills 50 --outage 60
 
 fmt: venv
 	$(VENV)/bin/ruff format app tests

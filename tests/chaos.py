@@ -113,7 +113,9 @@ def verify(work: Workload, states: list[dict[str, Any]], hooks: set[int] | None 
     logins = [u["name"] for state in states for u in state["User"] if u["id"] != 2]
     tickets = [t for state in states for t in state["Ticket"]]
     contents = [html.unescape(t["content"]) for t in tickets]
-    markers = [html.unescape(f["content"]).split("[cw-msg:")[1].split("]")[0] for s in states for f in s["ITILFollowup"]]
+    markers = [
+        html.unescape(f["content"]).split("[cw-msg:")[1].split("]")[0] for s in states for f in s["ITILFollowup"]
+    ]
     for hook in wanted_hooks:
         for login in work.logins[hook]:
             count = logins.count(login)
@@ -154,13 +156,18 @@ def expected_counts(work: Workload, hooks: set[int] | None = None) -> tuple[int,
     return users, tickets, followups
 
 
-def wait_complete(work: Workload, emulators: list[EmulatorProcess], timeout: float, hooks: set[int] | None = None) -> Verdict:
+def wait_complete(
+    work: Workload, emulators: list[EmulatorProcess], timeout: float, hooks: set[int] | None = None
+) -> Verdict:
     users, tickets, followups = expected_counts(work, hooks)
 
     def done() -> bool:
         verdict = verify(work, [e.state() for e in emulators], hooks)
-        return verdict.users == users and verdict.tickets == tickets and verdict.followups == followups and (
-            verdict.wrong_status == 0
+        return (
+            verdict.users == users
+            and verdict.tickets == tickets
+            and verdict.followups == followups
+            and (verdict.wrong_status == 0)
         )
 
     try:
@@ -175,7 +182,12 @@ def publish_in_background(env: SyncEnv, events: list[dict[str, Any]], chunks: in
         size = max(1, len(events) // chunks)
         for start in range(0, len(events), size):
             stamped = [{**e, "occurred_at": datetime.now(tz=UTC).isoformat()} for e in events[start : start + size]]
-            env.publish(stamped)
+            for _attempt in range(60):  # the broker may be restarting: a producer keeps trying, as Chatwoot's would
+                try:
+                    env.publish(stamped)
+                    break
+                except Exception:
+                    time.sleep(1.0)
             time.sleep(pause)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -193,8 +205,15 @@ def report(title: str, figures: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------- scenarios
 
 
-def scenario_kill9(kafka: KafkaBroker, workdir: Path, kills: int, hooks: int = 10, conversations: int = 5,
-                   messages: int = 9, seed: int = 7) -> dict[str, Any]:
+def scenario_kill9(
+    kafka: KafkaBroker,
+    workdir: Path,
+    kills: int,
+    hooks: int = 10,
+    conversations: int = 5,
+    messages: int = 9,
+    seed: int = 7,
+) -> dict[str, Any]:
     """kill -9 the worker at random points while the workload flows; restart it each time."""
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -239,8 +258,9 @@ def scenario_kill9(kafka: KafkaBroker, workdir: Path, kills: int, hooks: int = 1
         emulator.stop()
 
 
-def scenario_glpi_faults(kafka: KafkaBroker, workdir: Path, hooks: int = 10, conversations: int = 3,
-                         messages: int = 6, seed: int = 11) -> dict[str, Any]:
+def scenario_glpi_faults(
+    kafka: KafkaBroker, workdir: Path, hooks: int = 10, conversations: int = 3, messages: int = 6, seed: int = 11
+) -> dict[str, Any]:
     """5xx bursts, hangs past the timeout, sessions expired mid-stream, 429s, replies lost after the write."""
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -286,8 +306,9 @@ def scenario_glpi_faults(kafka: KafkaBroker, workdir: Path, hooks: int = 10, con
         emulator.stop()
 
 
-def scenario_dead_hook(kafka: KafkaBroker, workdir: Path, outage: float, hooks: int = 10, rate: float = 20.0
-                       ) -> dict[str, Any]:
+def scenario_dead_hook(
+    kafka: KafkaBroker, workdir: Path, outage: float, hooks: int = 10, rate: float = 20.0
+) -> dict[str, Any]:
     """One hook's GLPI down for ``outage`` seconds; the others keep flowing; the dead hook catches up."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = SyncEnv(kafka, workdir, partitions=2)
@@ -297,8 +318,9 @@ def scenario_dead_hook(kafka: KafkaBroker, workdir: Path, outage: float, hooks: 
     dead.start()
     try:
         dead_hook = 200 + hooks
-        work = Workload.build(hooks, conversations=4, messages=int(rate * (outage + 10) / (hooks * 4)) + 1,
-                              first_hook=201)
+        work = Workload.build(
+            hooks, conversations=4, messages=int(rate * (outage + 10) / (hooks * 4)) + 1, first_hook=201
+        )
         urls = {h: (dead.api_url if h == dead_hook else healthy.api_url) for h in work.logins}
         env.publish(work.hook_events(urls))
         worker = env.worker("w1")
@@ -314,14 +336,21 @@ def scenario_dead_hook(kafka: KafkaBroker, workdir: Path, outage: float, hooks: 
         verdict = wait_complete(work, [healthy, dead], 300)
         lags = []
         for line in worker.outcomes():
-            if line["hook_id"] in (None, dead_hook) or line["outcome"] != "synced" or line["event"] == "hook_configured":
+            if (
+                line["hook_id"] in (None, dead_hook)
+                or line["outcome"] != "synced"
+                or line["event"] == "hook_configured"
+            ):
                 continue
             done = datetime.fromisoformat(line["ts"]).timestamp()
             if outage_started <= done <= outage_ended:
                 lags.append(line.get("lag_s"))
         lags = [lag for lag in lags if lag is not None]
-        dead_done = [datetime.fromisoformat(o["ts"]).timestamp() for o in worker.outcomes()
-                     if o["hook_id"] == dead_hook and o["outcome"] == "synced" and o["event"] != "hook_configured"]
+        dead_done = [
+            datetime.fromisoformat(o["ts"]).timestamp()
+            for o in worker.outcomes()
+            if o["hook_id"] == dead_hook and o["outcome"] == "synced" and o["event"] != "hook_configured"
+        ]
         return {
             "outage of one hook's GLPI": f"{outage:.0f} s (hook {dead_hook}, 503 on every call)",
             "healthy hooks": hooks - 1,
@@ -329,8 +358,9 @@ def scenario_dead_hook(kafka: KafkaBroker, workdir: Path, outage: float, hooks: 
             "healthy sync lag p50 / p99 / max": (
                 f"{statistics.median(lags):.2f} / {_p99(lags):.2f} / {max(lags):.2f} s" if lags else "n/a"
             ),
-            "dead hook: events parked": sum(1 for o in worker.outcomes() if o["hook_id"] == dead_hook
-                                            and o["outcome"] == "parked"),
+            "dead hook: events parked": sum(
+                1 for o in worker.outcomes() if o["hook_id"] == dead_hook and o["outcome"] == "parked"
+            ),
             "dead hook: caught up after recovery in": (
                 f"{max(dead_done) - outage_ended:.1f} s" if dead_done else "n/a"
             ),
@@ -407,11 +437,16 @@ def main() -> int:
     failures = 0
     try:
         runs = [
-            ("kill -9 at random points", lambda: scenario_kill9(kafka, workdir / "kill9", args.kills,
-                                                                 conversations=args.conversations,
-                                                                 messages=args.messages)),
-            ("GLPI faults: 5xx, hangs, expired sessions, 429, lost replies",
-             lambda: scenario_glpi_faults(kafka, workdir / "faults")),
+            (
+                "kill -9 at random points",
+                lambda: scenario_kill9(
+                    kafka, workdir / "kill9", args.kills, conversations=args.conversations, messages=args.messages
+                ),
+            ),
+            (
+                "GLPI faults: 5xx, hangs, expired sessions, 429, lost replies",
+                lambda: scenario_glpi_faults(kafka, workdir / "faults"),
+            ),
             ("one hook's GLPI down", lambda: scenario_dead_hook(kafka, workdir / "dead", args.outage)),
             ("rebalance and broker restart", lambda: scenario_rebalance_and_broker_restart(kafka, workdir / "rebal")),
         ]

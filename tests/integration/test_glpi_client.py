@@ -292,8 +292,12 @@ async def test_a_reply_lost_after_the_write_never_duplicates(served: Served, pat
     commands = {
         "^Ticket$": CreateTicket({"name": "t", "content": "<p>[cw:7/99]</p>"}, "[cw:7/99]", 7, 99, None, "open"),
         "^ITILFollowup$": CreateFollowup(
-            ticket_id, {"itemtype": "Ticket", "items_id": ticket_id, "content": "<p>[cw-msg:5]</p>"}, "[cw-msg:5]",
-            7, 1, 5,
+            ticket_id,
+            {"itemtype": "Ticket", "items_id": ticket_id, "content": "<p>[cw-msg:5]</p>"},
+            "[cw-msg:5]",
+            7,
+            1,
+            5,
         ),
         "^User$": EnsureUser((), {"name": "chatwoot-7-5"}, "chatwoot-7-5", _snap()),
     }
