@@ -223,7 +223,7 @@ def scenario_kill9(
     try:
         emulator.faults({"path": ".*", "method": "POST", "kind": "delay", "seconds": 0.01, "count": -1})
         work = Workload.build(hooks, conversations, messages)
-        env.publish(work.hook_events({h: emulator.api_url for h in work.logins}))
+        env.publish(work.hook_events(dict.fromkeys(work.logins, emulator.api_url)))
         worker = env.worker("w1")
         worker.start()
         # Publish for about as long as the kills take (a restart costs about one session timeout, 6 s).
@@ -269,7 +269,7 @@ def scenario_glpi_faults(
     emulator.start()
     try:
         work = Workload.build(hooks, conversations, messages, first_hook=101)
-        env.publish(work.hook_events({h: emulator.api_url for h in work.logins}))
+        env.publish(work.hook_events(dict.fromkeys(work.logins, emulator.api_url)))
         worker = env.worker("w1")
         worker.env.update(GLPI_SYNC_GLPI_TIMEOUT="1.5", GLPI_SYNC_RETRY_BUDGET="30")
         worker.start()
@@ -385,7 +385,7 @@ def scenario_rebalance_and_broker_restart(kafka: KafkaBroker, workdir: Path, hoo
     try:
         emulator.faults({"path": ".*", "method": "POST", "kind": "delay", "seconds": 0.02, "count": -1})
         work = Workload.build(hooks, conversations=4, messages=6, first_hook=301)
-        env.publish(work.hook_events({h: emulator.api_url for h in work.logins}))
+        env.publish(work.hook_events(dict.fromkeys(work.logins, emulator.api_url)))
         first = env.worker("w1")
         first.start()
         publisher = publish_in_background(env, work.events, chunks=30, pause=0.5)
