@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +236,181 @@ def cmd_dlq_replay(args: argparse.Namespace, env: WorkerSettings) -> int:
     return 0
 
 
+def send_command(env: WorkerSettings, event: str, hook_id: int, **payload: Any) -> None:
+    """Publish a control command keyed by hook id (same partition as the hook's events) on the control topic."""
+    payload.setdefault("requested_by", getpass.getuser())
+    command = {"event": event, "hook_id": hook_id, "payload": {k: v for k, v in payload.items() if v is not None}}
+    asyncio.run(publish(env.kafka_bootstrap_servers, env.control_topic, [command]))
+
+
+def worker_get(env: WorkerSettings, path: str, url: str | None = None) -> tuple[int, Any]:
+    """GET a worker endpoint (any worker: it forwards to the one that owns the hook)."""
+
+    async def go() -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{(url or env.worker_url).rstrip('/')}{path}", timeout=aiohttp.ClientTimeout(total=60)) as resp,
+        ):
+            return resp.status, await resp.json(content_type=None)
+
+    try:
+        return asyncio.run(go())
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise CliError(
+            f"no worker answered at {url or env.worker_url} ({type(exc).__name__}); set GLPI_SYNC_WORKER_URL"
+        ) from None
+
+
+def _print_json(data: Any) -> None:
+    print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def cmd_inspect(args: argparse.Namespace, env: WorkerSettings) -> int:
+    paths = {
+        "hook": f"/state/hook/{args.hook_id}",
+        "contact": f"/state/hook/{args.hook_id}/contact/{args.id}",
+        "conversation": f"/state/hook/{args.hook_id}/conversation/{args.id}",
+    }
+    if args.kind != "hook" and args.id is None:
+        raise CliError(f"inspect {args.kind} needs the Chatwoot {args.kind} id")
+    status, body = worker_get(env, paths[args.kind], args.worker)
+    _print_json(body)
+    return 0 if status == 200 else 1
+
+
+def cmd_hook_command(args: argparse.Namespace, env: WorkerSettings) -> int:
+    event = {
+        "enable": "hook_enable",
+        "disable": "hook_disable",
+        "pause": "hook_pause",
+        "resume": "hook_resume",
+        "skip": "hook_skip",
+    }[args.hook_command]
+    send_command(env, event, args.hook_id, reason=getattr(args, "reason", None))
+    print(f"{event} sent for hook {args.hook_id} on {env.control_topic}; see: glpi-sync inspect hook {args.hook_id}")
+    return 0
+
+
+def cmd_hook_test(args: argparse.Namespace, env: WorkerSettings) -> int:
+    status, body = worker_get(env, f"/state/hook/{args.hook_id}/test", args.worker)
+    if status != 200:
+        raise CliError(str(body.get("error", body)))
+    failed = 0
+    for check in body["checks"]:
+        mark = "✔" if check["ok"] else "✘"
+        fix = f"  → {check['fix']}" if check["fix"] else ""
+        print(f"{mark} {check['check']}: {check['detail']}{fix}")
+        failed += 0 if check["ok"] else 1
+    return 1 if failed else 0
+
+
+def cmd_repair(args: argparse.Namespace, env: WorkerSettings) -> int:
+    glpi_id = None if args.clear else args.glpi_id
+    if glpi_id is None and not args.clear:
+        raise CliError("give --glpi-id N, or --clear to forget the mapping")
+    if args.kind == "contact":
+        send_command(
+            env, "set_contact_mapping", args.hook_id, contact_id=args.id, glpi_id=glpi_id, glpi_itemtype=args.itemtype
+        )
+    else:
+        send_command(env, "set_conversation_mapping", args.hook_id, conversation_id=args.id, glpi_id=glpi_id)
+    print(
+        f"mapping change for {args.kind} {args.id} sent; check with: glpi-sync inspect {args.kind} "
+        f"--hook-id {args.hook_id} {args.id}"
+    )
+    return 0
+
+
+def cmd_resync(args: argparse.Namespace, env: WorkerSettings) -> int:
+    field = "contact_id" if args.kind == "contact" else "conversation_id"
+    send_command(env, f"resync_{args.kind}", args.hook_id, **{field: args.id})
+    print(f"resync of {args.kind} {args.id} requested; the worker logs what it found and re-created")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace, env: WorkerSettings) -> int:
+    from app.kafka_io import committed_offsets, read_topic_since
+
+    since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    records = [
+        r
+        for r in asyncio.run(read_topic_since(env.kafka_bootstrap_servers, env.topic, since))
+        if r.key == str(args.hook_id).encode()
+    ]
+    print(f"hook {args.hook_id}: {len(records)} event(s) since {since.isoformat()} will be replayed")
+    if args.dry_run:
+        return 0
+    send_command(env, "hook_reset", args.hook_id, reason=f"replay since {since.isoformat()}")
+    _wait_for(env, args.hook_id, lambda hook: bool(hook.get("rebuilding")), "the reset to be applied")
+    from app.kafka_io import publish_raw
+
+    headers = [("cwglpi.replayed_by", b"hook-reset")]
+    replay = [(r.key, r.value, headers) for r in records]
+    ends: dict[int, int] = {}
+    for start in range(0, len(replay), 100):
+        chunk = replay[start : start + 100]
+        asyncio.run(publish_raw(env.kafka_bootstrap_servers, env.topic, chunk))
+        _progress("published", start + len(chunk), len(replay))
+    print()
+    ends = asyncio.run(end_offsets_for(env, records))
+    group = env.app_id
+    deadline = time.monotonic() + args.timeout
+    while True:
+        done = asyncio.run(committed_offsets(env.kafka_bootstrap_servers, group, env.topic))
+        behind = sum(max(0, end - done.get(p, 0)) for p, end in ends.items())
+        _progress("synced", len(replay) - min(behind, len(replay)), len(replay))
+        if behind == 0:
+            break
+        if time.monotonic() > deadline:
+            print()
+            raise CliError(f"the worker has not caught up after {args.timeout}s; run the reset again (safe)")
+        time.sleep(1)
+    print()
+    send_command(env, "hook_rebuilt", args.hook_id)
+    print(f"hook {args.hook_id} rebuilt from {len(replay)} event(s); existing GLPI objects were adopted, not copied")
+    return 0
+
+
+async def end_offsets_for(env: WorkerSettings, records: list[Any]) -> dict[int, int]:
+    from app.kafka_io import end_offsets
+
+    partitions = sorted({r.partition for r in records})
+    return await end_offsets(env.kafka_bootstrap_servers, env.topic, partitions)
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    width = 30
+    filled = int(width * done / total) if total else width
+    sys.stdout.write(f"\r{label:>9} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    sys.stdout.flush()
+
+
+def _wait_for(env: WorkerSettings, hook_id: int, predicate: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = worker_get(env, f"/state/hook/{hook_id}")
+        if status == 200 and predicate(body):
+            return
+        time.sleep(0.5)
+    raise CliError(f"timed out waiting for {what}")
+
+
+def cmd_doctor(args: argparse.Namespace, env: WorkerSettings) -> int:
+    from app import doctor
+
+    lines = asyncio.run(doctor.run(env, args.worker or env.worker_url, args.hook_id or None))
+    if args.json:
+        _print_json({"ok": all(line.level != "fail" for line in lines), "checks": doctor.as_json(lines)})
+    else:
+        for line in lines:
+            print(line.render())
+        failed = sum(line.level == "fail" for line in lines)
+        print(f"{len(lines)} checks: {failed} failed" if failed else f"{len(lines)} checks: all good")
+    return 1 if any(line.level == "fail" for line in lines) else 0
+
+
 def cmd_worker(args: argparse.Namespace, env: WorkerSettings) -> int:
     from app.worker import run_worker
 
@@ -297,6 +475,58 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--allow-http", action="store_true", help="accept a plain-http api_url (local GLPI)")
     hs.add_argument("--no-test", action="store_true", help="do not test the tokens with initSession")
     hs.set_defaults(func=cmd_hook_set)
+    for name, text in (
+        ("enable", "sync this hook's events"),
+        ("disable", "skip this hook's events"),
+        ("pause", "park this hook's events until resumed"),
+        ("resume", "resume a paused hook and sync its parked events in order"),
+        ("skip", "move the parked event the hook is stuck on to the dead-letter topic"),
+    ):
+        sp = hook_sub.add_parser(name, help=text)
+        sp.add_argument("--hook-id", type=int, required=True)
+        if name in ("pause", "skip"):
+            sp.add_argument("--reason", default="", help="recorded with the command")
+        sp.set_defaults(func=cmd_hook_command)
+    ht = hook_sub.add_parser("test", help="the health checklist for one hook, run by the worker that owns it")
+    ht.add_argument("--hook-id", type=int, required=True)
+    ht.add_argument("--worker", help="worker URL (default GLPI_SYNC_WORKER_URL)")
+    ht.set_defaults(func=cmd_hook_test)
+
+    doc = sub.add_parser("doctor", help="the whole health checklist: broker, topics, group, workers, hooks, GLPI")
+    doc.add_argument("--hook-id", type=int, action="append", default=[], help="only these hooks (repeatable)")
+    doc.add_argument("--worker", help="worker URL (default GLPI_SYNC_WORKER_URL)")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=cmd_doctor)
+
+    insp = sub.add_parser("inspect", help="show the sync state of a hook, contact or conversation")
+    insp.add_argument("kind", choices=["hook", "contact", "conversation"])
+    insp.add_argument("id", type=int, nargs="?", help="Chatwoot contact id or conversation display id")
+    insp.add_argument("--hook-id", type=int, required=True)
+    insp.add_argument("--worker", help="worker URL (default GLPI_SYNC_WORKER_URL)")
+    insp.set_defaults(func=cmd_inspect)
+
+    rep = sub.add_parser("repair", help="point a contact or conversation at a GLPI id, or clear the mapping")
+    rep.add_argument("kind", choices=["contact", "conversation"])
+    rep.add_argument("id", type=int)
+    rep.add_argument("--hook-id", type=int, required=True)
+    rep.add_argument("--glpi-id", type=int)
+    rep.add_argument("--itemtype", choices=["User", "Contact"])
+    rep.add_argument("--clear", action="store_true")
+    rep.set_defaults(func=cmd_repair)
+
+    rs = sub.add_parser("resync", help="re-check GLPI and re-create what is missing, never duplicating")
+    rs.add_argument("kind", choices=["contact", "conversation"])
+    rs.add_argument("id", type=int)
+    rs.add_argument("--hook-id", type=int, required=True)
+    rs.set_defaults(func=cmd_resync)
+
+    reset = sub.add_parser("reset", help="forget a hook's mappings and rebuild them by replaying the topic")
+    reset.add_argument("target", choices=["hook"])
+    reset.add_argument("--hook-id", type=int, required=True)
+    reset.add_argument("--since", required=True, help="ISO-8601 time to replay from, e.g. 2025-11-01T00:00:00Z")
+    reset.add_argument("--timeout", type=float, default=600)
+    reset.add_argument("--dry-run", action="store_true")
+    reset.set_defaults(func=cmd_reset)
     return parser
 
 

@@ -43,7 +43,20 @@ CHATWOOT_EVENTS = (
 )
 CONTROL_EVENTS = ("hook_configured", "hook_removed")
 #: Commands accepted only from the control topic (never from the producers' topic).
-CONTROL_COMMANDS = ("hook_retry", "hook_pause", "hook_resume")
+CONTROL_COMMANDS = (
+    "hook_retry",
+    "hook_pause",
+    "hook_resume",
+    "hook_enable",
+    "hook_disable",
+    "hook_skip",
+    "hook_reset",
+    "hook_rebuilt",
+    "set_contact_mapping",
+    "set_conversation_mapping",
+    "resync_contact",
+    "resync_conversation",
+)
 
 
 class InvalidEnvelopeError(ValueError):
@@ -252,12 +265,30 @@ class HookRemoved(_Envelope):
 class ControlCommandPayload(_Model):
     reason: str = ""
     requested_by: str = ""
+    contact_id: int | None = None
+    conversation_id: int | None = None
+    #: For ``set_*_mapping``: the GLPI id to point at; null clears the mapping.
+    glpi_id: int | None = None
+    glpi_itemtype: Literal["User", "Contact"] | None = None
 
 
 class ControlCommand(_Model):
     """An operator or worker command for one hook, from the control topic (ordered with the hook's events)."""
 
-    event: Literal["hook_retry", "hook_pause", "hook_resume"]
+    event: Literal[
+        "hook_retry",
+        "hook_pause",
+        "hook_resume",
+        "hook_enable",
+        "hook_disable",
+        "hook_skip",
+        "hook_reset",
+        "hook_rebuilt",
+        "set_contact_mapping",
+        "set_conversation_mapping",
+        "resync_contact",
+        "resync_conversation",
+    ]
     hook_id: int = Field(ge=0)
     account_id: int = Field(0, ge=0)
     event_id: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -104,5 +105,57 @@ async def ensure_topics(
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+async def read_topic_since(bootstrap: str, topic: str, since: datetime) -> list[ConsumerRecord[bytes, bytes]]:
+    """Records of ``topic`` with a timestamp at or after ``since``, up to the end offsets at call time."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+        end = await consumer.end_offsets(tps)
+        pending = set()
+        for tp in tps:
+            found = starts.get(tp)
+            if found is not None and found.offset < end[tp]:
+                consumer.seek(tp, found.offset)
+                pending.add(tp)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while pending and loop.time() < deadline:
+            batch = await consumer.getmany(*pending, timeout_ms=500)
+            for tp, msgs in batch.items():
+                records.extend(m for m in msgs if m.offset < end[tp])
+                if msgs and msgs[-1].offset >= end[tp] - 1:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return sorted(records, key=lambda r: (r.timestamp, r.partition, r.offset))
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The consumer group's committed offset per partition of ``topic``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
     finally:
         await admin.close()

@@ -25,6 +25,7 @@ def event_type_label(name: str | None) -> str:
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._hook_labels: set[str] = set()
         self.events = Counter(
             "cwglpi_events_processed",
             "Events finished, by event type and outcome (synced, skipped, dead_lettered).",
@@ -90,11 +91,51 @@ class Metrics:
         self.parked_pending = Gauge(
             "cwglpi_parked_events", "Events waiting in parked queues of this worker's hooks.", registry=registry
         )
+        self.consumer_lag = Gauge(
+            "cwglpi_consumer_lag_messages",
+            "High-water mark minus committed offset, per input partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.oldest_pending_age = Gauge(
+            "cwglpi_oldest_pending_event_age_seconds",
+            "Age of the oldest event not yet finished, per partition (grows while the worker is stuck; 0 when idle).",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "cwglpi_inflight_events", "Events dispatched to lanes and not yet finished.", registry=registry
+        )
+        self.hook_last_synced = Gauge(
+            "cwglpi_hook_last_synced_timestamp_seconds",
+            "Unix time of the last event synced to GLPI, per hook (at most GLPI_SYNC_PER_HOOK_METRICS_LIMIT hooks).",
+            ["hook_id"],
+            registry=registry,
+        )
+        self.commit_stalled = Gauge(
+            "cwglpi_commit_stalled_seconds",
+            "Longest time a partition with lag has gone without its committed offset moving.",
+            registry=registry,
+        )
+        self.build = Gauge("cwglpi_build_info", "Build information.", ["version"], registry=registry)
+        self.build.labels("0.1.0").set(1)
         self.last_success = Gauge(
             "cwglpi_last_synced_event_timestamp_seconds",
             "Unix time of the last event synced to GLPI.",
             registry=registry,
         )
+
+    def mark_hook_synced(self, hook_id: int, now: float, limit: int) -> None:
+        """Per-hook freshness, bounded: hooks beyond ``limit`` (0 = off) are not labelled."""
+        label = str(hook_id)
+        if limit <= 0:
+            return
+        known = self._hook_labels
+        if label not in known:
+            if len(known) >= limit:
+                return
+            known.add(label)
+        self.hook_last_synced.labels(label).set(now)
 
     def observe_glpi_request(self, op: str, method: str, status: int, seconds: float, code: str | None) -> None:
         self.glpi_requests.labels(op, method, str(status)).inc()

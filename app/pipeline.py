@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import html
 import logging
 import os
 import socket
@@ -36,6 +37,7 @@ from faust.types import EventT
 
 from app import logs
 from app.events import (
+    Contact,
     ControlCommand,
     HookConfigured,
     HookRemoved,
@@ -47,10 +49,13 @@ from app.events import (
     parse_envelope,
 )
 from app.execute import EventResult, GlpiExecutor, RetryPolicy, sync_event
-from app.glpi import GlpiAuthError, GlpiClient, GlpiError, GlpiRejectedError, GlpiRetryableError
+from app.glpi import GlpiAuthError, GlpiClient, GlpiError, GlpiNotFoundError, GlpiRejectedError, GlpiRetryableError
 from app.metrics import Metrics, event_type_label, skip_reason_class
 from app.settings import WorkerSettings
-from app.sync.decide import apply_hook_event, record_ids
+from app.sync import mapping
+from app.sync.commands import CreateFollowup, CreateTicket, cautious
+from app.sync.decide import apply_hook_event, ensure_contact_command, record_ids, ticket_gone
+from app.sync.record import record as record_outcome
 from app.sync.state import (
     ContactRecord,
     ConversationRecord,
@@ -418,23 +423,127 @@ class Pipeline:
         await self.drain(updated.hook_id)
 
     async def _command(self, record: SourceRecord, parsed: ControlCommand, started: float) -> None:
+        """Operator and worker commands, in order with the hook's events (same partition, same lane)."""
         hook = self.hook(parsed.hook_id)
         if hook is None:
             self._finish(record, parsed, "skipped", "unknown hook", started)
             return
-        if parsed.event == "hook_pause":
-            reason = parsed.payload.reason or "paused by an operator"
-            await self.pause_hook(hook.hook_id, "operator", reason)
-            self._finish(record, parsed, "synced", f"hook paused: {reason}", started)
+        if hook.partition is not None and hook.partition != record.partition:
+            reason = (
+                f"command arrived on partition {record.partition} but hook {hook.hook_id} lives on partition "
+                f"{hook.partition}: the Chatwoot producer must use the murmur2 partitioner"
+            )
+            await self.dead_letter(record, "configure", "MisroutedCommand", reason)
+            self._finish(record, parsed, "dead_lettered", reason, started)
             return
-        if parsed.event == "hook_retry" and (hook.pause is None or hook.pause.kind != "transient"):
-            self._finish(record, parsed, "skipped", "nothing to retry", started)
+        who = f" (by {parsed.payload.requested_by})" if parsed.payload.requested_by else ""
+        match parsed.event:
+            case "hook_pause":
+                reason = parsed.payload.reason or "paused by an operator"
+                await self.pause_hook(hook.hook_id, "operator", reason)
+                self._finish(record, parsed, "synced", f"hook paused{who}: {reason}", started)
+            case "hook_enable" | "hook_disable":
+                status = "enabled" if parsed.event == "hook_enable" else "disabled"
+                await self.save_hook(hook.model_copy(update={"status": status}))
+                self._finish(record, parsed, "synced", f"hook {status}{who}", started)
+                await self.drain(hook.hook_id)
+            case "hook_skip":
+                await self._skip_head(record, parsed, hook, started)
+            case "hook_reset":
+                await self._reset(record, parsed, hook, started)
+            case "hook_rebuilt":
+                await self.save_hook(hook.model_copy(update={"rebuilding": False}))
+                self._finish(record, parsed, "synced", "rebuild finished: creates no longer look first", started)
+            case "set_contact_mapping" | "set_conversation_mapping":
+                await self._set_mapping(record, parsed, hook, started)
+            case "resync_contact" | "resync_conversation":
+                await self._resync(record, parsed, hook, started)
+            case "hook_retry" | "hook_resume":
+                if parsed.event == "hook_retry" and (hook.pause is None or hook.pause.kind != "transient"):
+                    self._finish(record, parsed, "skipped", "nothing to retry", started)
+                    return
+                if hook.pause is not None:
+                    await self.save_hook(hook.model_copy(update={"pause": None}))
+                    self.refresh_gauges()
+                self._finish(
+                    record, parsed, "synced", f"{parsed.event}{who}: draining {hook.parked} parked event(s)", started
+                )
+                await self.drain(hook.hook_id)
+
+    async def _skip_head(self, record: SourceRecord, parsed: ControlCommand, hook: HookRecord, started: float) -> None:
+        """The guide's "clear stuck jobs": the event the hook is stuck on goes to the DLQ, with who and why."""
+        if hook.parked == 0:
+            self._finish(record, parsed, "skipped", "no parked event to skip", started)
             return
-        if hook.pause is not None:
-            await self.save_hook(hook.model_copy(update={"pause": None}))
-            self.refresh_gauges()
-        self._finish(record, parsed, "synced", f"{parsed.event}: draining {hook.parked} parked event(s)", started)
-        await self.drain(hook.hook_id)
+        seq = hook.parked_first
+        raw = self.parked.pop(parked_key(hook.hook_id, seq), None)
+        if raw is not None:
+            reason = f"skipped by operator {parsed.payload.requested_by or '?'}: {parsed.payload.reason or '-'}"
+            await self.dead_letter(SourceRecord.from_json(raw, seq), "operator-skip", "SkippedByOperator", reason)
+        await self.save_hook(hook.model_copy(update={"parked_first": seq + 1}))
+        self._finish(record, parsed, "synced", f"parked event #{seq} moved to the dead-letter topic", started)
+
+    async def _reset(self, record: SourceRecord, parsed: ControlCommand, hook: HookRecord, started: float) -> None:
+        """Forget the hook's mappings (GLPI data stays); creates look first until ``hook_rebuilt``."""
+        prefix = f"{hook.account_id}:"
+        forgotten = 0
+        for table in (self.contacts, self.conversations, self.messages):
+            for key in [k for k in list(table.keys()) if isinstance(k, str) and k.startswith(prefix)]:
+                table.pop(key, None)
+                forgotten += 1
+        await self.save_hook(hook.model_copy(update={"rebuilding": True}))
+        self._finish(record, parsed, "synced", f"hook reset: {forgotten} mapping(s) forgotten, rebuilding", started)
+
+    async def _set_mapping(
+        self, record: SourceRecord, parsed: ControlCommand, hook: HookRecord, started: float
+    ) -> None:
+        """Point a contact or conversation at a GLPI id (after a manual merge), or clear the mapping."""
+        payload = parsed.payload
+        if parsed.event == "set_contact_mapping" and payload.contact_id is not None:
+            key = contact_key(hook.account_id, payload.contact_id)
+            raw = self.contacts.get(key)
+            current = (
+                ContactRecord.model_validate(raw)
+                if raw
+                else ContactRecord(account_id=hook.account_id, contact_id=payload.contact_id)
+            )
+            itemtype = (
+                payload.glpi_itemtype
+                or current.glpi_itemtype
+                or ("User" if hook.settings.sync_type == "user" else "Contact")
+            )
+            updated = current.model_copy(
+                update={"glpi_id": payload.glpi_id, "glpi_itemtype": itemtype, "pending": None}
+            )
+            await self.contacts.put_durable(key, updated.model_dump(mode="json"))
+            what = f"contact {payload.contact_id} → {itemtype} {payload.glpi_id}"
+        elif parsed.event == "set_conversation_mapping" and payload.conversation_id is not None:
+            key = conversation_key(hook.account_id, payload.conversation_id)
+            raw = self.conversations.get(key)
+            conv = (
+                ConversationRecord.model_validate(raw)
+                if raw
+                else ConversationRecord(account_id=hook.account_id, conversation_id=payload.conversation_id)
+            )
+            updated_conv = conv.model_copy(update={"ticket_id": payload.glpi_id, "pending": None})
+            await self.conversations.put_durable(key, updated_conv.model_dump(mode="json"))
+            what = f"conversation {payload.conversation_id} → Ticket {payload.glpi_id}"
+        else:
+            reason = f"{parsed.event} needs a contact_id or conversation_id"
+            await self.dead_letter(record, "configure", "InvalidCommand", reason)
+            self._finish(record, parsed, "dead_lettered", reason, started)
+            return
+        log.warning("mapping repaired: %s", what, extra={"hook_id": hook.hook_id})
+        self._finish(record, parsed, "synced", f"mapping set: {what}", started)
+
+    async def _resync(self, record: SourceRecord, parsed: ControlCommand, hook: HookRecord, started: float) -> None:
+        try:
+            report = await resync(self, hook, parsed)
+        except (GlpiError, HookConfigError) as exc:
+            reason = f"resync failed: {type(exc).__name__} {exc}"[:300]
+            self._finish(record, parsed, "skipped", reason, started)
+            return
+        self._finish(record, parsed, "synced", report, started)
 
     async def pause_hook(self, hook_id: int, kind: str, reason: str) -> HookRecord:
         hook = self.hook(hook_id)
@@ -556,6 +665,7 @@ class Pipeline:
             lag = max(0.0, time.time() - occurred)
             self.metrics.sync_lag.labels(event_type).observe(lag)
             self.metrics.last_success.set(time.time())
+            self.metrics.mark_hook_synced(parsed.hook_id, time.time(), self.settings.per_hook_metrics_limit)
         level = logging.WARNING if outcome in ("dead_lettered", "parked") else logging.INFO
         log.log(
             level,
@@ -576,6 +686,104 @@ class Pipeline:
                 "lag_s": round(lag, 3) if lag is not None else None,
             },
         )
+
+
+async def resync(pipeline: Pipeline, hook: HookRecord, command: ControlCommand) -> str:
+    """The guide's "force re-sync": check in GLPI what the state says exists; recreate what is missing.
+
+    Nothing that exists is created again: tickets are checked by id, followups by their markers.
+    """
+    client = pipeline.client_for(hook)
+    executor = GlpiExecutor(client, pipeline.policy)
+    payload = command.payload
+    if command.event == "resync_contact":
+        if payload.contact_id is None:
+            return "resync_contact needs a contact_id"
+        key = contact_key(hook.account_id, payload.contact_id)
+        raw = pipeline.contacts.get(key)
+        if raw is None:
+            return f"contact {payload.contact_id} was never synced: publish its contact_created again"
+        contact = ContactRecord.model_validate(raw)
+        if contact.glpi_id is not None and await _exists(client, contact.glpi_itemtype or "User", contact.glpi_id):
+            return f"contact {payload.contact_id}: {contact.glpi_itemtype} {contact.glpi_id} exists"
+        chatwoot = Contact(
+            id=contact.contact_id, name=contact.name, email=(contact.emails or (None,))[0], phone_number=contact.phone
+        )
+        view = SyncView(hook=hook, contact=contact.model_copy(update={"glpi_id": None}))
+        cmd = ensure_contact_command(view, hook.account_id, chatwoot, hook.settings)
+        outcome = await executor.run(cautious(cmd))
+        after = record_outcome(view, cmd, outcome)
+        await pipeline.persist(view, after, True)
+        return f"contact {payload.contact_id}: {contact.glpi_itemtype} {contact.glpi_id} was missing, now {outcome}"
+    if payload.conversation_id is None:
+        return "resync_conversation needs a conversation_id"
+    key = conversation_key(hook.account_id, payload.conversation_id)
+    raw = pipeline.conversations.get(key)
+    if raw is None:
+        return f"conversation {payload.conversation_id} was never synced: publish its events again"
+    conv = ConversationRecord.model_validate(raw)
+    view = SyncView(hook=hook, conversation=conv)
+    notes = []
+    if conv.ticket_id is None or not await _exists(client, "Ticket", conv.ticket_id):
+        if conv.ticket_input is None:
+            return f"conversation {payload.conversation_id}: no ticket and nothing stored to rebuild it from"
+        gone = conv.ticket_id
+        view = ticket_gone(view, gone) if gone is not None else view
+        previous = f"GLPI ticket #{gone}" if gone is not None else "a lost ticket"
+        content = str(conv.ticket_input.get("content", "")) + (
+            f"<p>Recreated by a re-sync: {previous} was deleted in GLPI.</p>"
+        )
+        marker = mapping.ticket_marker(hook.account_id, conv.conversation_id)
+        ticket_cmd = CreateTicket(
+            {**conv.ticket_input, "content": content},
+            marker,
+            hook.account_id,
+            conv.conversation_id,
+            conv.body_message_id,
+            conv.status,
+            lookup_first=True,
+        )
+        before = view
+        view = record_outcome(view, ticket_cmd, await executor.run(ticket_cmd))
+        await pipeline.persist(before, view, True)
+        notes.append(f"ticket recreated (was {gone})")
+    assert view.conversation is not None
+    assert view.conversation.ticket_id is not None
+    ticket_id = view.conversation.ticket_id
+    present = " ".join(
+        html.unescape(str(row.get("content", "")))
+        for row in await client.get_subitems("Ticket", ticket_id, "ITILFollowup")
+    )
+    added = 0
+    for value in list(pipeline.messages.values()):
+        msg = MessageRecord.model_validate(value)
+        if msg.account_id != hook.account_id or msg.conversation_id != conv.conversation_id:
+            continue
+        marker = mapping.followup_marker(msg.message_id)
+        if msg.followup_input is None or marker in present:
+            continue
+        cmd_f = CreateFollowup(
+            ticket_id,
+            {**msg.followup_input, "items_id": ticket_id},
+            marker,
+            hook.account_id,
+            conv.conversation_id,
+            msg.message_id,
+        )
+        msg_view = SyncView(hook=hook, conversation=view.conversation, message=msg)
+        after = record_outcome(msg_view, cmd_f, await executor.run(cmd_f))
+        await pipeline.persist(msg_view, after, True)
+        added += 1
+    notes.append(f"{added} missing followup(s) added")
+    return f"conversation {payload.conversation_id} → ticket {ticket_id}: " + ", ".join(notes)
+
+
+async def _exists(client: GlpiClient, itemtype: str, item_id: int) -> bool:
+    try:
+        item = await client.get_item(itemtype, item_id)
+    except GlpiNotFoundError:
+        return False
+    return not item.get("is_deleted")
 
 
 def _reason(result: EventResult) -> str:

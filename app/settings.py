@@ -38,6 +38,11 @@ class WorkerSettings(BaseSettings):
     session_timeout: float = Field(30.0, ge=6, le=300)
     max_inflight: int = Field(2000, ge=1)
     create_topics: bool = True
+    per_hook_metrics_limit: int = Field(200, ge=0)
+    liveness_stall_seconds: float = Field(600.0, gt=0)
+    advertised_url: str | None = None
+    #: Where the CLI (inspect, doctor, hook test, reset) reaches a worker; any worker of the group will do.
+    worker_url: str = "http://127.0.0.1:6066"
     embedded_broker: bool = False
     replication_factor: int = Field(1, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from collections.abc import Callable
 from typing import Any, cast
 
 import faust
@@ -23,6 +25,7 @@ from app import logs
 from app.kafka_io import ensure_topics
 from app.lanes import LaneDispatcher
 from app.metrics import Metrics
+from app.ops import FORWARDED, Operations, ProgressMonitor
 from app.pipeline import DurableTable, Pipeline
 from app.settings import WorkerSettings
 
@@ -77,6 +80,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         web_bind=settings.http_host,
         web_tables_enabled=False,
         web_in_thread=False,
+        canonical_url=settings.advertised_url or f"http://{socket.gethostname()}:{settings.http_port}",
         broker_commit_interval=1.0,
         broker_commit_every=100,
         stream_buffer_maxsize=256,
@@ -96,6 +100,8 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     lanes = LaneDispatcher(app, pipeline.handle, max_inflight=settings.max_inflight)
     app.pipeline = pipeline
     app.lanes = lanes
+    ops = Operations(app, settings, pipeline)
+    monitor = ProgressMonitor(app, settings, lanes, metrics)
     source = app.topic(
         settings.topic, settings.control_topic, key_serializer="raw", value_serializer="raw", internal=False
     )
@@ -124,13 +130,60 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
 
     cast(Any, app).timer(interval=settings.resume_interval)(resume_paused_hooks)
 
+    async def sample_progress() -> None:
+        monitor.sample()
+
+    cast(Any, app).timer(interval=5.0)(sample_progress)
+
+    def page(path: str) -> Callable[[Any], Any]:
+        decorator: Callable[[Any], Any] = cast(Any, app).page(path)
+        return decorator
+
+    def reply(view: Any, status: int, body: Any) -> Any:
+        return view.json(body, status=status)
+
+    @page("/state/hooks")
+    async def hooks_page(view: Any, request: Any) -> Any:
+        if request.query.get("all"):
+            return reply(view, 200, {"hooks": await ops.all_hooks(), "workers": ops.worker_urls()})
+        return reply(view, *await ops.local_hooks())
+
+    @page("/state/workers")
+    async def workers_page(view: Any, request: Any) -> Any:
+        return reply(view, 200, {"self": ops.self_url, "workers": ops.worker_urls()})
+
+    @page("/state/hook/{hook_id}")
+    async def hook_page(view: Any, request: Any, hook_id: str) -> Any:
+        hid = int(hook_id)
+        forwarded = FORWARDED in request.headers
+        return reply(view, *await ops.routed(hid, request.path, lambda: ops.hook_state(hid), forwarded))
+
+    @page("/state/hook/{hook_id}/test")
+    async def hook_test_page(view: Any, request: Any, hook_id: str) -> Any:
+        hid = int(hook_id)
+        forwarded = FORWARDED in request.headers
+        return reply(view, *await ops.routed(hid, request.path, lambda: ops.glpi_check(hid), forwarded))
+
+    @page("/state/hook/{hook_id}/contact/{contact_id}")
+    async def contact_page(view: Any, request: Any, hook_id: str, contact_id: str) -> Any:
+        hid, cid = int(hook_id), int(contact_id)
+        forwarded = FORWARDED in request.headers
+        return reply(view, *await ops.routed(hid, request.path, lambda: ops.contact_state(hid, cid), forwarded))
+
+    @page("/state/hook/{hook_id}/conversation/{conversation_id}")
+    async def conversation_page(view: Any, request: Any, hook_id: str, conversation_id: str) -> Any:
+        hid, cid = int(hook_id), int(conversation_id)
+        forwarded = FORWARDED in request.headers
+        return reply(view, *await ops.routed(hid, request.path, lambda: ops.conversation_state(hid, cid), forwarded))
+
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/health/live")
     async def live_page(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok"})
+        ok, details = monitor.live()
+        return web.json({"live": ok, **details}, status=200 if ok else 503)
 
     @app.page("/health/ready")
     async def ready_page(web: Any, request: Any) -> Any:

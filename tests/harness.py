@@ -279,6 +279,7 @@ class WorkerProcess:
             **os.environ,
             **env,
             "GLPI_SYNC_HTTP_PORT": str(self.http_port),
+            "GLPI_SYNC_ADVERTISED_URL": f"http://127.0.0.1:{self.http_port}",
             "GLPI_SYNC_DATA_DIR": str(workdir / f"data-{name}"),
             "GLPI_SYNC_LOG_FORMAT": "json",
         }

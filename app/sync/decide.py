@@ -106,6 +106,7 @@ def apply_hook_event(
             parked_first=current.parked_first if current else 0,
             parked_next=current.parked_next if current else 0,
             partition=current.partition if current else None,
+            rebuilding=current.rebuilding if current else False,
         ),
         [],
     )
@@ -187,6 +188,17 @@ def decide(view: SyncView, event: KnownEvent | UnknownEvent, ctx: SyncContext) -
 # ------------------------------------------------------------------------------------------------------ contacts
 
 
+def _rebuilding(view: SyncView) -> bool:
+    return view.hook is not None and view.hook.rebuilding
+
+
+def ensure_contact_command(
+    view: SyncView, account_id: int, contact: Contact, settings: HookSettings
+) -> EnsureUser | EnsureContact:
+    """Find-else-create for a contact (used by ``resync contact`` after its GLPI record vanished)."""
+    return _ensure_contact_command(view, account_id, contact, settings)
+
+
 def _identity(contact: Contact) -> tuple[str | None, str | None, str | None]:
     return (
         mapping.real_name(contact.name),
@@ -229,7 +241,11 @@ def _ensure_contact_command(
         if snap.email:
             user_input["_useremails"] = [snap.email]
         return EnsureUser(
-            tuple(lookups), user_input, login, snap, lookup_first=pending is not None and pending.marker == login
+            tuple(lookups),
+            user_input,
+            login,
+            snap,
+            lookup_first=_rebuilding(view) or (pending is not None and pending.marker == login),
         )
     marker = f"contact:{account_id}/{contact.id}"
     contact_lookups = []
@@ -237,7 +253,7 @@ def _ensure_contact_command(
         contact_lookups.append(Lookup((_exact(6, snap.email),), "email"))
     if snap.phone:
         contact_lookups.append(Lookup((_exact(3, snap.phone),), "phone"))
-    lookup_first = pending is not None and pending.marker == marker
+    lookup_first = _rebuilding(view) or (pending is not None and pending.marker == marker)
     name_criteria = [_exact(1, last or first)] if (last or first) else []
     if first and last:
         name_criteria.append(_exact(11, first, "AND"))
@@ -402,7 +418,7 @@ def _ticket_step(
         conv.id,
         first.id if first else None,
         conv.status,
-        lookup_first=pending is not None and pending.marker == marker,
+        lookup_first=_rebuilding(view) or (pending is not None and pending.marker == marker),
     )
 
 
@@ -517,6 +533,6 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
         event.account_id,
         conv.id,
         msg.id,
-        lookup_first=below_cursor or (pending is not None and pending.marker == marker),
+        lookup_first=below_cursor or _rebuilding(view) or (pending is not None and pending.marker == marker),
         purpose="deletion" if purpose == "deletion" else "message",
     )

@@ -117,6 +117,7 @@ def record(view: SyncView, cmd: Command, outcome: Outcome) -> SyncView:
                     "body_message_id": cmd.body_message_id,
                     "last_synced_message_id": cursor,
                     "status": cmd.status,
+                    "ticket_input": cmd.input,
                     "pending": None,
                 }
             )
@@ -124,8 +125,12 @@ def record(view: SyncView, cmd: Command, outcome: Outcome) -> SyncView:
         case CreateFollowup():
             assert isinstance(outcome, Resolved)
             msg = _message_record(view, cmd)
-            field = "followup_id" if cmd.purpose == "message" else "deletion_followup_id"
-            updated_msg = msg.model_copy(update={field: outcome.glpi_id, "pending": None})
+            update: dict[str, object] = {"pending": None}
+            if cmd.purpose == "message":
+                update.update(followup_id=outcome.glpi_id, followup_input=cmd.input)
+            else:
+                update["deletion_followup_id"] = outcome.glpi_id
+            updated_msg = msg.model_copy(update=update)
             new_view = view.model_copy(update={"message": updated_msg})
             if cmd.purpose == "message" and view.conversation is not None:
                 cursor = max(view.conversation.last_synced_message_id or 0, cmd.message_id)

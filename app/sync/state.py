@@ -9,7 +9,7 @@ record means a previous attempt may have created the object, so the next attempt
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,8 @@ class HookRecord(_Record):
     parked_first: int = 0
     parked_next: int = 0
     partition: int | None = None
+    #: After ``hook reset``: every create looks in GLPI first, so replayed events adopt what exists.
+    rebuilding: bool = False
 
     @property
     def parked(self) -> int:
@@ -93,6 +95,8 @@ class ConversationRecord(_Record):
     last_synced_message_id: int | None = None
     status: str | None = None
     replaced_ticket_ids: tuple[int, ...] = ()
+    #: What was sent to create the ticket, so ``resync`` can recreate it if it is deleted in GLPI.
+    ticket_input: dict[str, Any] | None = None
     pending: Intent | None = None
 
 
@@ -102,6 +106,8 @@ class MessageRecord(_Record):
     conversation_id: int
     followup_id: int | None = None
     deletion_followup_id: int | None = None
+    #: What was sent to create the followup, so ``resync`` can add it again if it is missing in GLPI.
+    followup_input: dict[str, Any] | None = None
     pending: Intent | None = None
 
 

@@ -1,0 +1,264 @@
+"""``glpi-sync doctor``: the troubleshooting guide's whole health checklist as one command.
+
+Each line is ✔ (fine), ! (worth a look, not a failure) or ✘ (broken, with the fix). The exit status is 1 when any
+line is ✘. Kafka is checked directly; workers, hooks and GLPI through a worker's HTTP port (any worker: it finds
+the others and forwards per-hook checks to the worker that owns the hook, which holds the resolved tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from app.kafka_io import committed_offsets
+from app.settings import WorkerSettings
+
+Level = Literal["ok", "warn", "fail"]
+MARK = {"ok": "✔", "warn": "!", "fail": "✘"}
+
+
+@dataclass
+class Line:
+    check: str
+    level: Level
+    detail: str
+    fix: str = ""
+
+    def render(self) -> str:
+        fix = f"\n      fix: {self.fix}" if self.fix and self.level != "ok" else ""
+        return f"{MARK[self.level]} {self.check}: {self.detail}{fix}"
+
+
+async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+        if resp.content_type == "application/json":
+            return resp.status, await resp.json()
+        return resp.status, await resp.text()
+
+
+async def kafka_lines(env: WorkerSettings) -> list[Line]:
+    lines: list[Line] = []
+    admin = AIOKafkaAdminClient(bootstrap_servers=env.kafka_bootstrap_servers, request_timeout_ms=10000)
+    try:
+        await asyncio.wait_for(admin.start(), 15)
+    except Exception as exc:
+        return [
+            Line(
+                "broker reachable",
+                "fail",
+                f"{env.kafka_bootstrap_servers}: {type(exc).__name__}",
+                "check KAFKA_BOOTSTRAP_SERVERS, DNS and the network policy",
+            )
+        ]
+    try:
+        topics = set(await admin.list_topics())
+        lines.append(Line("broker reachable", "ok", f"{env.kafka_bootstrap_servers} ({len(topics)} topics)"))
+        expected = {env.topic: env.partitions, env.control_topic: env.partitions, env.dlq_topic: None}
+        changelogs = [
+            f"{env.app_id}-{t}-changelog" for t in ("hooks", "contacts", "conversations", "messages", "parked")
+        ]
+        expected.update(dict.fromkeys(changelogs, env.partitions))
+        described = {
+            t["topic"]: len(t["partitions"]) for t in await admin.describe_topics([t for t in expected if t in topics])
+        }
+        for name, partitions in expected.items():
+            if name not in topics:
+                lines.append(
+                    Line(
+                        f"topic {name}",
+                        "fail",
+                        "missing",
+                        "apply deploy/k8s/topics.yaml (Strimzi) or let the worker create it",
+                    )
+                )
+            elif partitions is not None and described.get(name) != partitions:
+                lines.append(
+                    Line(
+                        f"topic {name}",
+                        "fail",
+                        f"{described.get(name)} partitions, expected {partitions}",
+                        "every input, control and changelog topic needs GLPI_SYNC_PARTITIONS partitions",
+                    )
+                )
+            else:
+                lines.append(Line(f"topic {name}", "ok", f"{described.get(name)} partitions"))
+        present = [c for c in changelogs if c in topics]
+        if present:
+            response = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, c) for c in present])
+            for resp in response:
+                for resource in resp.resources:
+                    entries = {e[0]: e[1] for e in resource[4]}
+                    policy = entries.get("cleanup.policy", "?")
+                    lines.append(
+                        Line(
+                            f"changelog {resource[3]} compaction",
+                            "ok" if "compact" in policy else "fail",
+                            f"cleanup.policy={policy}",
+                            "set cleanup.policy=compact (time retention loses state)",
+                        )
+                    )
+        groups = await admin.describe_consumer_groups([env.app_id])
+        group = groups[0].groups[0] if groups and groups[0].groups else None
+        state = group[2] if group else "unknown"
+        members = len(group[5]) if group else 0
+        level: Level = "ok" if state == "Stable" else ("fail" if state in ("Dead", "Empty", "unknown") else "warn")
+        lines.append(
+            Line(
+                "consumer group",
+                level,
+                f"{env.app_id}: {state}, {members} member(s)",
+                "start the workers (kubectl get pods -l app.kubernetes.io/name=chatwoot-glpi-sync)",
+            )
+        )
+        lag = await _lag(env)
+        lines.append(
+            Line(
+                "consumer lag",
+                "ok" if lag < 1000 else "warn",
+                f"{lag} message(s) behind",
+                "see cwglpi_consumer_lag_messages and the slowest hooks in the dashboard",
+            )
+        )
+        dlq = await _topic_size(env, env.dlq_topic) if env.dlq_topic in topics else 0
+        lines.append(
+            Line(
+                "dead-letter topic",
+                "ok" if dlq == 0 else "warn",
+                f"{dlq} record(s) in {env.dlq_topic}",
+                "glpi-sync dlq list, fix the cause, then glpi-sync dlq replay",
+            )
+        )
+    finally:
+        await admin.close()
+    return lines
+
+
+async def _topic_size(env: WorkerSettings, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=env.kafka_bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not tps:
+            return 0
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        return sum(end[tp] - begin[tp] for tp in tps)
+    finally:
+        await consumer.stop()
+
+
+async def _lag(env: WorkerSettings) -> int:
+    committed = await committed_offsets(env.kafka_bootstrap_servers, env.app_id, env.topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=env.kafka_bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(env.topic, p) for p in consumer.partitions_for_topic(env.topic) or ()]
+        end = await consumer.end_offsets(tps) if tps else {}
+        return sum(max(0, end[tp] - committed.get(tp.partition, 0)) for tp in tps)
+    finally:
+        await consumer.stop()
+
+
+async def worker_lines(env: WorkerSettings, worker_url: str, hook_ids: list[int] | None) -> list[Line]:
+    lines: list[Line] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            _, workers = await _get(http, f"{worker_url}/state/workers")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return [
+                Line(
+                    "workers reachable",
+                    "fail",
+                    f"{worker_url}: {type(exc).__name__}",
+                    "set GLPI_SYNC_WORKER_URL to a worker's HTTP port (kubectl port-forward svc/... 6066)",
+                )
+            ]
+        errors: dict[str, float] = {}
+        for url in workers["workers"]:
+            try:
+                live_status, live = await _get(http, f"{url}/health/live")
+                ready_status, _ = await _get(http, f"{url}/health/ready")
+                _, metrics = await _get(http, f"{url}/metrics")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                lines.append(
+                    Line(
+                        f"worker {url}",
+                        "fail",
+                        f"unreachable ({type(exc).__name__})",
+                        "check the pod (kubectl describe pod) and its logs",
+                    )
+                )
+                continue
+            alive = live_status == 200
+            ready = ready_status == 200
+            level: Level = "ok" if alive and ready else "fail"
+            lines.append(
+                Line(
+                    f"worker {url}",
+                    level,
+                    f"{'alive' if alive else 'NOT LIVE'}, "
+                    f"{'ready' if ready else 'recovering (not ready)'}" + ("" if alive else f" {live}"),
+                    "see the worker's logs; liveness fails when commits stall",
+                )
+            )
+            for code, value in re.findall(r'^cwglpi_glpi_errors_total\{code="([^"]+)"\} (\S+)$', str(metrics), re.M):
+                errors[code] = errors.get(code, 0.0) + float(value)
+        summary = ", ".join(f"{code} ×{int(n)}" for code, n in sorted(errors.items(), key=lambda kv: -kv[1])) or "none"
+        lines.append(
+            Line(
+                "GLPI errors since the workers started",
+                "ok" if not errors else "warn",
+                summary,
+                "docs/troubleshooting.md explains each code",
+            )
+        )
+        _, hooks_body = await _get(http, f"{worker_url}/state/hooks?all=1")
+        hooks = hooks_body.get("hooks", [])
+        if hook_ids:
+            hooks = [h for h in hooks if h["hook_id"] in hook_ids]
+            missing = set(hook_ids) - {h["hook_id"] for h in hooks}
+            lines += [Line(f"hook {h} config", "fail", "not configured", "glpi-sync hook set ...") for h in missing]
+        if not hooks and not hook_ids:
+            lines.append(Line("hooks", "warn", "no hook is configured", "glpi-sync hook set ..."))
+        for hook in hooks:
+            hid = hook["hook_id"]
+            lines.append(
+                Line(
+                    f"hook {hid} config",
+                    "ok",
+                    f"account {hook['account_id']}, {hook['settings']['api_url']}"
+                    f", sync_type {hook['settings']['sync_type']}, parked {hook['parked_events']}",
+                )
+            )
+            status, body = await _get(http, f"{worker_url}/state/hook/{hid}/test")
+            if status != 200:
+                lines.append(Line(f"hook {hid} checks", "fail", str(body), "see the worker's logs"))
+                continue
+            for check in body["checks"]:
+                lines.append(
+                    Line(f"hook {hid} {check['check']}", "ok" if check["ok"] else "fail", check["detail"], check["fix"])
+                )
+            _, state = await _get(http, f"{worker_url}/state/hook/{hid}")
+            session = "open and reused" if state.get("glpi_session_open") else "none open (opened on the next event)"
+            lines.append(Line(f"hook {hid} GLPI session", "ok", f"{session}, held by {state.get('served_by')}"))
+    return lines
+
+
+async def run(env: WorkerSettings, worker_url: str, hook_ids: list[int] | None) -> list[Line]:
+    lines = await kafka_lines(env)
+    if lines and lines[0].check == "broker reachable" and lines[0].level == "fail":
+        return lines
+    return lines + await worker_lines(env, worker_url.rstrip("/"), hook_ids)
+
+
+def as_json(lines: list[Line]) -> list[dict[str, Any]]:
+    return [asdict(line) for line in lines]
