@@ -369,6 +369,7 @@ def cmd_reset(args: argparse.Namespace, env: WorkerSettings) -> int:
         time.sleep(1)
     print()
     send_command(env, "hook_rebuilt", args.hook_id)
+    _wait_for(env, args.hook_id, lambda hook: not hook.get("rebuilding"), "the rebuild to be closed")
     print(f"hook {args.hook_id} rebuilt from {len(replay)} event(s); existing GLPI objects were adopted, not copied")
     return 0
 

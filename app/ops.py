@@ -66,6 +66,7 @@ def hook_view(hook: HookRecord) -> dict[str, Any]:
         "pause": hook.pause.model_dump(mode="json") if hook.pause else None,
         "parked_events": hook.parked,
         "partition": hook.partition,
+        "rebuilding": hook.rebuilding,
     }
 
 
@@ -87,6 +88,14 @@ class Operations:
         urls.add(self.self_url)
         return sorted(urls)
 
+    def distribution(self) -> dict[str, list[int]]:
+        """Worker URL → the input partitions it owns (from the hooks table's changelog assignment)."""
+        changelog = f"{self.settings.app_id}-hooks-changelog"
+        return {
+            str(url).rstrip("/"): sorted(topics.get(changelog, ()))
+            for url, topics in self.app.assignor.tables_metadata().items()
+        }
+
     def owner_url(self, hook_id: int) -> str | None:
         partition = hook_partition(hook_id, self.settings.partitions)
         changelog = f"{self.settings.app_id}-hooks-changelog"
@@ -106,6 +115,8 @@ class Operations:
 
     async def routed(self, hook_id: int, path: str, local: Any, forwarded: bool) -> tuple[int, Any]:
         """Answer locally when this worker owns the hook, else ask the owner (once: no forwarding loops)."""
+        if self.app.rebalancing or not cast(Any, self.app.tables).recovery.completed.is_set():
+            return 503, {"error": "the group is rebalancing or recovering its tables; retry in a few seconds"}
         owner = self.owner_url(hook_id)
         if owner is None or owner == self.self_url or forwarded:
             status, body = await local()
@@ -194,7 +205,7 @@ async def check_glpi(hook: HookRecord, settings: WorkerSettings) -> list[dict[st
             "enable crm_integration for the account in Chatwoot",
         ),
         _check(
-            "hook not paused",
+            "not paused",
             hook.pause is None,
             f"{hook.pause.kind}: {hook.pause.reason}" if hook.pause else "running",
             "fix the cause, then glpi-sync hook resume --hook-id N",
@@ -243,14 +254,11 @@ async def check_glpi(hook: HookRecord, settings: WorkerSettings) -> list[dict[st
                 checks.append(_check("TLS certificate valid", False, detail, "install a valid certificate"))
             return checks
         checks.append(_check("GLPI reachable", True, f"initSession in {elapsed * 1000:.0f} ms"))
-        checks.append(
-            _check(
-                "TLS certificate valid",
-                https,
-                "verified" if https else "plain http",
-                "use https (GLPI_SYNC_ALLOW_HTTP is for local GLPIs only)",
-            )
-        )
+        if https:
+            checks.append(_check("TLS certificate valid", True, "verified"))
+        else:
+            detail = "plain http (GLPI_SYNC_ALLOW_HTTP is on)" if settings.allow_http else "plain http"
+            checks.append(_check("TLS certificate valid", settings.allow_http, detail, "use https"))
         checks.append(_check("app token valid", True, "accepted"))
         checks.append(_check("user token valid", True, "accepted"))
         try:

@@ -150,7 +150,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
 
     @page("/state/workers")
     async def workers_page(view: Any, request: Any) -> Any:
-        return reply(view, 200, {"self": ops.self_url, "workers": ops.worker_urls()})
+        return reply(view, 200, {"self": ops.self_url, "workers": ops.worker_urls(), "partitions": ops.distribution()})
 
     @page("/state/hook/{hook_id}")
     async def hook_page(view: Any, request: Any, hook_id: str) -> Any:

@@ -1,0 +1,273 @@
+"""Operating it: inspection routed between two workers, admin commands, resync, reset, doctor, health, logs.
+
+Real Kafka, real worker processes, GLPI emulators; every command is driven through the `glpi-sync` CLI.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from app.ops import hook_partition
+from tests.conftest import SyncEnv, envelope, hook_envelope, load_example, story
+from tests.harness import WORKER_BIN, EmulatorProcess, WorkerProcess, wait_until
+
+pytestmark = pytest.mark.broker
+
+
+def cli(env: SyncEnv, worker: WorkerProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, **env.env, "GLPI_SYNC_WORKER_URL": f"http://127.0.0.1:{worker.http_port}"}
+    result = subprocess.run([WORKER_BIN, *args], env=environment, capture_output=True, text=True, check=False)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def cli_json(env: SyncEnv, worker: WorkerProcess, *args: str) -> Any:
+    return orjson.loads(cli(env, worker, *args).stdout)
+
+
+def outcomes(env: SyncEnv) -> list[dict[str, Any]]:
+    return [line for worker in env.workers for line in worker.outcomes()]
+
+
+def wait_outcome(env: SyncEnv, predicate: Any, what: str, timeout: float = 60) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def check() -> bool:
+        found[:] = [o for o in outcomes(env) if predicate(o)]
+        return bool(found)
+
+    wait_until(check, timeout, what=what)
+    return found[-1]
+
+
+def markers(state: dict[str, Any]) -> list[str]:
+    return [html.unescape(f["content"]).split("[cw-msg:")[1].split("]")[0] for f in state["ITILFollowup"]]
+
+
+def test_state_is_inspected_through_any_worker(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
+    w1, w2 = sync_env.worker("w1"), sync_env.worker("w2")
+    w1.start()
+    w2.start()
+    hooks = list(range(1, 9))
+    sync_env.publish([hook_envelope(emulator.api_url, hook_id=h, account_id=h) for h in hooks])
+    wait_until(
+        lambda: len([o for o in outcomes(sync_env) if o["event"] == "hook_configured"]) == 8,
+        90,
+        what="8 hooks configured",
+    )
+
+    def both_own_partitions() -> bool:
+        status, body = w1.http_get("/state/workers")
+        return status == 200 and sum(1 for parts in orjson.loads(body)["partitions"].values() if parts) == 2
+
+    wait_until(both_own_partitions, 60, what="both workers in the group")
+    owners = {}
+    for hook in hooks:
+        body = cli_json(sync_env, w1, "inspect", "hook", "--hook-id", str(hook))
+        assert body["hook_id"] == hook and body["settings"]["user_token"] == "***"
+        assert body["partition"] == hook_partition(hook, sync_env.partitions)
+        owners[hook] = body["served_by"]
+    # Both workers own some hooks, and w1 answered for w2's by forwarding.
+    assert {f"http://127.0.0.1:{w1.http_port}", f"http://127.0.0.1:{w2.http_port}"} == set(owners.values())
+    status, body = w2.http_get("/state/hooks?all=1")
+    assert status == 200 and [h["hook_id"] for h in orjson.loads(body)["hooks"]] == hooks
+    assert w1.http_get("/health/ready")[0] == 200
+    assert orjson.loads(w1.http_get("/health/live")[1])["live"] is True
+
+
+def test_admin_commands_pause_resume_disable_enable_and_skip(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
+    worker = sync_env.worker()
+    worker.start()
+    sync_env.publish([hook_envelope(emulator.api_url)])
+    wait_outcome(sync_env, lambda o: o["event"] == "hook_configured", "hook")
+    cli(sync_env, worker, "hook", "pause", "--hook-id", "7", "--reason", "GLPI upgrade")
+    wait_until(
+        lambda: cli_json(sync_env, worker, "inspect", "hook", "--hook-id", "7")["pause"] is not None, 30, what="pause"
+    )
+    first = load_example("conversation_created")
+    sync_env.publish([envelope("conversation_created", first)])
+    wait_outcome(sync_env, lambda o: o["outcome"] == "parked", "parked")
+    assert emulator.state()["Ticket"] == []
+    state = cli_json(sync_env, worker, "inspect", "hook", "--hook-id", "7")
+    assert state["pause"]["kind"] == "operator" and state["pause"]["reason"] == "GLPI upgrade"
+    assert state["parked_events"] == 1
+    # skip: the stuck event goes to the DLQ with a record of who skipped it.
+    cli(sync_env, worker, "hook", "skip", "--hook-id", "7", "--reason", "poison")
+    wait_outcome(sync_env, lambda o: o["event"] == "hook_skip", "skip")
+    dlq = cli_json(sync_env, worker, "dlq", "list", "--json")
+    assert dlq[-1]["stage"] == "operator-skip" and "poison" in dlq[-1]["reason"]
+    second = load_example("conversation_created", id=58)
+    sync_env.publish([envelope("conversation_created", second)])
+    wait_until(
+        lambda: cli_json(sync_env, worker, "inspect", "hook", "--hook-id", "7")["parked_events"] == 1,
+        30,
+        what="second parked",
+    )
+    cli(sync_env, worker, "hook", "resume", "--hook-id", "7")
+    wait_until(lambda: len(emulator.state()["Ticket"]) == 1, 30, what="drained after resume")
+    assert "[cw:7/58]" in html.unescape(emulator.state()["Ticket"][0]["content"])
+    cli(sync_env, worker, "hook", "disable", "--hook-id", "7")
+    wait_outcome(sync_env, lambda o: o["event"] == "hook_disable", "disable")
+    sync_env.publish([envelope("conversation_created", load_example("conversation_created", id=59))])
+    wait_outcome(sync_env, lambda o: o["outcome"] == "skipped" and o["msg"].endswith("hook disabled"), "skipped")
+    cli(sync_env, worker, "hook", "enable", "--hook-id", "7")
+    wait_outcome(sync_env, lambda o: o["event"] == "hook_enable", "enable")
+    sync_env.publish([envelope("conversation_created", load_example("conversation_created", id=60))])
+    wait_until(lambda: len(emulator.state()["Ticket"]) == 2, 30, what="synced after enable")
+
+
+def test_repair_resync_and_reset(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
+    worker = sync_env.worker()
+    worker.start()
+    sync_env.publish([hook_envelope(emulator.api_url), *story()])
+    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 2, 60, what="story synced")
+    before = emulator.state()
+    (ticket,) = before["Ticket"]
+    conversation = cli_json(sync_env, worker, "inspect", "conversation", "57", "--hook-id", "7")
+    assert conversation["conversation"]["ticket_id"] == ticket["id"]
+    assert [m["message_id"] for m in conversation["messages"]] == [4412, 4415]
+
+    # A technician deletes a followup, then the whole ticket: resync re-creates exactly what is missing.
+    emulator.delete(f"ITILFollowup/{before['ITILFollowup'][0]['id']}")
+    cli(sync_env, worker, "resync", "conversation", "57", "--hook-id", "7")
+    wait_outcome(sync_env, lambda o: o["event"] == "resync_conversation", "resync 1")
+    assert sorted(markers(emulator.state())) == ["4412", "4415"]
+    emulator.delete(f"Ticket/{ticket['id']}?force_purge=true")
+    cli(sync_env, worker, "resync", "conversation", "57", "--hook-id", "7")
+    done = wait_outcome(sync_env, lambda o: o["event"] == "resync_conversation" and "recreated" in o["msg"], "resync 2")
+    state = emulator.state()
+    (new_ticket,) = state["Ticket"]
+    assert new_ticket["id"] != ticket["id"] and "ticket recreated" in done["msg"]
+    assert sorted(markers(state)) == ["4412", "4415"]
+
+    # Repair: after a manual merge in GLPI, point the contact at another user.
+    users = [u for u in state["User"] if u["id"] != 2]
+    cli(sync_env, worker, "repair", "contact", "318", "--hook-id", "7", "--glpi-id", "2")
+    wait_outcome(sync_env, lambda o: o["event"] == "set_contact_mapping", "repair")
+    contact = cli_json(sync_env, worker, "inspect", "contact", "318", "--hook-id", "7")["contact"]
+    assert contact["glpi_id"] == 2
+    cli(sync_env, worker, "repair", "contact", "318", "--hook-id", "7", "--glpi-id", str(users[0]["id"]))
+
+    # Reset: forget every mapping and rebuild from the topic; GLPI objects are adopted, never copied.
+    result = cli(sync_env, worker, "reset", "hook", "--hook-id", "7", "--since", "2020-01-01T00:00:00Z")
+    assert "rebuilt from" in result.stdout and "synced [" in result.stdout
+    after = emulator.state()
+    assert len(after["Ticket"]) == 1 and len(after["ITILFollowup"]) == 2
+    assert len([u for u in after["User"] if u["id"] != 2]) == 1
+    rebuilt = cli_json(sync_env, worker, "inspect", "conversation", "57", "--hook-id", "7")
+    assert rebuilt["conversation"]["ticket_id"] == new_ticket["id"]
+    assert cli_json(sync_env, worker, "inspect", "hook", "--hook-id", "7")["rebuilding"] is False
+
+
+def test_doctor_green_and_every_red_line(sync_env: SyncEnv, emulator: EmulatorProcess, tmp_path: Path) -> None:
+    restricted = EmulatorProcess(tmp_path)
+    restricted.start()
+    try:
+        restricted.config(restricted_profile=True)
+        worker = sync_env.worker()
+        worker.start()
+        closed_port_url = "http://127.0.0.1:9/apirest.php"
+        sync_env.publish(
+            [
+                hook_envelope(emulator.api_url, hook_id=7, account_id=7),
+                hook_envelope(emulator.api_url, hook_id=21, account_id=21, status="disabled"),
+                hook_envelope(emulator.api_url, hook_id=22, account_id=22, account_features=[]),
+                hook_envelope(emulator.api_url, hook_id=24, account_id=24, user_token={"env": "NOT_SET_ANYWHERE"}),
+                hook_envelope(emulator.api_url, hook_id=25, account_id=25, app_token="wrong-app-token"),
+                hook_envelope(emulator.api_url, hook_id=26, account_id=26, user_token="wrong-user-token"),
+                hook_envelope(closed_port_url, hook_id=27, account_id=27),
+                hook_envelope(restricted.api_url, hook_id=28, account_id=28),
+            ]
+        )
+        wait_until(
+            lambda: len([o for o in outcomes(sync_env) if o["event"] == "hook_configured"]) == 8, 60, what="hooks"
+        )
+        cli(sync_env, worker, "hook", "pause", "--hook-id", "21")
+        wait_outcome(sync_env, lambda o: o["event"] == "hook_pause", "pause")
+
+        green = cli(sync_env, worker, "doctor", "--hook-id", "7")
+        assert green.returncode == 0 and "all good" in green.stdout
+
+        report = cli(sync_env, worker, "doctor", "--json", check=False)
+        assert report.returncode == 1
+        failed = {c["check"] for c in orjson.loads(report.stdout)["checks"] if c["level"] == "fail"}
+        assert failed == {
+            "hook 21 enabled",
+            "hook 21 not paused",
+            "hook 22 crm_integration feature",
+            "hook 24 tokens resolvable",
+            "hook 25 app token valid",
+            "hook 26 user token valid",
+            "hook 27 GLPI reachable",
+            "hook 28 profile may create users",
+            "hook 28 profile may add followups to any ticket",
+        }
+        human = cli(sync_env, worker, "doctor", "--hook-id", "26", check=False).stdout
+        assert "✘ hook 26 user token valid: ERROR_GLPI_LOGIN_USER_TOKEN" in human
+        assert "fix: regenerate it in GLPI" in human
+        assert "wrong-user-token" not in human
+
+        no_worker = subprocess.run(
+            [WORKER_BIN, "doctor", "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, **sync_env.env, "GLPI_SYNC_WORKER_URL": "http://127.0.0.1:9"},
+        )
+        assert no_worker.returncode == 1
+        assert any(
+            c["check"] == "workers reachable" and c["level"] == "fail" for c in orjson.loads(no_worker.stdout)["checks"]
+        )
+        other_app = subprocess.run(
+            [WORKER_BIN, "doctor", "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={
+                **os.environ,
+                **sync_env.env,
+                "GLPI_SYNC_APP_ID": "no-such-app",
+                "GLPI_SYNC_WORKER_URL": f"http://127.0.0.1:{worker.http_port}",
+            },
+        )
+        lines = orjson.loads(other_app.stdout)["checks"]
+        assert any(c["check"] == "topic no-such-app-hooks-changelog" and c["level"] == "fail" for c in lines)
+        assert any(c["check"] == "consumer group" and c["level"] == "fail" for c in lines)
+        no_broker = subprocess.run(
+            [WORKER_BIN, "doctor", "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, **sync_env.env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"},
+        )
+        assert no_broker.returncode == 1
+        assert orjson.loads(no_broker.stdout)["checks"][0]["check"] == "broker reachable"
+        assert "wrong-app-token" not in worker.log_path.read_text()
+    finally:
+        restricted.stop()
+
+
+def test_metrics_expose_lag_pauses_and_per_hook_freshness(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
+    worker = sync_env.worker()
+    worker.start()
+    sync_env.publish([hook_envelope(emulator.api_url), *story()])
+    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 2, 60, what="story")
+    wait_until(lambda: "cwglpi_consumer_lag_messages{" in worker.http_get("/metrics")[1].decode(), 30, what="lag gauge")
+    metrics = worker.http_get("/metrics")[1].decode()
+    for name in (
+        "cwglpi_oldest_pending_event_age_seconds{",
+        'cwglpi_hook_last_synced_timestamp_seconds{hook_id="7"}',
+        "cwglpi_glpi_request_duration_seconds_bucket{",
+        "cwglpi_glpi_sessions_opened_total 1.0",
+        'cwglpi_events_skipped_total{reason="not_identifiable"} 1.0',
+        "cwglpi_commit_stalled_seconds",
+    ):
+        assert name in metrics, name
