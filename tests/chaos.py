@@ -226,14 +226,21 @@ def scenario_kill9(
         env.publish(work.hook_events(dict.fromkeys(work.logins, emulator.api_url)))
         worker = env.worker("w1")
         worker.start()
-        # Publish for about as long as the kills take (a restart costs about one session timeout, 6 s).
-        publisher = publish_in_background(env, work.events, chunks=kills * 2, pause=3.0)
+        # Publish for longer than the kills take (a restart costs about one session timeout, 6 s, plus start-up).
+        publisher = publish_in_background(env, work.events, chunks=kills * 2, pause=4.5)
         points: list[float] = []
         started = time.monotonic()
         for _ in range(kills):
             seen = len(worker.outcomes())
+            if not publisher.is_alive() and len(worker.outcomes()) == seen:
+                break  # everything was published and synced: no more "while events flow" points to take
             # Kill only while events are being processed: wait for this incarnation's first outcome.
-            wait_until(lambda seen=seen: len(worker.outcomes()) > seen, 120, interval=0.1, what="progress")
+            wait_until(
+                lambda seen=seen: len(worker.outcomes()) > seen or not publisher.is_alive(),
+                120,
+                interval=0.1,
+                what="progress",
+            )
             time.sleep(rng.uniform(0.0, 1.5))
             points.append(round(time.monotonic() - started, 2))
             worker.kill()
