@@ -94,6 +94,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         broker_session_timeout=6.0 if settings.embedded_broker else settings.session_timeout,
         broker_heartbeat_interval=1.0 if settings.embedded_broker else min(3.0, settings.session_timeout / 6),
         table_cleanup_interval=3600,
+        topic_allow_declare=settings.create_topics,
         Table=DurableTable,
     )
     pipeline = Pipeline(app, settings, metrics)

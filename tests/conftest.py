@@ -179,3 +179,33 @@ def sync_env(kafka: KafkaBroker, tmp_path: Path) -> Iterator[SyncEnv]:
         yield env
     finally:
         env.stop()
+
+
+#: Every token value the suite gives a hook. None may appear in any worker's log output.
+TEST_SECRETS = ("emulator-user-token", "emulator-app-token", "revoked-token", "wrong-user-token", "wrong-app-token")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Grep all worker log output of the whole suite for the test tokens; a leak fails the run."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    try:
+        base = factory.getbasetemp()
+    except (OSError, ValueError):
+        return
+    leaks = []
+    logs = list(base.rglob("worker-*.log"))
+    for log in logs:
+        text = log.read_text(errors="replace")
+        leaks += [f"{log}: {secret}" for secret in TEST_SECRETS if secret in text]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and logs:
+        reporter.write_line(
+            f"secret scan: {len(logs)} worker log(s) searched for {len(TEST_SECRETS)} test tokens, {len(leaks)} leak(s)"
+        )
+    if leaks:
+        if reporter is not None:
+            for leak in leaks:
+                reporter.write_line(f"TOKEN LEAKED IN LOGS: {leak}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,190 @@
+"""deploy/: manifests validate against the Kubernetes schemas (offline), CRDs have the fields their operators need,
+the dashboard and alert queries name metrics the worker really exports, and the manifests agree with the code."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+
+from app.metrics import Metrics
+from app.settings import WorkerSettings
+from app.worker import TABLES, topic_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.31.0"
+
+
+def resources() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+    return docs
+
+
+def of_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in resources() if d["kind"] == kind]
+
+
+CRD_SCHEMAS: dict[str, dict[str, Any]] = {
+    # The fields the operators read (prometheus-operator, Strimzi); the rest of the CRD is optional.
+    "ServiceMonitor": {
+        "type": "object",
+        "required": ["apiVersion", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "spec": {
+                "type": "object",
+                "required": ["selector", "endpoints"],
+                "properties": {
+                    "endpoints": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["port"]}}
+                },
+            },
+        },
+    },
+    "PrometheusRule": {
+        "type": "object",
+        "required": ["apiVersion", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "spec": {
+                "type": "object",
+                "required": ["groups"],
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "properties": {
+                                "rules": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["alert", "expr", "annotations"],
+                                        "properties": {"for": {"type": "string", "pattern": "^[0-9]+[smh]$"}},
+                                    },
+                                }
+                            },
+                        },
+                    }
+                },
+            },
+        },
+    },
+    "KafkaTopic": {
+        "type": "object",
+        "required": ["apiVersion", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "kafka.strimzi.io/v1beta2"},
+            "metadata": {
+                "type": "object",
+                "required": ["name", "labels"],
+                "properties": {"labels": {"type": "object", "required": ["strimzi.io/cluster"]}},
+            },
+            "spec": {
+                "type": "object",
+                "required": ["topicName", "partitions", "replicas", "config"],
+                "properties": {
+                    "partitions": {"type": "integer", "minimum": 1},
+                    "replicas": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("doc", resources(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_every_manifest_validates(doc: dict[str, Any]) -> None:
+    if doc["kind"] in CRD_SCHEMAS:
+        jsonschema.validate(doc, CRD_SCHEMAS[doc["kind"]])
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def settings_from_configmap() -> WorkerSettings:
+    (configmap,) = of_kind("ConfigMap")
+    data = configmap["data"]
+    fields = {name.upper() for name in WorkerSettings.model_fields}
+    unknown = [k for k in data if k != "KAFKA_BOOTSTRAP_SERVERS" and k.removeprefix("GLPI_SYNC_") not in fields]
+    assert unknown == []
+    return WorkerSettings(
+        _env_file=None,
+        **{  # type: ignore[call-arg]
+            ("kafka_bootstrap_servers" if k == "KAFKA_BOOTSTRAP_SERVERS" else k.removeprefix("GLPI_SYNC_").lower()): v
+            for k, v in data.items()
+        },
+    )
+
+
+def test_topics_match_what_the_worker_uses() -> None:
+    settings = settings_from_configmap()
+    declared = {t["spec"]["topicName"]: t["spec"] for t in of_kind("KafkaTopic")}
+    for name, (partitions, config) in topic_plan(settings).items():
+        assert name in declared, name
+        assert declared[name]["partitions"] == partitions, name
+        for key, value in config.items():
+            assert declared[name]["config"].get(key) == value, (name, key)
+    assert len([t for t in declared if t.endswith("-changelog")]) == len(TABLES)
+
+
+def test_statefulset_probes_grace_and_security() -> None:
+    (sts,) = of_kind("StatefulSet")
+    settings = settings_from_configmap()
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["terminationGracePeriodSeconds"] > settings.glpi_timeout + settings.retry_budget
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert settings.partitions % sts["spec"]["replicas"] == 0
+
+
+def exported_metric_names() -> set[str]:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    text = generate_latest(registry).decode()
+    names = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
+        names.add(name)
+        if kind == "histogram":
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        if kind == "counter":
+            names.add(f"{name}_total")
+    return names
+
+
+def queries() -> list[str]:
+    rules = [rule["expr"] for group in of_kind("PrometheusRule")[0]["spec"]["groups"] for rule in group["rules"]]
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "chatwoot-glpi-sync.json").read_text())
+    return rules + [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+@pytest.mark.parametrize("query", queries())
+def test_dashboard_and_alert_queries_name_real_metrics(query: str) -> None:
+    used = set(re.findall(r"\bcwglpi_[a-z_]+", query))
+    assert used, query
+    assert used <= exported_metric_names(), used - exported_metric_names()
+
+
+def test_dockerfile_runs_the_worker_as_non_root_pid_1() -> None:
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    final = dockerfile.rsplit("FROM ", 1)[1]
+    assert re.search(r"^USER 10001", final, re.M)
+    assert 'ENTRYPOINT ["glpi-sync"]' in final and 'CMD ["worker"]' in final
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    assert {"kafka", "glpi", "worker"} <= set(compose["services"])
