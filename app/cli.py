@@ -247,11 +247,15 @@ def worker_get(env: WorkerSettings, path: str, url: str | None = None) -> tuple[
     """GET a worker endpoint (any worker: it forwards to the one that owns the hook)."""
 
     async def go() -> tuple[int, Any]:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"{(url or env.worker_url).rstrip('/')}{path}", timeout=aiohttp.ClientTimeout(total=60)) as resp,
-        ):
-            return resp.status, await resp.json(content_type=None)
+        target = f"{(url or env.worker_url).rstrip('/')}{path}"
+        async with aiohttp.ClientSession() as http:
+            for _attempt in range(15):  # 503 while the group rebalances or recovers: retry for a little while
+                async with http.get(target, timeout=aiohttp.ClientTimeout(total=60)) as resp:
+                    status, body = resp.status, await resp.json(content_type=None)
+                if status != 503:
+                    break
+                await asyncio.sleep(2)
+            return status, body
 
     try:
         return asyncio.run(go())
@@ -287,7 +291,9 @@ def cmd_hook_command(args: argparse.Namespace, env: WorkerSettings) -> int:
         "skip": "hook_skip",
     }[args.hook_command]
     send_command(env, event, args.hook_id, reason=getattr(args, "reason", None))
-    print(f"{event} sent for hook {args.hook_id} on {env.control_topic}; see: glpi-sync inspect hook --hook-id {args.hook_id}")
+    print(
+        f"{event} sent for hook {args.hook_id} on {env.control_topic}; see: glpi-sync inspect hook --hook-id {args.hook_id}"
+    )
     return 0
 
 

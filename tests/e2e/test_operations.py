@@ -148,8 +148,22 @@ def test_repair_resync_and_reset(sync_env: SyncEnv, emulator: EmulatorProcess) -
     assert new_ticket["id"] != ticket["id"] and "ticket recreated" in done["msg"]
     assert sorted(markers(state)) == ["4412", "4415"]
 
-    # Repair: after a manual merge in GLPI, point the contact at another user.
+    # resync contact: the GLPI user was purged by an admin; it is re-created (found first, never doubled).
     users = [u for u in state["User"] if u["id"] != 2]
+    emulator.delete(f"User/{users[0]['id']}?force_purge=true")
+    cli(sync_env, worker, "resync", "contact", "318", "--hook-id", "7")
+    wait_outcome(sync_env, lambda o: o["event"] == "resync_contact", "resync contact")
+    users = [u for u in emulator.state()["User"] if u["id"] != 2]
+    assert [u["name"] for u in users] == ["marta.silva@example.org"]
+    contact = cli_json(sync_env, worker, "inspect", "contact", "318", "--hook-id", "7")["contact"]
+    assert contact["glpi_id"] == users[0]["id"]
+    cli(sync_env, worker, "resync", "contact", "318", "--hook-id", "7")  # nothing missing: nothing created
+    wait_until(lambda: len([o for o in outcomes(sync_env) if o["event"] == "resync_contact"]) == 2, 30, what="2nd")
+    assert "exists" in [o for o in outcomes(sync_env) if o["event"] == "resync_contact"][-1]["msg"]
+
+    # Repair: after a manual merge in GLPI, point the contact at another user; clear a conversation mapping.
+    cli(sync_env, worker, "repair", "conversation", "99", "--hook-id", "7", "--clear")
+    wait_outcome(sync_env, lambda o: o["event"] == "set_conversation_mapping", "repair conversation")
     cli(sync_env, worker, "repair", "contact", "318", "--hook-id", "7", "--glpi-id", "2")
     wait_outcome(sync_env, lambda o: o["event"] == "set_contact_mapping", "repair")
     contact = cli_json(sync_env, worker, "inspect", "contact", "318", "--hook-id", "7")["contact"]
@@ -195,6 +209,10 @@ def test_doctor_green_and_every_red_line(sync_env: SyncEnv, emulator: EmulatorPr
 
         green = cli(sync_env, worker, "doctor", "--hook-id", "7")
         assert green.returncode == 0 and "all good" in green.stdout
+        tested = cli(sync_env, worker, "hook", "test", "--hook-id", "28", check=False)
+        assert tested.returncode == 1
+        assert "✘ profile may create users: profile Technician: user=1" in tested.stdout
+        assert "✔ user token valid: accepted" in tested.stdout
 
         report = cli(sync_env, worker, "doctor", "--json", check=False)
         assert report.returncode == 1
