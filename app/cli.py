@@ -291,9 +291,8 @@ def cmd_hook_command(args: argparse.Namespace, env: WorkerSettings) -> int:
         "skip": "hook_skip",
     }[args.hook_command]
     send_command(env, event, args.hook_id, reason=getattr(args, "reason", None))
-    print(
-        f"{event} sent for hook {args.hook_id} on {env.control_topic}; see: glpi-sync inspect hook --hook-id {args.hook_id}"
-    )
+    print(f"{event} sent for hook {args.hook_id} on {env.control_topic}")
+    print(f"see: glpi-sync inspect hook --hook-id {args.hook_id}")
     return 0
 
 
