@@ -16,7 +16,7 @@ reason that is safe to log (it never echoes token values).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from pydantic import (
@@ -43,7 +43,7 @@ CHATWOOT_EVENTS = (
 )
 CONTROL_EVENTS = ("hook_configured", "hook_removed")
 #: Commands accepted only from the control topic (never from the producers' topic).
-CONTROL_COMMANDS = (
+ControlCommandName = Literal[
     "hook_retry",
     "hook_pause",
     "hook_resume",
@@ -56,7 +56,8 @@ CONTROL_COMMANDS = (
     "set_conversation_mapping",
     "resync_contact",
     "resync_conversation",
-)
+]
+CONTROL_COMMANDS: tuple[str, ...] = get_args(ControlCommandName)
 
 
 class InvalidEnvelopeError(ValueError):
@@ -275,20 +276,7 @@ class ControlCommandPayload(_Model):
 class ControlCommand(_Model):
     """An operator or worker command for one hook, from the control topic (ordered with the hook's events)."""
 
-    event: Literal[
-        "hook_retry",
-        "hook_pause",
-        "hook_resume",
-        "hook_enable",
-        "hook_disable",
-        "hook_skip",
-        "hook_reset",
-        "hook_rebuilt",
-        "set_contact_mapping",
-        "set_conversation_mapping",
-        "resync_contact",
-        "resync_conversation",
-    ]
+    event: ControlCommandName
     hook_id: int = Field(ge=0)
     account_id: int = Field(0, ge=0)
     event_id: str | None = None
