@@ -208,7 +208,16 @@ class Pipeline:
 
     def _table(self, name: str, help_text: str) -> DurableTable:
         schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
-        table = self.app.Table(name, partitions=self.settings.partitions, schema=schema, help=help_text)
+        options: dict[str, Any] | None = None
+        if self.settings.store.startswith("rocksdb"):
+            options = {
+                "driver": "rocksdict",
+                "block_cache_size": self.settings.rocksdb_block_cache_mb * 1024 * 1024,
+                "write_buffer_size": self.settings.rocksdb_write_buffer_mb * 1024 * 1024,
+            }
+        table = self.app.Table(
+            name, partitions=self.settings.partitions, schema=schema, help=help_text, options=options
+        )
         assert isinstance(table, DurableTable)
         return table
 

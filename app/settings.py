@@ -39,6 +39,10 @@ class WorkerSettings(BaseSettings):
     max_inflight: int = Field(2000, ge=1)
     create_topics: bool = True
     per_hook_metrics_limit: int = Field(200, ge=0)
+    #: RocksDB memory per table partition (faust's defaults are a 2 GiB block cache and 3 x 64 MiB write buffers
+    #: for *each* partition of *each* table; our tables are small).
+    rocksdb_block_cache_mb: int = Field(8, ge=1)
+    rocksdb_write_buffer_mb: int = Field(4, ge=1)
     liveness_stall_seconds: float = Field(600.0, gt=0)
     advertised_url: str | None = None
     #: Where the CLI (inspect, doctor, hook test, reset) reaches a worker; any worker of the group will do.
