@@ -759,7 +759,7 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
                     "name": name,
                     "interface": "central",
                     "user": 1 if emu.restricted_profile else 31,
-                    "ticket": 127 if emu.restricted_profile else 261151,
+                    "ticket": 1 if emu.restricted_profile else 261151,
                     "followup": 5 if emu.restricted_profile else 15383,
                     "contact_enterprise": 0 if emu.restricted_profile else 127,
                 }

@@ -5,6 +5,7 @@ Real Kafka, real worker processes, GLPI emulators; every command is driven throu
 
 from __future__ import annotations
 
+import asyncio
 import html
 import os
 import subprocess
@@ -14,7 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
+from app.kafka_io import ensure_topics
 from app.ops import hook_partition
+from app.worker import TABLES
 from tests.conftest import SyncEnv, envelope, hook_envelope, load_example, story
 from tests.harness import WORKER_BIN, EmulatorProcess, WorkerProcess, wait_until
 
@@ -226,6 +229,7 @@ def test_doctor_green_and_every_red_line(sync_env: SyncEnv, emulator: EmulatorPr
             "hook 26 user token valid",
             "hook 27 GLPI reachable",
             "hook 28 profile may create users",
+            "hook 28 profile may create tickets",
             "hook 28 profile may add followups to any ticket",
         }
         human = cli(sync_env, worker, "doctor", "--hook-id", "26", check=False).stdout
@@ -259,6 +263,24 @@ def test_doctor_green_and_every_red_line(sync_env: SyncEnv, emulator: EmulatorPr
         lines = orjson.loads(other_app.stdout)["checks"]
         assert any(c["check"] == "topic no-such-app-hooks-changelog" and c["level"] == "fail" for c in lines)
         assert any(c["check"] == "consumer group" and c["level"] == "fail" for c in lines)
+        # A deployment whose topics were made by hand, wrongly: too few partitions, changelogs not compacted.
+        asyncio.run(ensure_topics(sync_env.kafka.bootstrap, {f"handmade-{t}-changelog": 2 for t in TABLES}))
+        handmade = subprocess.run(
+            [WORKER_BIN, "doctor", "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={
+                **os.environ,
+                **sync_env.env,
+                "GLPI_SYNC_APP_ID": "handmade",
+                "GLPI_SYNC_WORKER_URL": f"http://127.0.0.1:{worker.http_port}",
+            },
+        )
+        lines = {c["check"]: c for c in orjson.loads(handmade.stdout)["checks"]}
+        assert lines["topic handmade-hooks-changelog"]["level"] == "fail"
+        assert "2 partitions, expected 4" in lines["topic handmade-hooks-changelog"]["detail"]
+        assert lines["changelog handmade-hooks-changelog compaction"]["level"] == "fail"
         no_broker = subprocess.run(
             [WORKER_BIN, "doctor", "--json"],
             capture_output=True,
