@@ -105,7 +105,14 @@ class LaneDispatcher:
                 task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
                     self.handler(entry.event), context=entry.context
                 )
-                await task
+                try:
+                    await task
+                except Exception:
+                    # The handler promises never to raise. If it does, the event stays unacknowledged: the
+                    # partition's commit stops here, liveness fails after GLPI_SYNC_LIVENESS_STALL_SECONDS, and the
+                    # restarted worker delivers the event again. Losing it silently would be worse.
+                    log.critical("lane %r: handler failed; the event stays unacknowledged", lane.key, exc_info=True)
+                    raise
                 entry.done = True
                 self._release(message.tp)
         finally:
