@@ -195,6 +195,18 @@ def publish_in_background(env: SyncEnv, events: list[dict[str, Any]], chunks: in
     return thread
 
 
+def tally(work: Workload, verdict: Verdict) -> dict[str, Any]:
+    """The figures every scenario reports: what GLPI holds against what the workload must produce."""
+    return {
+        "users / tickets / followups": f"{verdict.users} / {verdict.tickets} / {verdict.followups}",
+        "expected": " / ".join(str(n) for n in expected_counts(work)),
+        "duplicates": verdict.duplicates,
+        "missing": verdict.missing,
+        "wrong final statuses": verdict.wrong_status,
+        "_verdict": verdict,
+    }
+
+
 def report(title: str, figures: dict[str, Any]) -> str:
     lines = [f"== {title}"] + [f"   {key:<34} {value}" for key, value in figures.items()]
     text = "\n".join(lines)
@@ -253,12 +265,7 @@ def scenario_kill9(
             "events published": len(work.events) + hooks,
             "hooks": hooks,
             "event outcomes logged (with replays)": len(outcomes),
-            "users / tickets / followups": f"{verdict.users} / {verdict.tickets} / {verdict.followups}",
-            "expected": " / ".join(str(n) for n in expected_counts(work)),
-            "duplicates": verdict.duplicates,
-            "missing": verdict.missing,
-            "wrong final statuses": verdict.wrong_status,
-            "_verdict": verdict,
+            **tally(work, verdict),
         }
     finally:
         env.stop()
@@ -300,13 +307,8 @@ def scenario_glpi_faults(
         return {
             "faults injected": ", ".join(f"{k} ×{v}" for k, v in sorted(injected.items())),
             "events published": len(work.events) + hooks,
-            "users / tickets / followups": f"{verdict.users} / {verdict.tickets} / {verdict.followups}",
-            "expected": " / ".join(str(n) for n in expected_counts(work)),
-            "duplicates": verdict.duplicates,
-            "missing": verdict.missing,
-            "wrong final statuses": verdict.wrong_status,
             "parked then resumed": sum(1 for o in worker.outcomes() if o["outcome"] == "parked"),
-            "_verdict": verdict,
+            **tally(work, verdict),
         }
     finally:
         env.stop()
@@ -371,10 +373,7 @@ def scenario_dead_hook(
             "dead hook: caught up after recovery in": (
                 f"{max(dead_done) - outage_ended:.1f} s" if dead_done else "n/a"
             ),
-            "duplicates": verdict.duplicates,
-            "missing": verdict.missing,
-            "wrong final statuses": verdict.wrong_status,
-            "_verdict": verdict,
+            **tally(work, verdict),
             "_healthy_synced_during_outage": len(lags),
         }
     finally:
@@ -409,12 +408,7 @@ def scenario_rebalance_and_broker_restart(kafka: KafkaBroker, workdir: Path, hoo
             "workers": "w1 throughout; w2 joined at +3 s, left at +8 s; broker restarted at +10 s",
             "events published": len(work.events) + hooks,
             "w2 outcomes while it was in the group": len(second.outcomes()),
-            "users / tickets / followups": f"{verdict.users} / {verdict.tickets} / {verdict.followups}",
-            "expected": " / ".join(str(n) for n in expected_counts(work)),
-            "duplicates": verdict.duplicates,
-            "missing": verdict.missing,
-            "wrong final statuses": verdict.wrong_status,
-            "_verdict": verdict,
+            **tally(work, verdict),
         }
     finally:
         env.stop()
