@@ -246,3 +246,27 @@ def test_emulator_runs_on_its_own() -> None:
     proc = subprocess.run([PYTHON, "-m", "tests.glpi_emulator", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0
     assert "--port" in proc.stdout
+
+
+def test_cli_publishes_raw_webhook_bodies_keyed_by_hook(
+    sync_env: SyncEnv, emulator: EmulatorProcess, tmp_path: Any
+) -> None:
+    worker = sync_env.worker()
+    worker.start()
+    sync_env.publish([hook_envelope(emulator.api_url)])
+    bodies = tmp_path / "webhooks.jsonl"
+    names = ("contact_updated", "conversation_created", "message_created")
+    bodies.write_text("\n".join(orjson.dumps(load_example(n)).decode() for n in names) + "\n")
+    result = subprocess.run(
+        [WORKER_BIN, "publish", str(bodies), "--hook-id", "7", "--account-id", "7"],
+        env={**os.environ, **sync_env.env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"published 3 event(s) to {sync_env.topic}" in result.stdout
+    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 1, 60, what="the followup")
+    outcomes = _wait_outcomes(sync_env, 4)
+    assert {o["partition"] for o in outcomes} == {outcomes[0]["partition"]}  # one hook, one partition
+    assert len(emulator.state()["Ticket"]) == 1
