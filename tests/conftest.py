@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.demo import STORY
 from tests.harness import EmulatorProcess, KafkaBroker, WorkerProcess, unique
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
@@ -53,16 +54,7 @@ def hook_envelope(api_url: str, hook_id: int = 7, account_id: int = 7, **setting
 
 def story(hook_id: int = 7, account_id: int = 7) -> list[dict[str, Any]]:
     """The example story of chatwoot-events.md §8, in delivery order, as envelopes."""
-    names = [
-        "contact_created",
-        "contact_updated",
-        "conversation_created",
-        "message_created",
-        "message_created_private_note",
-        "conversation_updated",
-        "conversation_status_changed",
-    ]
-    return [envelope(load_example(n)["event"], load_example(n), hook_id, account_id) for n in names]
+    return [envelope(load_example(n)["event"], load_example(n), hook_id, account_id) for n in STORY]
 
 
 @pytest.fixture(scope="session")

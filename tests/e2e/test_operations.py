@@ -51,6 +51,18 @@ def wait_outcome(env: SyncEnv, predicate: Any, what: str, timeout: float = 60) -
     return found[-1]
 
 
+def doctor_json(env: SyncEnv, **overrides: str) -> tuple[int, list[dict[str, Any]]]:
+    """Run `glpi-sync doctor --json` with the deployment's environment plus ``overrides``."""
+    result = subprocess.run(
+        [WORKER_BIN, "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env.env, **overrides},
+    )
+    return result.returncode, orjson.loads(result.stdout)["checks"]
+
+
 def markers(state: dict[str, Any]) -> list[str]:
     return [html.unescape(f["content"]).split("[cw-msg:")[1].split("]")[0] for f in state["ITILFollowup"]]
 
@@ -237,59 +249,23 @@ def test_doctor_green_and_every_red_line(sync_env: SyncEnv, emulator: EmulatorPr
         assert "fix: regenerate it in GLPI" in human
         assert "wrong-user-token" not in human
 
-        no_worker = subprocess.run(
-            [WORKER_BIN, "doctor", "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, **sync_env.env, "GLPI_SYNC_WORKER_URL": "http://127.0.0.1:9"},
-        )
-        assert no_worker.returncode == 1
-        assert any(
-            c["check"] == "workers reachable" and c["level"] == "fail" for c in orjson.loads(no_worker.stdout)["checks"]
-        )
-        other_app = subprocess.run(
-            [WORKER_BIN, "doctor", "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={
-                **os.environ,
-                **sync_env.env,
-                "GLPI_SYNC_APP_ID": "no-such-app",
-                "GLPI_SYNC_WORKER_URL": f"http://127.0.0.1:{worker.http_port}",
-            },
-        )
-        lines = orjson.loads(other_app.stdout)["checks"]
-        assert any(c["check"] == "topic no-such-app-hooks-changelog" and c["level"] == "fail" for c in lines)
-        assert any(c["check"] == "consumer group" and c["level"] == "fail" for c in lines)
+        here = f"http://127.0.0.1:{worker.http_port}"
+        code, checks = doctor_json(sync_env, GLPI_SYNC_WORKER_URL="http://127.0.0.1:9")
+        assert code == 1
+        assert any(c["check"] == "workers reachable" and c["level"] == "fail" for c in checks)
+        _, checks = doctor_json(sync_env, GLPI_SYNC_APP_ID="no-such-app", GLPI_SYNC_WORKER_URL=here)
+        assert any(c["check"] == "topic no-such-app-hooks-changelog" and c["level"] == "fail" for c in checks)
+        assert any(c["check"] == "consumer group" and c["level"] == "fail" for c in checks)
         # A deployment whose topics were made by hand, wrongly: too few partitions, changelogs not compacted.
         asyncio.run(ensure_topics(sync_env.kafka.bootstrap, {f"handmade-{t}-changelog": 2 for t in TABLES}))
-        handmade = subprocess.run(
-            [WORKER_BIN, "doctor", "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={
-                **os.environ,
-                **sync_env.env,
-                "GLPI_SYNC_APP_ID": "handmade",
-                "GLPI_SYNC_WORKER_URL": f"http://127.0.0.1:{worker.http_port}",
-            },
-        )
-        lines = {c["check"]: c for c in orjson.loads(handmade.stdout)["checks"]}
+        _, checks = doctor_json(sync_env, GLPI_SYNC_APP_ID="handmade", GLPI_SYNC_WORKER_URL=here)
+        lines = {c["check"]: c for c in checks}
         assert lines["topic handmade-hooks-changelog"]["level"] == "fail"
         assert "2 partitions, expected 4" in lines["topic handmade-hooks-changelog"]["detail"]
         assert lines["changelog handmade-hooks-changelog compaction"]["level"] == "fail"
-        no_broker = subprocess.run(
-            [WORKER_BIN, "doctor", "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, **sync_env.env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"},
-        )
-        assert no_broker.returncode == 1
-        assert orjson.loads(no_broker.stdout)["checks"][0]["check"] == "broker reachable"
+        code, checks = doctor_json(sync_env, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9")
+        assert code == 1
+        assert checks[0]["check"] == "broker reachable"
         assert "wrong-app-token" not in worker.log_path.read_text()
     finally:
         restricted.stop()
