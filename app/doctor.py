@@ -19,6 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from app.kafka_io import committed_offsets
 from app.settings import WorkerSettings
+from app.topology import topic_specs
 
 Level = Literal["ok", "warn", "fail"]
 MARK = {"ok": "✔", "warn": "!", "fail": "✘"}
@@ -60,35 +61,36 @@ async def kafka_lines(env: WorkerSettings) -> list[Line]:
     try:
         topics = set(await admin.list_topics())
         lines.append(Line("broker reachable", "ok", f"{env.kafka_bootstrap_servers} ({len(topics)} topics)"))
-        expected = {env.topic: env.partitions, env.control_topic: env.partitions, env.dlq_topic: None}
-        changelogs = [
-            f"{env.app_id}-{t}-changelog" for t in ("hooks", "contacts", "conversations", "messages", "parked")
-        ]
-        expected.update(dict.fromkeys(changelogs, env.partitions))
+        specs = topic_specs(env)
         described = {
-            t["topic"]: len(t["partitions"]) for t in await admin.describe_topics([t for t in expected if t in topics])
+            t["topic"]: len(t["partitions"])
+            for t in await admin.describe_topics([s.name for s in specs if s.name in topics])
+            if t.get("partitions")
         }
-        for name, partitions in expected.items():
-            if name not in topics:
+        partitions = described.get(env.topic, env.partitions)
+        for spec in specs:
+            count = described.get(spec.name)
+            if count is None:
                 lines.append(
                     Line(
-                        f"topic {name}",
+                        f"topic {spec.name}",
                         "fail",
                         "missing",
-                        "apply deploy/k8s/topics.yaml (Strimzi) or let the worker create it",
+                        "start a worker (it creates its topics) or apply deploy/k8s/topics.yaml (Strimzi)",
                     )
                 )
-            elif partitions is not None and described.get(name) != partitions:
+            elif spec.co_partitioned and count != partitions:
                 lines.append(
                     Line(
-                        f"topic {name}",
+                        f"topic {spec.name}",
                         "fail",
-                        f"{described.get(name)} partitions, expected {partitions}",
-                        "every input, control and changelog topic needs GLPI_SYNC_PARTITIONS partitions",
+                        f"{count} partitions, but the input topic {env.topic} has {partitions}",
+                        "the worker refuses to start like this: see its start-up lines for the fix",
                     )
                 )
             else:
-                lines.append(Line(f"topic {name}", "ok", f"{described.get(name)} partitions"))
+                lines.append(Line(f"topic {spec.name}", "ok", f"{count} partitions"))
+        changelogs = [spec.name for spec in specs if spec.role == "changelog"]
         present = [c for c in changelogs if c in topics]
         if present:
             response = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, c) for c in present])

@@ -192,6 +192,16 @@ def _blank_to_none(value: Any) -> Any:
     return None if value in ("", None) else value
 
 
+_BOOL_OR_TEXT = {"anyOf": [{"type": "boolean"}, {"enum": ["true", "false", "1", "0", ""]}]}
+
+
+def _text_to_bool(value: Any) -> Any:
+    """Chatwoot stores hook settings as strings: ``"true"``/``"1"`` mean True, ``""``/``"false"``/``"0"`` False."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "false", "0", ""):
+        return value.strip().lower() in ("true", "1")
+    return value
+
+
 def _digits_to_int(value: Any) -> Any:
     """Chatwoot stores hook settings as strings: ``"1"`` means 1."""
     return int(value) if isinstance(value, str) and value.strip().isdigit() else value
@@ -218,6 +228,9 @@ class HookSettings(_Model):
         WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]*$"}, {"type": "null"}]}),
     ] = None
     timezone: str = "UTC"
+    #: GLPI emails requesters about their ticket's changes. Off by default: for a chat the customer would get a
+    #: copy of their own conversation (markers included) by email.
+    notify_requester: Annotated[bool, BeforeValidator(_text_to_bool), WithJsonSchema(_BOOL_OR_TEXT)] = False
 
     def __repr__(self) -> str:
         return f"HookSettings(api_url={self.api_url!r}, entity_id={self.entity_id}, sync_type={self.sync_type!r})"

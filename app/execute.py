@@ -2,14 +2,33 @@
 
 ``sync_event`` is the whole life of one event:
 
-    loop: step = decide(view, event)          (pure)
+    loop: step = decide(view, event, ctx)           (pure)
           Finished?  -> return
-          create?    -> view = with_intent(view, cmd); await persist(view, durable=True)   (intent before the call)
-          outcome = await executor.run(cmd)    (GLPI, retried within the budget)
-          view = record(view, cmd, outcome); await persist(view, durable=False)
+          outcome = await executor.run(step, before_post)
+                        before every create POST: view = with_intent(view, cmd, now); persist(durable)
+          view = record(view, step, outcome, now); persist(buffered)
 
-Errors leave as the :mod:`app.glpi.errors` classes; the worker decides (dead-letter, pause). Retries of transient
-errors stay within ``RetryPolicy.budget`` seconds so a rebalance is never held hostage.
+**Creates that GLPI finishes after we gave up.** GLPI (PHP) keeps working on a request whose client timed out, and a
+proxy's 502/504 says nothing about what PHP did: the insert can land seconds later. So after a create whose outcome
+is unknown, the executor never POSTs again until that attempt can no longer land (its start plus the late-commit
+window): meanwhile it keeps looking for the object and adopts it when it appears. Each POST's start is made durable
+first (the intent's ``attempt_at``), so a restarted worker waits too. A create made after such a wait is then checked:
+exactly one object may carry its marker, and a late duplicate we made is removed (tickets and contacts to GLPI's
+trash, followups purged).
+
+**Failures leave as two shell-level exceptions**, classified here and nowhere else:
+
+| failure                                                | raised as                                       |
+|--------------------------------------------------------|-------------------------------------------------|
+| GLPI refused the data (400 ``ERROR_GLPI_ADD``, ...)     | :class:`EventRejected`: the event is dead-lettered |
+| auth, rights or a non-GLPI answer; the probe fails     | :class:`HookUnavailable`: the hook is paused     |
+| the same, the probe passes (a closed ticket, an entity) | the ticket is replaced, else :class:`EventRejected` |
+| transient past the budget; the probe fails             | :class:`HookUnavailable` ``transient``           |
+| GLPI's own 5xx past the budget; the probe passes       | :class:`EventRejected` (GLPI cannot handle it)    |
+| timeouts past the budget; the probe passes             | :class:`HookUnavailable`, ``request_specific``   |
+
+The probe (:func:`probe_hook`) asks GLPI for something every event of the hook needs (the session, the profile's
+rights, the hook's entity): never the error message, which is the same for one closed ticket and a whole profile.
 """
 
 from __future__ import annotations
@@ -17,14 +36,29 @@ from __future__ import annotations
 import asyncio
 import html
 import random
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from app.events import KnownEvent, UnknownEvent
-from app.glpi import Criterion, GlpiClient, GlpiNotFoundError, GlpiRejectedError, GlpiRetryableError
+from app.events import HookSettings, KnownEvent, UnknownEvent
+from app.glpi import (
+    Criterion,
+    GlpiAuthError,
+    GlpiClient,
+    GlpiError,
+    GlpiNotFoundError,
+    GlpiRejectedError,
+    GlpiRetryableError,
+    GlpiUnexpectedResponseError,
+    missing_rights,
+)
+from app.glpi.rights import needed_rights
 from app.sync.commands import (
+    AddRequester,
     Applied,
+    CheckTicket,
     Command,
+    Create,
     CreateFollowup,
     CreateTicket,
     EnsureContact,
@@ -35,35 +69,89 @@ from app.sync.commands import (
     Outcome,
     Resolved,
     SearchCriterion,
+    TicketState,
     UpdateItem,
     cautious,
 )
-from app.sync.decide import decide, ticket_gone
-from app.sync.record import intent_for, record, with_intent
-from app.sync.state import SyncContext, SyncView
+from app.sync.decide import decide
+from app.sync.record import record, ticket_replaced, with_intent
+from app.sync.state import PauseKind, SyncContext, SyncView
 
-#: A decision needs at most: contact ensure, ticket, followup (+ update, email); more means a bug in the core.
+#: A decision needs at most: contact ensure, ticket, requester, check, replacement, followup (+ update, email).
 MAX_STEPS = 12
+#: One event may replace its conversation's ticket this many times (deleted, then closed, ...), never loop.
+MAX_REPLACEMENTS = 2
 USER_EXISTS = "Unable to add. The user already exists."
+#: While an earlier POST may still land, look for its object this often instead of creating again.
+LATE_COMMIT_POLL = 2.0
+
+
+class HookUnavailable(Exception):  # noqa: N818 - an outcome, named after what it tells the caller
+    """The hook as a whole cannot work now: pause it (``kind``) and park its events.
+
+    ``request_specific`` marks a transient failure of one request while GLPI answers others (counted per event).
+    """
+
+    def __init__(self, kind: PauseKind, reason: str, code: str | None = None, *, request_specific: bool = False):
+        super().__init__(reason)
+        self.kind: PauseKind = kind
+        self.reason = reason
+        self.code = code
+        self.request_specific = request_specific
+
+
+class EventRejected(Exception):  # noqa: N818 - an outcome, named after what it tells the caller
+    """This event cannot be synced (GLPI refused it, or only it): dead-letter it and let the hook carry on."""
+
+    def __init__(self, reason: str, error: GlpiError | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error_class = type(error).__name__ if error is not None else "EventRejected"
+        self.code = error.code if error is not None else None
+        self.status = error.status if error is not None else None
+
+
+class CreateOutcomeUnknownError(GlpiRetryableError):
+    """A create's POST failed in a way that leaves its outcome unknown; ``posted_at`` is when it started."""
+
+    def __init__(self, cause: GlpiRetryableError, posted_at: float) -> None:
+        super().__init__(cause.code, cause.message, cause.status, cause.retry_after, still_running=cause.still_running)
+        self.posted_at = posted_at
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded by ``budget`` seconds per command."""
+    """Exponential backoff with full jitter, bounded by ``budget`` seconds per command.
+
+    ``late_commit_window``: seconds after a create's POST started during which GLPI may still commit it.
+    ``verify_delay``: after a create that followed an uncertain one, look again this long after it for a copy the
+    earlier attempt committed later still than the window allowed, and remove it.
+    """
 
     base: float = 0.5
     cap: float = 30.0
     budget: float = 45.0
+    late_commit_window: float = 120.0
+    verify_delay: float = 5.0
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rand: Callable[[], float] = field(default=random.random)
+    clock: Callable[[], float] = field(default=time.time)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         backoff = float(min(self.cap, self.base * 2 ** (attempt - 1)) * self.rand())
         return max(backoff, retry_after or 0.0)
 
 
+#: Called with the create and the POST's start time, before the POST; must return once the intent is durable.
+BeforePost = Callable[[Create, float], Awaitable[None]]
+
+
 def _criteria(lookup: Lookup) -> list[Criterion]:
     return [Criterion(c.field, c.searchtype, c.value, c.link) for c in lookup.criteria]
+
+
+def _login(login: str) -> SearchCriterion:
+    return SearchCriterion(1, "contains", f"^{login}$")
 
 
 class GlpiExecutor:
@@ -74,30 +162,42 @@ class GlpiExecutor:
         client: GlpiClient,
         policy: RetryPolicy | None = None,
         on_retry: Callable[[str], None] | None = None,
+        on_duplicate_removed: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self.policy = policy or RetryPolicy()
         self._on_retry = on_retry
+        self._on_duplicate_removed = on_duplicate_removed
+        self._waited = 0.0  # seconds the current attempt spent waiting for an earlier POST
 
-    async def run(self, cmd: Command) -> Outcome:
-        """Run ``cmd``, retrying transient errors within the policy's budget; other errors propagate."""
+    async def run(self, cmd: Command, before_post: BeforePost | None = None) -> Outcome:
+        """Run ``cmd``, retrying transient errors within the policy's budget; other errors propagate.
+
+        Time spent waiting for an earlier POST to become impossible does not use up the budget.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.budget
         attempt = 0
         while True:
             attempt += 1
+            self._waited = 0.0
             try:
-                return await self._run_once(cmd)
+                return await self._run_once(cmd, before_post)
+            except CreateOutcomeUnknownError as exc:
+                # The POST may have created the object, or may still: look first, and no new POST before it
+                # can no longer land (GLPI's own error answers mean PHP is done: looking once is enough).
+                landing = exc.posted_at + self.policy.late_commit_window if exc.still_running else 0.0
+                cmd = cautious(cmd, landing)
+                error: GlpiRetryableError = exc
             except GlpiRetryableError as exc:
-                wait = self.policy.delay(attempt, exc.retry_after)
-                if loop.time() + wait > deadline:
-                    raise
-                if self._on_retry is not None:
-                    self._on_retry(exc.code)
-                await self.policy.sleep(wait)
-                # The failed attempt may have reached GLPI (a timeout or a dropped reply after the write):
-                # every later attempt looks for the object before creating it.
-                cmd = cautious(cmd)
+                error = exc
+            deadline += self._waited  # waiting for an earlier POST to become impossible is not retrying
+            wait = self.policy.delay(attempt, error.retry_after)
+            if loop.time() + wait > deadline:
+                raise error
+            if self._on_retry is not None:
+                self._on_retry(error.code)
+            await self.policy.sleep(wait)
 
     async def _find(self, itemtype: str, lookups: tuple[Lookup, ...]) -> int | None:
         for lookup in lookups:
@@ -106,15 +206,92 @@ class GlpiExecutor:
                 return ids[0]  # several matches: adopt the oldest
         return None
 
-    async def _run_once(self, cmd: Command) -> Outcome:
+    async def _look(self, cmd: Create) -> int | None:
+        """The object an earlier attempt of ``cmd`` created, if GLPI holds it."""
         match cmd:
             case EnsureUser():
-                login_lookup = (Lookup((_login(cmd.login),), "login"),) if cmd.lookup_first else ()
-                found = await self._find("User", cmd.lookups + login_lookup)
+                return await self._find("User", (*cmd.lookups, Lookup((_login(cmd.login),), "login")))
+            case EnsureContact():
+                return await self._find("Contact", (*cmd.fallbacks[:1], *cmd.lookups, *cmd.fallbacks[1:]))
+            case CreateTicket():
+                ids = await self.client.search_ids("Ticket", [Criterion(21, "contains", cmd.marker)])
+                return ids[0] if ids else None
+            case CreateFollowup():
+                found = await self._followups_with(cmd.ticket_id, cmd.marker)
+                return found[0] if found else None
+
+    async def _followups_with(self, ticket_id: int, marker: str) -> list[int]:
+        rows = await self.client.get_subitems("Ticket", ticket_id, "ITILFollowup")
+        return sorted(
+            row["id"]
+            for row in rows
+            if isinstance(row.get("id"), int) and marker in html.unescape(str(row.get("content", "")))
+        )
+
+    async def _wait_for_earlier(self, cmd: Create) -> int | None:
+        """Look for ``cmd``'s object until an earlier POST can no longer land; its id once found, else None."""
+        found = await self._look(cmd)
+        while found is None and self.policy.clock() < cmd.not_before:
+            pause = min(LATE_COMMIT_POLL, cmd.not_before - self.policy.clock())
+            await self.policy.sleep(pause)
+            self._waited += pause
+            found = await self._look(cmd)
+        return found
+
+    async def _post(self, cmd: Create, itemtype: str, fields: dict[str, object], before: BeforePost | None) -> int:
+        posted_at = self.policy.clock()
+        if before is not None:
+            await before(cmd, posted_at)
+        try:
+            return await self.client.create(itemtype, dict(fields))
+        except GlpiRetryableError as exc:
+            if exc.uncertain:
+                raise CreateOutcomeUnknownError(exc, posted_at) from exc
+            raise
+
+    async def _create(
+        self, cmd: Create, itemtype: str, fields: dict[str, object], before: BeforePost | None
+    ) -> Resolved:
+        """Find-else-POST with the late-commit rule; after an uncertain earlier attempt, keep one object only."""
+        if cmd.lookup_first:
+            found = await self._wait_for_earlier(cmd)
+            if found is not None:
+                return Resolved(found, created=False)
+        new_id = await self._post(cmd, itemtype, fields, before)
+        if cmd.not_before > 0:
+            # The window should have made a late commit impossible; if GLPI was slower still, keep one object.
+            await self.policy.sleep(self.policy.verify_delay)
+            await self._keep_only(cmd, new_id)
+        return Resolved(new_id)
+
+    async def _keep_only(self, cmd: Create, kept: int) -> None:
+        """Remove objects carrying ``cmd``'s marker other than ``kept`` (a late commit of an earlier attempt)."""
+        match cmd:
+            case CreateTicket():
+                extra = await self.client.search_ids("Ticket", [Criterion(21, "contains", cmd.marker)])
+                itemtype, purge = "Ticket", False
+            case CreateFollowup():
+                extra = await self._followups_with(cmd.ticket_id, cmd.marker)
+                itemtype, purge = "ITILFollowup", True
+            case EnsureContact():
+                extra = await self.client.search_ids("Contact", _criteria(cmd.fallbacks[0])) if cmd.fallbacks else []
+                itemtype, purge = "Contact", False
+            case EnsureUser():
+                return  # logins are unique in GLPI: a second User cannot exist
+        for item_id in extra:
+            if item_id != kept:
+                await self.client.delete(itemtype, item_id, purge=purge)
+                if self._on_duplicate_removed is not None:
+                    self._on_duplicate_removed(itemtype)
+
+    async def _run_once(self, cmd: Command, before: BeforePost | None) -> Outcome:
+        match cmd:
+            case EnsureUser():
+                found = await self._find("User", cmd.lookups)
                 if found is not None:
                     return Resolved(found, created=False)
                 try:
-                    return Resolved(await self.client.create("User", cmd.input))
+                    return await self._create(cmd, "User", cmd.input, before)
                 except GlpiRejectedError as exc:
                     if exc.message != USER_EXISTS:
                         raise
@@ -123,11 +300,10 @@ class GlpiExecutor:
                         raise
                     return Resolved(existing, created=False)
             case EnsureContact():
-                fallback = (cmd.fallback,) if cmd.lookup_first and cmd.fallback is not None else ()
-                found = await self._find("Contact", cmd.lookups + fallback)
+                found = await self._find("Contact", cmd.lookups)
                 if found is not None:
                     return Resolved(found, created=False)
-                return Resolved(await self.client.create("Contact", cmd.input))
+                return await self._create(cmd, "Contact", cmd.input, before)
             case UpdateItem():
                 await self.client.update(cmd.itemtype, cmd.item_id, cmd.input)
                 return Applied()
@@ -138,34 +314,67 @@ class GlpiExecutor:
                 await self.client.create("UserEmail", {"users_id": cmd.user_id, "email": cmd.email})
                 return Applied()
             case CreateTicket():
-                if cmd.lookup_first:
-                    ids = await self.client.search_ids("Ticket", [Criterion(21, "contains", cmd.marker)])
-                    if ids:
-                        return Resolved(ids[0], created=False)
-                return Resolved(await self.client.create("Ticket", cmd.input))
+                return await self._create(cmd, "Ticket", cmd.input, before)
             case CreateFollowup():
-                if cmd.lookup_first:
-                    for row in await self.client.get_subitems("Ticket", cmd.ticket_id, "ITILFollowup"):
-                        if cmd.marker in html.unescape(str(row.get("content", ""))) and isinstance(row.get("id"), int):
-                            return Resolved(row["id"], created=False)
                 try:
-                    return Resolved(await self.client.create("ITILFollowup", cmd.input))
+                    return await self._create(cmd, "ITILFollowup", cmd.input, before)
                 except GlpiRejectedError:
                     # GLPI answers ["ERROR_GLPI_ADD", ""] when the parent ticket is gone: tell the two apart.
                     await self.client.get_item("Ticket", cmd.ticket_id)  # raises GlpiNotFoundError if gone
                     raise
+            case CheckTicket():
+                item = await self.client.get_item("Ticket", cmd.ticket_id)
+                status = item.get("status")
+                return TicketState(status if isinstance(status, int) else 0, bool(item.get("is_deleted")))
+            case AddRequester():
+                actor: dict[str, object] = {
+                    "tickets_id": cmd.ticket_id,
+                    "users_id": cmd.user_id or 0,
+                    "type": 1,
+                    "use_notification": 1 if cmd.notify else 0,
+                }
+                if cmd.user_id is None:
+                    actor["alternative_email"] = cmd.email or ""
+                try:
+                    await self.client.create("Ticket_User", actor)
+                except GlpiRejectedError:
+                    return Applied(changed=False)  # ["ERROR_GLPI_ADD", ""]: already the requester
+                return Applied()
 
 
-def _login(login: str) -> SearchCriterion:
-    return SearchCriterion(1, "contains", f"^{login}$")
+async def probe_hook(client: GlpiClient, settings: HookSettings) -> HookUnavailable | None:
+    """Whether the hook as a whole can work: None when it can, else why not (a pause to apply).
+
+    Checks what every event needs: a session, a GLPI answer, the profile's rights, the hook's entity.
+    """
+    try:
+        profile = await client.get_active_profile()
+        entities = await client.get_my_entities()
+    except GlpiRetryableError as exc:
+        return HookUnavailable("transient", f"GLPI unreachable: {exc.code} {exc.message}".strip()[:300], exc.code)
+    except GlpiUnexpectedResponseError as exc:
+        return HookUnavailable("endpoint", exc.message[:300], exc.code)
+    except GlpiError as exc:
+        return HookUnavailable("auth", f"{exc.code}: {exc.message}"[:300], exc.code)
+    name = html.unescape(str(profile.get("name", "?")))
+    missing = missing_rights(profile, needed_rights(settings.sync_type))
+    if missing:
+        lacks = ", ".join(right.name for right in missing)
+        return HookUnavailable("auth", f"GLPI profile {name!r} may not {lacks}", "PROFILE_RIGHTS")
+    if settings.entity_id not in {e.get("id") for e in entities}:
+        return HookUnavailable(
+            "auth", f"GLPI profile {name!r} cannot work in entity {settings.entity_id}", "ENTITY_NOT_VISIBLE"
+        )
+    return None
 
 
 Persist = Callable[[SyncView, bool], Awaitable[None]]
+Probe = Callable[[], Awaitable[HookUnavailable | None]]
 
 
 def _ticket_of(step: Command) -> int | None:
-    """The ticket a command writes to, when a missing ticket means "recreate it"."""
-    if isinstance(step, CreateFollowup):
+    """The ticket a command writes to, when an unusable ticket means "continue in a new one"."""
+    if isinstance(step, CreateFollowup | CheckTicket):
         return step.ticket_id
     if isinstance(step, UpdateItem) and step.itemtype == "Ticket":
         return step.item_id
@@ -189,34 +398,74 @@ async def sync_event(
     ctx: SyncContext,
     executor_for: Callable[[], GlpiExecutor],
     persist: Persist,
+    probe: Probe,
+    clock: Callable[[], float] = time.time,
 ) -> EventResult:
     """Drive ``event`` to completion and return how it finished.
 
     ``persist(view, durable)`` writes the changed records; with ``durable`` it must not return before the write is
-    safe from a crash (the intent protocol relies on it). GLPI errors propagate after the retry budget.
+    safe from a crash (the intent protocol relies on it). ``probe()`` tells whether the hook as a whole works.
+
+    Raises:
+        HookUnavailable: the hook cannot work now (pause it, park the event).
+        EventRejected: this event cannot be synced (dead-letter it).
     """
     ran: list[str] = []
-    recreated = False
+    replacements = 0
+    current = view
+
+    async def before_post(cmd: Create, at: float) -> None:
+        nonlocal current
+        current = with_intent(current, cmd, at)
+        await persist(current, True)
+
     for _ in range(MAX_STEPS):
-        step = decide(view, event, ctx)
+        step = decide(current, event, replace(ctx, now=clock()))
         if isinstance(step, Finished):
-            return EventResult(step, tuple(ran), view)
-        if intent_for(step) is not None:
-            view = with_intent(view, step)
-            await persist(view, True)
+            return EventResult(step, tuple(ran), current)
         try:
-            outcome = await executor_for().run(step)
-        except GlpiNotFoundError:
+            outcome = await executor_for().run(step, before_post)
+        except GlpiNotFoundError as exc:
             gone = _ticket_of(step)
-            if gone is None or recreated:
-                raise
-            # The ticket was deleted in GLPI: recreate it rather than lose this conversation's later messages.
-            recreated = True
-            view = ticket_gone(view, gone)
-            await persist(view, True)
+            if gone is None or replacements >= MAX_REPLACEMENTS:
+                raise EventRejected(f"{exc.code}: {exc.message}"[:300], exc) from None
+            replacements += 1
+            current = ticket_replaced(current, gone, "deleted")
+            await persist(current, True)
             ran.append("ticket_gone")
             continue
-        view = record(view, step, outcome)
-        await persist(view, False)
+        except GlpiRejectedError as exc:
+            raise EventRejected(f"GLPI refused the data: {exc.code}: {exc.message}"[:300], exc) from None
+        except (GlpiAuthError, GlpiUnexpectedResponseError) as exc:
+            problem = await probe()
+            if problem is not None:
+                raise problem from None
+            if isinstance(step, AddRequester):
+                outcome = Applied(changed=False)  # that old ticket refuses a requester: it keeps none
+            else:
+                refused = _ticket_of(step)
+                if refused is None or replacements >= MAX_REPLACEMENTS:
+                    reason = f"GLPI refused this request only ({exc.code}: {exc.message}); the hook works"
+                    raise EventRejected(reason[:300], exc) from None
+                replacements += 1
+                current = ticket_replaced(current, refused, "refused")
+                await persist(current, True)
+                ran.append("ticket_refused")
+                continue
+        except GlpiRetryableError as exc:
+            problem = await probe()
+            if problem is not None:
+                raise problem from None
+            if not exc.still_running:
+                reason = f"GLPI keeps failing this request ({exc.code}: {exc.message}) while it answers others"
+                raise EventRejected(reason[:300], exc) from None
+            raise HookUnavailable(
+                "transient",
+                f"GLPI unreachable: {exc.code} {exc.message}".strip()[:300],
+                exc.code,
+                request_specific=True,
+            ) from None
+        current = record(current, step, outcome, clock())
+        await persist(current, False)
         ran.append(step.op)
     raise RuntimeError(f"decision did not finish within {MAX_STEPS} steps (ran {ran})")

@@ -28,7 +28,7 @@ class Metrics:
         self._hook_labels: set[str] = set()
         self.events = Counter(
             "cwglpi_events_processed",
-            "Events finished, by event type and outcome (synced, skipped, dead_lettered).",
+            "Events finished, by event type and outcome (synced, skipped, parked, set_aside, dead_lettered).",
             ["event_type", "outcome"],
             registry=registry,
         )
@@ -115,6 +115,24 @@ class Metrics:
         self.commit_stalled = Gauge(
             "cwglpi_commit_stalled_seconds",
             "Longest time a partition with lag has gone without its committed offset moving.",
+            registry=registry,
+        )
+        self.misrouted = Counter(
+            "cwglpi_records_misrouted",
+            "Records dead-lettered because their key is not their hook id (null_key, wrong_key).",
+            ["reason"],
+            registry=registry,
+        )
+        self.duplicates_removed = Counter(
+            "cwglpi_duplicates_removed",
+            "Objects GLPI committed late after an uncertain create, removed because the retry made them again.",
+            ["itemtype"],
+            registry=registry,
+        )
+        self.state_rebuilds = Counter(
+            "cwglpi_state_rebuilds",
+            "Table partitions rebuilt from their changelog because the local state was ahead of it.",
+            ["table"],
             registry=registry,
         )
         self.build = Gauge("cwglpi_build_info", "Build information.", ["version"], registry=registry)

@@ -20,26 +20,16 @@ import aiohttp
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, AppT
 
-from app.glpi import GlpiAuthError, GlpiClient, GlpiError
+from app.glpi import GlpiAuthError, GlpiClient, GlpiError, missing_rights
+from app.glpi.rights import needed_rights
 from app.lanes import LaneDispatcher
 from app.metrics import Metrics
 from app.pipeline import HookConfigError, Pipeline, resolve_token
 from app.settings import WorkerSettings
 from app.sync.decide import validate_hook_settings
-from app.sync.state import (
-    ContactRecord,
-    ConversationRecord,
-    HookRecord,
-    MessageRecord,
-    contact_key,
-    conversation_key,
-)
+from app.sync.state import AnyHook, HookRecord
 
 FORWARDED = "X-Cwglpi-Forwarded"
-
-#: GLPI profile right bits (GLPI 10): CREATE on users, tickets and contacts; ADDALLTICKET on followups.
-RIGHT_CREATE = 4
-RIGHT_FOLLOWUP_ADD_ALL = 4096
 
 
 def hook_partition(hook_id: int, partitions: int) -> int:
@@ -56,18 +46,27 @@ def public_settings(hook: HookRecord) -> dict[str, Any]:
     return settings
 
 
-def hook_view(hook: HookRecord) -> dict[str, Any]:
-    return {
-        "hook_id": hook.hook_id,
-        "account_id": hook.account_id,
-        "status": hook.status,
-        "account_features": list(hook.account_features),
-        "settings": public_settings(hook),
-        "pause": hook.pause.model_dump(mode="json") if hook.pause else None,
-        "parked_events": hook.parked,
-        "partition": hook.partition,
-        "rebuilding": hook.rebuilding,
+def hook_view(slot: AnyHook) -> dict[str, Any]:
+    """What ``/state/hook/N`` shows of a hook: configuration (tokens hidden), pause, queues, partition."""
+    view: dict[str, Any] = {
+        "hook_id": slot.hook_id,
+        "status": slot.status,
+        "parked_events": slot.parked,
+        "set_aside_events": slot.set_aside,
+        "partition": slot.partition,
     }
+    if isinstance(slot, HookRecord):
+        view.update(
+            account_id=slot.account_id,
+            account_features=list(slot.account_features),
+            settings=public_settings(slot),
+            pause=slot.pause.model_dump(mode="json") if slot.pause else None,
+            rebuilding=slot.rebuilding,
+            head_failures=slot.head_failures,
+        )
+    else:
+        view.update(account_id=None, settings=None, pause=None, rebuilding=False)
+    return view
 
 
 class Operations:
@@ -131,40 +130,36 @@ class Operations:
     # ---------------------------------------------------------------------------------------------- state
 
     async def hook_state(self, hook_id: int) -> tuple[int, Any]:
-        hook = self.pipeline.hook(hook_id)
-        if hook is None:
+        slot = self.pipeline.store.slot(hook_id)
+        if slot is None:
             return 404, {"error": f"hook {hook_id} is not configured (or its partition is not on this worker)"}
-        view = hook_view(hook)
-        view["glpi_session_open"] = self.pipeline.sessions().get(hook_id, False)
+        view = hook_view(slot)
+        view["glpi_session_open"] = self.pipeline.clients.sessions().get(hook_id, False)
         return 200, view
 
     async def contact_state(self, hook_id: int, contact_id: int) -> tuple[int, Any]:
-        hook = self.pipeline.hook(hook_id)
+        hook = self.pipeline.store.hook(hook_id)
         if hook is None:
             return 404, {"error": f"hook {hook_id} is not configured"}
-        raw = self.pipeline.contacts.get(contact_key(hook.account_id, contact_id))
-        if raw is None:
+        contact = self.pipeline.store.contact(hook.account_id, contact_id)
+        if contact is None:
             return 404, {"error": f"contact {contact_id} of account {hook.account_id} was never synced"}
-        return 200, {"hook_id": hook_id, "contact": ContactRecord.model_validate(raw).model_dump(mode="json")}
+        return 200, {"hook_id": hook_id, "contact": contact.model_dump(mode="json")}
 
     async def conversation_state(self, hook_id: int, conversation_id: int) -> tuple[int, Any]:
-        hook = self.pipeline.hook(hook_id)
+        hook = self.pipeline.store.hook(hook_id)
         if hook is None:
             return 404, {"error": f"hook {hook_id} is not configured"}
-        raw = self.pipeline.conversations.get(conversation_key(hook.account_id, conversation_id))
-        if raw is None:
+        conv = self.pipeline.store.conversation(hook.account_id, conversation_id)
+        if conv is None:
             return 404, {"error": f"conversation {conversation_id} of account {hook.account_id} was never synced"}
-        conv = ConversationRecord.model_validate(raw)
         messages = [
-            MessageRecord.model_validate(value).model_dump(mode="json")
-            for value in list(self.pipeline.messages.values())
-            if value.get("account_id") == hook.account_id and value.get("conversation_id") == conversation_id
+            m.model_dump(mode="json") for m in self.pipeline.store.messages_of(hook.account_id, conversation_id)
         ]
-        messages.sort(key=lambda m: m["message_id"])
         return 200, {"hook_id": hook_id, "conversation": conv.model_dump(mode="json"), "messages": messages}
 
     async def local_hooks(self) -> tuple[int, Any]:
-        return 200, {"worker": self.self_url, "hooks": [hook_view(h) for h in self.pipeline.local_hooks()]}
+        return 200, {"worker": self.self_url, "hooks": [hook_view(h) for h in self.pipeline.store.slots()]}
 
     async def all_hooks(self) -> list[dict[str, Any]]:
         hooks: dict[int, dict[str, Any]] = {}
@@ -184,7 +179,7 @@ class Operations:
 
     async def glpi_check(self, hook_id: int) -> tuple[int, Any]:
         """The guide's ``validate_and_test``, run where the tokens are resolved: the owning worker."""
-        hook = self.pipeline.hook(hook_id)
+        hook = self.pipeline.store.hook(hook_id)
         if hook is None:
             return 404, {"error": f"hook {hook_id} is not configured"}
         return 200, {"hook_id": hook_id, "checks": await check_glpi(hook, self.settings)}
@@ -265,24 +260,16 @@ async def check_glpi(hook: HookRecord, settings: WorkerSettings) -> list[dict[st
             profile = await client.get_active_profile()
         finally:
             await client.close()
-    rights = {
-        "create users" if hook.settings.sync_type == "user" else "create contacts": (
-            "user" if hook.settings.sync_type == "user" else "contact_enterprise",
-            RIGHT_CREATE,
-        ),
-        "create tickets": ("ticket", RIGHT_CREATE),
-        "add followups to any ticket": ("followup", RIGHT_FOLLOWUP_ADD_ALL),
-    }
     name = html.unescape(str(profile.get("name", "?")))
-    for label, (field, bit) in rights.items():
-        value = profile.get(field)
-        ok = isinstance(value, int) and bool(value & bit)
+    missing = missing_rights(profile, needed_rights(hook.settings.sync_type))
+    for right in needed_rights(hook.settings.sync_type):
+        ok = right not in missing
         checks.append(
             _check(
-                f"profile may {label}",
+                f"profile may {right.name}",
                 ok,
-                f"profile {name}: {field}={value}",
-                f"grant the right to profile {name} in GLPI (Administration > Profiles)",
+                f"profile {name}: {'granted' if ok else 'not granted'}",
+                f"grant {right.name!r} to profile {name} in GLPI (Administration > Profiles > {name})",
             )
         )
     return checks

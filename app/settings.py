@@ -38,6 +38,17 @@ class WorkerSettings(BaseSettings):
     session_timeout: float = Field(30.0, ge=6, le=300)
     max_inflight: int = Field(2000, ge=1)
     create_topics: bool = True
+    #: Seconds after a create's POST during which GLPI may still commit it (a timeout is not a refusal): no new
+    #: POST of the same object before then. Set it above PHP's max_execution_time plus any proxy queueing.
+    late_commit_window: float = Field(120.0, ge=0)
+    #: A ticket not seen usable for this long is read before a followup or status is written (it may be closed).
+    ticket_recheck_seconds: float = Field(600.0, ge=0)
+    #: Events a hook may hold before its hook_configured arrives; later ones are set aside (dead-lettered).
+    unconfigured_park_limit: int = Field(1000, ge=0)
+    #: Unconfigured hooks that may hold events at once (a producer writing random hook ids cannot fill the disk).
+    max_unconfigured_hooks: int = Field(100, ge=0)
+    #: Drains in a row in which one parked event fails on its own (GLPI answers others) before it is dead-lettered.
+    max_event_failures: int = Field(5, ge=1)
     per_hook_metrics_limit: int = Field(200, ge=0)
     #: RocksDB memory per table partition (faust's defaults are a 2 GiB block cache and 3 x 64 MiB write buffers
     #: for *each* partition of *each* table; our tables are small).

@@ -5,7 +5,11 @@ Nothing here decides sync rules (``app/sync``) or handles a record (``app/pipeli
 - one agent reads the input topic and the co-partitioned control topic with manual acks and hands each record to a
   per-hook lane (``app/lanes.py``), so hooks run concurrently and each hook in order;
 - lanes are stopped on partition revoke and before shutdown (faust re-delivers what was not finished);
-- a timer sends ``hook_retry`` commands for hooks paused by a transient GLPI outage.
+- a timer sends ``hook_retry`` commands for hooks paused by a transient GLPI outage (and nudges parked queues
+  that no drain is working on).
+
+Before any of it, :func:`app.topology.prepare_topics` reads the cluster: the input topic's partition count is the
+deployment's, and topics that disagree with it stop the worker with one line per topic and the fix.
 """
 
 from __future__ import annotations
@@ -13,24 +17,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
 import faust
-import orjson
 from faust.types import StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app import logs
-from app.kafka_io import ensure_topics
 from app.lanes import LaneDispatcher
 from app.metrics import Metrics
 from app.ops import FORWARDED, Operations, ProgressMonitor
 from app.pipeline import DurableTable, Pipeline
+from app.pipeline.dead_letters import MAX_REQUEST_BYTES
 from app.settings import WorkerSettings
+from app.topology import TopologyError, prepare_topics
 
 log = logging.getLogger("cwglpi.worker")
-TABLES = ("hooks", "contacts", "conversations", "messages", "parked")
 
 
 class SyncApp(faust.App):
@@ -47,19 +51,6 @@ class SyncApp(faust.App):
         pipeline = getattr(self, "pipeline", None)
         if pipeline is not None:
             await pipeline.aclose()
-
-
-def topic_plan(settings: WorkerSettings) -> dict[str, tuple[int, dict[str, str]]]:
-    """Every topic the worker uses: name → (partitions, config). Changelogs are compacted, never time-deleted."""
-    compacted = {"cleanup.policy": "compact", "retention.ms": "-1"}
-    plan: dict[str, tuple[int, dict[str, str]]] = {
-        settings.topic: (settings.partitions, {}),
-        settings.control_topic: (settings.partitions, {}),
-        settings.dlq_topic: (1, {}),
-    }
-    for table in TABLES:
-        plan[f"{settings.app_id}-{table}-changelog"] = (settings.partitions, compacted)
-    return plan
 
 
 def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = None) -> SyncApp:
@@ -88,6 +79,10 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         stream_wait_empty=False,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Room for a dead letter of the biggest record the input accepts (app/pipeline/dead_letters.py).
+        producer_max_request_size=MAX_REQUEST_BYTES,
+        # No on_leader timers: no assignor leader topic to create or to list in topics.yaml.
+        topic_disable_leader=True,
         # Tansu: end_offsets() is wrong after multi-record batches, so table recovery would lose records.
         producer_max_batch_size=1 if settings.embedded_broker else 16384,
         # Tansu makes a group join wait half the session timeout.
@@ -122,12 +117,8 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         if app.rebalancing:
             return
         pipeline.refresh_gauges()
-        for hook_id, partition in pipeline.retry_commands():
-            command = {"event": "hook_retry", "hook_id": hook_id, "payload": {"requested_by": "timer"}}
-            sent = await pipeline.control.send(
-                key=str(hook_id).encode(), value=orjson.dumps(command), partition=partition
-            )
-            await sent
+        for hook in pipeline.hooks_to_retry():
+            await pipeline.request_drain(hook, "timer")
 
     cast(Any, app).timer(interval=settings.resume_interval)(resume_paused_hooks)
 
@@ -195,21 +186,30 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     return app
 
 
+#: Exit status of a worker that refused the cluster's topic layout (a configuration problem, not a crash).
+EXIT_TOPOLOGY = 2
+
+
 def run_worker(settings: WorkerSettings) -> None:
-    """Start the worker in the foreground until SIGTERM/SIGINT."""
+    """Check the topics, then run the worker in the foreground until SIGTERM/SIGINT."""
     logs.configure(settings.log_level, settings.log_format)
-    if settings.create_topics:
-        # Create the topics before faust's consumer reads metadata: a changelog created during start-up can be
-        # missing from the consumer's metadata and make the first table write fail (PartitionsMismatch).
-        plan = topic_plan(settings)
-        asyncio.run(
-            ensure_topics(
-                settings.kafka_bootstrap_servers,
-                {name: parts for name, (parts, _) in plan.items()},
-                replication=settings.replication_factor,
-                configs={name: config for name, (_, config) in plan.items()},
-            )
+    # The topics exist before faust's consumer reads metadata: a changelog created during start-up can be missing
+    # from the consumer's metadata and make the first table write fail (PartitionsMismatch).
+    try:
+        plan = asyncio.run(prepare_topics(settings))
+    except TopologyError as exc:
+        for line in exc.lines:
+            sys.stderr.write(f"glpi-sync worker: {line}\n")
+        log.critical("refusing to start: %s", exc)
+        raise SystemExit(EXIT_TOPOLOGY) from None
+    if plan.partitions != settings.partitions:
+        log.info(
+            "the input topic %s has %d partitions: using that (GLPI_SYNC_PARTITIONS=%d only sizes a new topic)",
+            settings.topic,
+            plan.partitions,
+            settings.partitions,
         )
+    settings = settings.model_copy(update={"partitions": plan.partitions})
     app = build_app(settings)
 
     class _Worker(faust.Worker):

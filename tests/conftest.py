@@ -102,12 +102,15 @@ class SyncEnv:
             "GLPI_SYNC_CONTROL_TOPIC": self.control,
             "GLPI_SYNC_RESUME_INTERVAL": "2",
             "GLPI_SYNC_SESSION_TIMEOUT": "6",
-            "GLPI_SYNC_PARTITIONS": str(self.partitions),
+            # No GLPI_SYNC_PARTITIONS: like a real deployment, the workers take the count of the input topic
+            # that the "producers" (this fixture) created.
             "GLPI_SYNC_APP_ID": self.app_id,
             "GLPI_SYNC_ALLOW_HTTP": "true",
             "GLPI_SYNC_RETRY_BUDGET": "5",
             "GLPI_SYNC_RETRY_BASE": "0.1",
             "GLPI_SYNC_GLPI_TIMEOUT": "5",
+            # A short late-commit window keeps injected 5xx faults quick; the late-commit scenarios set their own.
+            "GLPI_SYNC_LATE_COMMIT_WINDOW": "3",
         }
 
     def worker(self, name: str = "w1") -> WorkerProcess:

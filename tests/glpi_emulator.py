@@ -10,7 +10,10 @@ Served under ``/apirest.php/``, ``/api/`` and ``/api.php/v1/``. Test-only endpoi
 - ``GET  /_emulator/requests``  the request log (method, path, query, body, session)
 - ``POST /_emulator/faults``    ``{"rules": [{"path": regex, "method": "POST", "kind": "status|delay|timeout|drop|
   expire_session|retry_after", "status": 503, "seconds": 2, "count": 3}]}`` (count -1 = forever)
-- ``POST /_emulator/config``    ``{"enable_api": false, "glpi11": true, "session_ttl": 10, ...}``
+- ``POST /_emulator/config``    ``{"enable_api": false, "glpi11": true, "session_ttl": 10, "profile": "restricted",
+  "visible_entities": [0, 1], ...}``
+- ``POST /_emulator/entity``    ``{"id": 3, "name": "Branch"}`` adds an entity; ``POST /_emulator/move_ticket``
+  ``{"ticket": 100, "entity": 3}`` moves a ticket (what a technician does in GLPI)
 - ``POST /_emulator/expire_sessions``  kill every session now
 - ``POST /_emulator/reset``     forget all data (keeps tokens)
 
@@ -19,7 +22,15 @@ statuses, idle-expiring sessions, CRUD with ``{"input": …}``, ``ERROR_GLPI_UPD
 sub-item lists with 206/Content-Range, search with ``criteria[i][…]`` parameters, ``contains`` with ``^``/``$``,
 ``equals`` on User option 5 returning nothing, the empty-result shape without ``data``, unique logins, HTML
 encoding of ``&<>`` on storage, decoding only on item reads with ``X-GLPI-Sanitized-Content: false``, 255-char
-truncation after encoding, requesters (including email-only), contacts never actors.
+truncation after encoding, requesters (including email-only), contacts never actors, entities and profiles
+(``super-admin``; ``restricted``: may create and update tickets but not add followups to a Closed one, as a
+Technician profile whose reopen right was narrowed; ``self-service``: may not work for an integration), tickets in
+entities the profile cannot see (403 to reads, the permission message to writes), ``_link`` on ticket creation
+(``Ticket_Ticket``).
+
+Fault kinds beside the HTTP ones: ``late_commit`` (hold the request ``seconds``, apply it, then answer; with
+``"answer": "504"`` a proxy answers 504 at once while PHP commits after ``seconds``), ``redirect`` (302 to
+``location``), ``html`` (``status`` with an HTML page: a WAF, an SSO, a missing path).
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ CANONICAL = {
         "Ticket_User",
         "ITILFollowup",
         "ITILSolution",
+        "Ticket_Ticket",
         "Entity",
         "ITILCategory",
         "Profile",
@@ -77,7 +89,7 @@ SEARCH_OPTIONS: dict[str, dict[int, str]] = {
         34: "realname",
         8: "is_active",
     },
-    "Contact": {1: "name", 2: "id", 3: "phone", 6: "email", 10: "mobile", 11: "firstname"},
+    "Contact": {1: "name", 2: "id", 3: "phone", 6: "email", 10: "mobile", 11: "firstname", 16: "comment"},
     "Ticket": {
         1: "name",
         2: "id",
@@ -111,6 +123,9 @@ class Rule:
     seconds: float = 0.0
     count: int = 1
     retry_after: float | None = None
+    answer: str = ""
+    location: str = ""
+    title: str = "Access denied"
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and re.search(self.path, path) is not None
@@ -126,6 +141,9 @@ class Emulator:
     session_ttl: float = 1440.0
     list_limit: int = 15
     restricted_profile: bool = False
+    profile: str = "super-admin"
+    visible_entities: set[int] = field(default_factory=lambda: {0})
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
     items: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     next_id: dict[str, int] = field(default_factory=dict)
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -154,6 +172,35 @@ class Emulator:
         self.next_id["User"] = 10
         self.next_id["Ticket"] = 100
         self.log.clear()
+
+    # ------------------------------------------------------------------------------------------ profiles
+
+    @property
+    def active_profile(self) -> str:
+        return "restricted" if self.restricted_profile else self.profile
+
+    def profile_body(self) -> dict[str, Any]:
+        """``getActiveProfile``: rights as GLPI 10 bitmasks (Super-Admin's defaults; narrowed ones)."""
+        rights = {
+            "super-admin": (4, "Super-Admin", 31, 261151, 15383, 127),
+            # An integration profile cloned from Technician: creates users, tickets and followups, but its
+            # lifecycle may not reopen a Closed ticket, so GLPI refuses followups there.
+            "restricted": (6, "Technician", 31, 1031, 4101, 127),
+            "self-service": (1, "Self-Service", 0, 5, 5, 0),
+        }[self.active_profile]
+        pid, name, user, ticket, followup, contact = rights
+        return {
+            "id": pid,
+            "name": name,
+            "interface": "helpdesk" if pid == 1 else "central",
+            "user": user,
+            "ticket": ticket,
+            "followup": followup,
+            "contact_enterprise": contact,
+        }
+
+    def visible(self, item: dict[str, Any]) -> bool:
+        return int(item.get("entities_id", 0) or 0) in self.visible_entities
 
     # ------------------------------------------------------------------------------------------ text rules
 
@@ -318,7 +365,20 @@ class Emulator:
                 item[key] = {"type": 1, "status": 1}.get(key, 3)
         if item["status"] == 5:
             item["solvedate"] = now
+        if not self.visible(item):
+            raise ApiError(400, "ERROR_GLPI_ADD", "You don't have permission to perform this action.")
         self.items["Ticket"][new] = item
+        link = fields.get("_link")
+        linked = self.items["Ticket"].get(link.get("tickets_id_2")) if isinstance(link, dict) else None
+        # Ticket::post_addItem links only a ticket the profile may see (else "Unknown ticket", still 201).
+        if isinstance(link, dict) and linked is not None and self.visible(linked):
+            link_id = self.new_id("Ticket_Ticket")
+            self.items["Ticket_Ticket"][link_id] = {
+                "id": link_id,
+                "tickets_id_1": new,
+                "tickets_id_2": link["tickets_id_2"],
+                "link": int(link.get("link", 1)),
+            }
         requesters = fields.get("_users_id_requester")
         notif = fields.get("_users_id_requester_notif") or {}
         if requesters is not None:
@@ -377,7 +437,7 @@ class Emulator:
         if not isinstance(content, str) or not content.strip():
             raise ApiError(400, "ERROR_GLPI_ADD", "You can't add a followup without description")
         ticket = self.items["Ticket"][fields["items_id"]]
-        if ticket["status"] == 6 and self.restricted_profile:
+        if (ticket["status"] == 6 and self.active_profile != "super-admin") or not self.visible(ticket):
             raise ApiError(400, "ERROR_GLPI_ADD", "You don't have permission to perform this action.")
         now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         date = fields.get("date", now)
@@ -423,6 +483,8 @@ class Emulator:
         item = self.items[itemtype].get(item_id)
         if item is None:
             raise ApiError(400, "ERROR_GLPI_UPDATE", None)
+        if itemtype == "Ticket" and not self.visible(item):
+            raise ApiError(400, "ERROR_GLPI_UPDATE", "You don't have permission to perform this action.")
         if (
             itemtype == "User"
             and "name" in fields
@@ -486,6 +548,8 @@ class Emulator:
             elif key == "range":
                 rng = value
         rows = [item for item in self.items[itemtype].values() if not item.get("is_deleted")]
+        if itemtype == "Ticket":
+            rows = [item for item in rows if self.visible(item)]  # searches see the active entities only
         result: list[dict[str, Any]] | None = None
         for index in sorted(criteria):
             crit = criteria[index]
@@ -634,6 +698,28 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
                     )
                 elif rule.kind == "expire_session":
                     emu.sessions.clear()
+                elif rule.kind == "late_commit":
+                    if rule.answer == "504":
+                        # A proxy gives up at once while PHP carries on and commits later.
+                        async def commit_later(rule: Rule = rule) -> None:
+                            await asyncio.sleep(rule.seconds)
+                            await _dispatch(emu, request, path, raw, entry)
+
+                        task = asyncio.ensure_future(commit_later())
+                        emu.background.add(task)
+                        task.add_done_callback(emu.background.discard)
+                        return web.Response(
+                            status=504,
+                            text="<html><title>504 Gateway Time-out</title></html>",
+                            content_type="text/html",
+                        )
+                    # The request waits (a busy php-fpm pool, a proxy queue); the client gives up; PHP commits.
+                    await asyncio.sleep(rule.seconds)
+                elif rule.kind == "redirect":
+                    return web.Response(status=302, headers={"Location": rule.location or "https://sso.example/login"})
+                elif rule.kind == "html":
+                    page = f"<html><head><title>{rule.title}</title></head><body>{rule.title}</body></html>"
+                    return web.Response(status=rule.status, text=page, content_type="text/html")
                 elif rule.kind == "drop":
                     # Accept and apply the request, then drop the connection before answering.
                     response = await _dispatch(emu, request, path, raw)
@@ -693,6 +779,9 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
                     seconds=float(rule.get("seconds", 0)),
                     count=int(rule.get("count", 1)),
                     retry_after=rule.get("retry_after"),
+                    answer=str(rule.get("answer", "")),
+                    location=str(rule.get("location", "")),
+                    title=str(rule.get("title", "Access denied")),
                 )
             )
         return _json({"rules": len(emu.faults)})
@@ -706,13 +795,30 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
             "url_base_api",
             "list_limit",
             "restricted_profile",
+            "profile",
         ):
             if key in data:
                 setattr(emu, key, data[key])
+        if "visible_entities" in data:
+            emu.visible_entities = {int(e) for e in data["visible_entities"]}
         if "app_tokens" in data:
             emu.app_tokens = set(data["app_tokens"])
         if "user_tokens" in data:
             emu.user_tokens = {k: int(v) for k, v in data["user_tokens"].items()}
+        return _json({"ok": True})
+
+    async def add_entity(request: web.Request) -> web.Response:
+        data = await request.json()
+        entity_id = int(data["id"])
+        name = str(data.get("name", f"Entity {entity_id}"))
+        emu.items["Entity"][entity_id] = {"id": entity_id, "name": name, "completename": f"Root entity > {name}"}
+        if data.get("visible", True):
+            emu.visible_entities.add(entity_id)
+        return _json({"ok": True})
+
+    async def move_ticket(request: web.Request) -> web.Response:
+        data = await request.json()
+        emu.items["Ticket"][int(data["ticket"])]["entities_id"] = int(data["entity"])
         return _json({"ok": True})
 
     async def expire(request: web.Request) -> web.Response:
@@ -731,6 +837,8 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
     app.router.add_post("/_emulator/faults", faults)
     app.router.add_post("/_emulator/config", config)
     app.router.add_post("/_emulator/expire_sessions", expire)
+    app.router.add_post("/_emulator/entity", add_entity)
+    app.router.add_post("/_emulator/move_ticket", move_ticket)
     app.router.add_post("/_emulator/reset", reset)
     for prefix in ("/apirest.php", "/api", "/api.php/v1"):
         app.router.add_route("*", prefix + "/{path:.*}", api)
@@ -751,20 +859,10 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
         emu.sessions.pop(params["session_token"], None)
         return _json(True)
     if path == "getActiveProfile":
-        name = "Technician" if emu.restricted_profile else "Super-Admin"
-        return _json(
-            {
-                "active_profile": {
-                    "id": 6 if emu.restricted_profile else 4,
-                    "name": name,
-                    "interface": "central",
-                    "user": 1 if emu.restricted_profile else 31,
-                    "ticket": 1 if emu.restricted_profile else 261151,
-                    "followup": 5 if emu.restricted_profile else 15383,
-                    "contact_enterprise": 0 if emu.restricted_profile else 127,
-                }
-            }
-        )
+        return _json({"active_profile": emu.profile_body()})
+    if path == "getMyEntities":
+        entities = [emu.items["Entity"][e] for e in sorted(emu.visible_entities) if e in emu.items["Entity"]]
+        return _json({"myentities": [{"id": e["id"], "name": e["name"]} for e in entities]})
     if path == "getMyProfiles":
         return _json({"myprofiles": [{"id": 4, "name": "Super-Admin", "entities": [{"id": 0, "name": "Root entity"}]}]})
     parts = path.split("/")
@@ -818,6 +916,8 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
             )
         if item_id not in emu.items[itemtype]:
             raise ApiError(404, "ERROR_ITEM_NOT_FOUND", "Item not found")
+        if itemtype == "Ticket" and not emu.visible(emu.items[itemtype][item_id]):
+            raise ApiError(403, "ERROR_RIGHT_MISSING", "You don't have permission to perform this action.")
         if len(parts) >= 4 and parts[3].isdigit():
             child = emu.items[sub].get(int(parts[3]))
             if child is None:
@@ -834,6 +934,8 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
         item = emu.items[itemtype].get(item_id)
         if item is None:
             raise ApiError(404, "ERROR_ITEM_NOT_FOUND", "Item not found")
+        if itemtype == "Ticket" and not emu.visible(item):
+            raise ApiError(403, "ERROR_RIGHT_MISSING", "You don't have permission to perform this action.")
         shown = {k: v for k, v in item.items() if k not in ("api_token", "password", "personal_token")}
         return _json(emu.decode_item(shown) if decode else shown)
     if method in ("PUT", "PATCH"):

@@ -1,4 +1,4 @@
-"""GLPI REST API adapter: :class:`GlpiClient` and the error tree of :mod:`app.glpi.errors`."""
+"""GLPI REST API adapter: :class:`GlpiClient`, the error tree of :mod:`app.glpi.errors`, profile rights."""
 
 from app.glpi.client import Criterion, GlpiClient, RequestObserver
 from app.glpi.errors import (
@@ -8,8 +8,11 @@ from app.glpi.errors import (
     GlpiRejectedError,
     GlpiRetryableError,
     GlpiSessionInvalidError,
+    GlpiUnexpectedResponseError,
     error_for_response,
+    retry_after_seconds,
 )
+from app.glpi.rights import Right, missing_rights
 
 __all__ = [
     "Criterion",
@@ -20,6 +23,10 @@ __all__ = [
     "GlpiRejectedError",
     "GlpiRetryableError",
     "GlpiSessionInvalidError",
+    "GlpiUnexpectedResponseError",
     "RequestObserver",
+    "Right",
     "error_for_response",
+    "missing_rights",
+    "retry_after_seconds",
 ]

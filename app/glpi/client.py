@@ -6,7 +6,10 @@ Contract:
 - URLs are built by joining strings onto the base, never by RFC 3986 resolution (which would drop
   ``apirest.php``); ``Location`` headers are never followed;
 - every failure is raised as a :mod:`app.glpi.errors` class; transport errors and timeouts become
-  :class:`GlpiRetryableError`;
+  :class:`GlpiRetryableError` (``uncertain`` unless the connection was never made);
+- an answer whose shape is not GLPI's (a proxy or SSO page with status 200, a list where an object belongs) is a
+  :class:`GlpiUnexpectedResponseError`, never read as "no results": a lookup that finds nothing must mean GLPI
+  found nothing, or a create would duplicate;
 - tokens are sent only in headers and never appear in exceptions or in :meth:`__repr__`.
 """
 
@@ -22,7 +25,14 @@ from typing import Any
 import aiohttp
 import orjson
 
-from app.glpi.errors import GlpiError, GlpiRetryableError, GlpiSessionInvalidError, error_for_response
+from app.glpi.errors import (
+    GlpiError,
+    GlpiRetryableError,
+    GlpiSessionInvalidError,
+    GlpiUnexpectedResponseError,
+    describe_answer,
+    error_for_response,
+)
 
 #: Called after every HTTP exchange: (operation, method, http status or 0 on transport error, seconds, glpi code).
 RequestObserver = Callable[[str, str, int, float, str | None], None]
@@ -120,29 +130,51 @@ class GlpiClient:
                 raw = await resp.read()
                 headers = dict(resp.headers.items())
         except TimeoutError:
-            raise GlpiRetryableError("TIMEOUT", f"{method} {op} timed out") from None
+            seconds = self._timeout.total
+            raise GlpiRetryableError("TIMEOUT", f"{method} {op}: no answer within {seconds:g} s") from None
+        except aiohttp.ClientConnectorError as exc:
+            # The connection was never made, so the request cannot have taken effect.
+            reason = exc.os_error.strerror or str(exc.os_error) or type(exc).__name__
+            detail = f"cannot connect to {exc.host}:{exc.port} ({reason})"
+            raise GlpiRetryableError("CONNECTION", detail, uncertain=False) from None
         except aiohttp.ClientError as exc:
-            raise GlpiRetryableError("CONNECTION", f"{method} {op}: {type(exc).__name__}") from None
+            detail = f"{method} {op}: the connection broke ({type(exc).__name__}: {str(exc)[:120]})"
+            raise GlpiRetryableError("CONNECTION", detail) from None
         finally:
             if self._observer is not None and status == 0:
                 self._observer(op, method, 0, time.monotonic() - started, None)
-        try:
-            parsed: Any = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            parsed = raw[:200].decode("utf-8", "replace")
+        parsed: Any
+        if "json" in headers.get("Content-Type", "").lower() or raw[:1] in (b"[", b"{"):
+            try:
+                parsed = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                parsed = raw[:2000].decode("utf-8", "replace")
+        else:
+            parsed = raw[:2000].decode("utf-8", "replace") if raw else None
         if status >= 300:
-            code = error_for_response(status, parsed, headers).code
+            code = error_for_response(status, parsed, headers, self._where(method, path)).code
         if self._observer is not None:
             self._observer(op, method, status, time.monotonic() - started, code)
         return status, parsed, headers
+
+    def _where(self, method: str, path: str) -> str:
+        return f"{method} {self.base}/{path.lstrip('/')}"
+
+    def _unexpected(self, status: int, body: Any, headers: dict[str, str], method: str, path: str) -> GlpiError:
+        code = "HTTP_200_NOT_GLPI" if status < 300 else f"HTTP_{status}"
+        return GlpiUnexpectedResponseError(
+            code, describe_answer(status, body, headers, self._where(method, path)), status
+        )
 
     async def _init_session(self, stale: str | None) -> None:
         async with self._init_lock:
             if self._session_token is not None and self._session_token != stale:
                 return  # another task already re-initialised
             status, body, headers = await self._exchange("initSession", "GET", "initSession", with_session=False)
-            if status != 200 or not isinstance(body, dict) or not isinstance(body.get("session_token"), str):
-                raise error_for_response(status if status != 200 else 502, body, headers)
+            if status >= 300:
+                raise error_for_response(status, body, headers, self._where("GET", "initSession"))
+            if not isinstance(body, dict) or not isinstance(body.get("session_token"), str):
+                raise self._unexpected(status, body, headers, "GET", "initSession")
             self._session_token = body["session_token"]
             self.sessions_opened += 1
             if self._on_session_opened is not None:
@@ -165,7 +197,7 @@ class GlpiClient:
             status, parsed, headers = await self._exchange(op, method, path, params=params, body=body)
             if status < 300:
                 return status, parsed, headers
-            error = error_for_response(status, parsed, headers)
+            error = error_for_response(status, parsed, headers, self._where(method, path))
             if isinstance(error, GlpiSessionInvalidError) and attempt == 1:
                 await self._init_session(used)
                 continue
@@ -191,10 +223,30 @@ class GlpiClient:
         finally:
             self._session_token = None
 
+    async def _object(self, op: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A call whose answer must be a JSON object."""
+        status, body, headers = await self._call(op, method, path, **kwargs)
+        if not isinstance(body, dict):
+            raise self._unexpected(status, body, headers, method, path)
+        return body
+
+    async def _array(self, op: str, method: str, path: str, **kwargs: Any) -> tuple[int, list[Any], dict[str, str]]:
+        """A call whose answer must be a JSON array."""
+        status, body, headers = await self._call(op, method, path, **kwargs)
+        if not isinstance(body, list):
+            raise self._unexpected(status, body, headers, method, path)
+        return status, body, headers
+
     async def get_active_profile(self) -> dict[str, Any]:
-        _, body, _ = await self._call("getActiveProfile", "GET", "getActiveProfile")
-        profile = body.get("active_profile", body) if isinstance(body, dict) else {}
+        body = await self._object("getActiveProfile", "GET", "getActiveProfile")
+        profile = body.get("active_profile", body)
         return profile if isinstance(profile, dict) else {}
+
+    async def get_my_entities(self) -> list[dict[str, Any]]:
+        """The entities the session may work in, sub-entities included (``getMyEntities?is_recursive=true``)."""
+        body = await self._object("getMyEntities", "GET", "getMyEntities", params=[("is_recursive", "true")])
+        entities = body.get("myentities", [])
+        return [e for e in entities if isinstance(e, dict)] if isinstance(entities, list) else []
 
     # ------------------------------------------------------------------------------------------------ items
 
@@ -218,8 +270,12 @@ class GlpiClient:
             ]
         params += [(f"forcedisplay[{n}]", str(opt)) for n, opt in enumerate(forcedisplay)]
         params.append(("range", f"0-{limit - 1}"))
-        _, body, _ = await self._call(f"search/{itemtype}", "GET", f"search/{itemtype}", params=params)
-        rows = body.get("data", []) if isinstance(body, dict) else []
+        body = await self._object(f"search/{itemtype}", "GET", f"search/{itemtype}", params=params)
+        if "totalcount" not in body:
+            raise self._unexpected(200, body, {}, "GET", f"search/{itemtype}")
+        rows = body.get("data", [])  # an empty result has no "data" key at all
+        if not isinstance(rows, list):
+            raise self._unexpected(200, body, {}, "GET", f"search/{itemtype}")
         return [{k: _decode(v) for k, v in row.items()} for row in rows if isinstance(row, dict)]
 
     async def search_ids(self, itemtype: str, criteria: Sequence[Criterion]) -> list[int]:
@@ -232,8 +288,7 @@ class GlpiClient:
         return sorted(ids)
 
     async def get_item(self, itemtype: str, item_id: int) -> dict[str, Any]:
-        _, body, _ = await self._call(f"{itemtype}/{{id}}", "GET", f"{itemtype}/{item_id}")
-        return body if isinstance(body, dict) else {}
+        return await self._object(f"{itemtype}/{{id}}", "GET", f"{itemtype}/{item_id}")
 
     async def get_subitems(
         self, itemtype: str, item_id: int, sub_itemtype: str, *, page_size: int = 500
@@ -242,13 +297,13 @@ class GlpiClient:
         rows: list[dict[str, Any]] = []
         start = 0
         while True:
-            status, body, headers = await self._call(
+            status, body, headers = await self._array(
                 f"{itemtype}/{{id}}/{sub_itemtype}",
                 "GET",
                 f"{itemtype}/{item_id}/{sub_itemtype}",
                 params=[("range", f"{start}-{start + page_size - 1}")],
             )
-            page = [row for row in body if isinstance(row, dict)] if isinstance(body, list) else []
+            page = [row for row in body if isinstance(row, dict)]
             rows += page
             total = _content_range_total(headers.get("Content-Range"))
             if status != 206 or not page or total is None or len(rows) >= total:
@@ -257,15 +312,23 @@ class GlpiClient:
 
     async def create(self, itemtype: str, fields: dict[str, Any]) -> int:
         """``POST /{itemtype}``: the new id (the ``Location`` header is ignored)."""
-        _, body, _ = await self._call(itemtype, "POST", itemtype, body={"input": fields})
+        status, body, headers = await self._call(itemtype, "POST", itemtype, body={"input": fields})
         new_id = body.get("id") if isinstance(body, dict) else None
         if not isinstance(new_id, int) or isinstance(new_id, bool):
-            raise GlpiRetryableError("BAD_RESPONSE", f"POST {itemtype} returned no id")
+            # Not GLPI's answer to a create: whether the item was made is unknown, so the caller looks first.
+            raise GlpiRetryableError(
+                "BAD_RESPONSE", describe_answer(status, body, headers, self._where("POST", itemtype)), status
+            )
         return new_id
 
     async def update(self, itemtype: str, item_id: int, fields: dict[str, Any]) -> None:
         """``PUT /{itemtype}/{id}`` with the desired values (safe to repeat)."""
         await self._call(f"{itemtype}/{{id}}", "PUT", f"{itemtype}/{item_id}", body={"input": fields})
+
+    async def delete(self, itemtype: str, item_id: int, *, purge: bool = False) -> None:
+        """``DELETE /{itemtype}/{id}``: to the trash for Tickets, Users and Contacts unless ``purge``."""
+        params = [("force_purge", "true")] if purge else []
+        await self._call(f"{itemtype}/{{id}}", "DELETE", f"{itemtype}/{item_id}", params=params)
 
 
 def _content_range_total(value: str | None) -> int | None:

@@ -3,7 +3,8 @@
 Commands are imperative, frozen and carry everything needed to run them; outcomes are past tense.
 ``Ensure*`` commands are "find, else create": the lookups are tried in order and the create runs only when none
 matches, so replaying one never makes a duplicate. ``lookup_first`` is set when an :class:`~app.sync.state.Intent`
-shows that an earlier attempt may already have created the object.
+shows that an earlier attempt may already have created the object; ``not_before`` (unix seconds) is when that
+attempt can no longer land in GLPI: until then the shell keeps looking instead of creating again.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class EnsureUser:
     login: str
     snapshot: ContactSnapshot
     lookup_first: bool = False
+    not_before: float = 0.0
     op: Literal["ensure_user"] = "ensure_user"
 
 
@@ -61,7 +63,9 @@ class EnsureContact:
     snapshot: ContactSnapshot
     marker: str
     lookup_first: bool = False
-    fallback: Lookup | None = None
+    #: Lookups tried only when ``lookup_first`` (our marker, then the name).
+    fallbacks: tuple[Lookup, ...] = ()
+    not_before: float = 0.0
     op: Literal["ensure_contact"] = "ensure_contact"
 
 
@@ -96,6 +100,9 @@ class CreateTicket:
     body_message_id: int | None
     status: str | None
     lookup_first: bool = False
+    not_before: float = 0.0
+    #: The Chatwoot contact the ticket is for, when it could not be given a requester yet (anonymous contact).
+    contact_without_requester: int | None = None
     op: Literal["create_ticket"] = "create_ticket"
 
 
@@ -109,20 +116,56 @@ class CreateFollowup:
     message_id: int
     lookup_first: bool = False
     purpose: Literal["message", "deletion"] = "message"
+    not_before: float = 0.0
     op: Literal["create_followup"] = "create_followup"
 
 
-Command = EnsureUser | EnsureContact | UpdateItem | EnsureUserEmail | CreateTicket | CreateFollowup
+@dataclass(frozen=True)
+class CheckTicket:
+    """Read the conversation's ticket before writing to it again: it may have been closed, deleted or moved."""
+
+    ticket_id: int
+    op: Literal["check_ticket"] = "check_ticket"
 
 
-def cautious(cmd: Command) -> Command:
-    """The same command, looking for its object before creating it (after an attempt with an unknown outcome)."""
-    if isinstance(cmd, EnsureUser | EnsureContact | CreateTicket | CreateFollowup):
-        return replace(cmd, lookup_first=True)
-    return cmd
+@dataclass(frozen=True)
+class AddRequester:
+    """Make a contact, identified after its ticket was created, the ticket's requester (safe to repeat).
+
+    ``user_id`` for a GLPI User; ``email`` alone for an email-only requester (``sync_type=contact``).
+    """
+
+    ticket_id: int
+    account_id: int
+    contact_id: int
+    user_id: int | None
+    email: str | None
+    notify: bool = False
+    op: Literal["add_requester"] = "add_requester"
 
 
+Command = (
+    EnsureUser
+    | EnsureContact
+    | UpdateItem
+    | EnsureUserEmail
+    | CreateTicket
+    | CreateFollowup
+    | CheckTicket
+    | AddRequester
+)
+Create = EnsureUser | EnsureContact | CreateTicket | CreateFollowup
 CREATES = (EnsureUser, EnsureContact, CreateTicket, CreateFollowup)
+
+
+def cautious(cmd: Command, not_before: float = 0.0) -> Command:
+    """The same command, looking for its object before creating it (after an attempt with an unknown outcome).
+
+    ``not_before`` raises the command's own bound: no new POST before that time.
+    """
+    if isinstance(cmd, EnsureUser | EnsureContact | CreateTicket | CreateFollowup):
+        return replace(cmd, lookup_first=True, not_before=max(cmd.not_before, not_before))
+    return cmd
 
 
 @dataclass(frozen=True)
@@ -140,7 +183,15 @@ class Applied:
     changed: bool = True
 
 
-Outcome = Resolved | Applied
+@dataclass(frozen=True)
+class TicketState:
+    """What GLPI shows of a ticket: its status (1-6) and whether it sits in the trash."""
+
+    status: int
+    deleted: bool = False
+
+
+Outcome = Resolved | Applied | TicketState
 
 
 @dataclass(frozen=True)

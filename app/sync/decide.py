@@ -5,12 +5,15 @@ The shell runs the command, folds its outcome into the view with :func:`app.sync
 ``decide`` again until it returns ``Finished``. Because every step is derived from the state, a replayed or
 half-done event resumes where it stopped and never repeats a completed create.
 
-Rules (see README "Sync rules"):
-- events of an unknown or disabled hook, or of an account without ``crm_integration``, are skipped;
+Rules (see README "Sync rules"); which events get here at all is :mod:`app.sync.admission`'s decision:
 - a contact is synced when identifiable (a real name, an email or a phone); Users are found by email, then phone,
   and created only when none matches; Contacts (``sync_type=contact``) likewise by email;
 - a conversation becomes one ticket (created lazily by any later event when its ``conversation_created`` is
-  missing); each message one followup; a status change one ``PUT status`` when it differs from the last applied.
+  missing); each message one followup; a status change one ``PUT status`` when it differs from the last applied;
+- a ticket not seen usable for ``ticket_recheck_seconds`` is read before it is written to; a closed, deleted or
+  refused ticket is replaced by a new one that links to it, and the conversation goes on there;
+- a contact identified after its ticket was created becomes that ticket's requester (and of its other tickets
+  created while it was anonymous).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from app.events import (
 )
 from app.sync import mapping
 from app.sync.commands import (
+    AddRequester,
+    CheckTicket,
     Command,
     ContactSnapshot,
     CreateFollowup,
@@ -47,7 +52,7 @@ from app.sync.commands import (
     Step,
     UpdateItem,
 )
-from app.sync.state import HookRecord, SyncContext, SyncView
+from app.sync.state import AnyHook, HookRecord, Intent, SyncContext, SyncView, UnconfiguredHook
 
 #: ``contact_updated`` changes that never reach GLPI.
 CONTACT_NOISE = frozenset(
@@ -82,19 +87,32 @@ def validate_hook_settings(settings: HookSettings, *, allow_http: bool) -> tuple
 
 
 def apply_hook_event(
-    current: HookRecord | None, event: HookConfigured | HookRemoved, ctx: SyncContext
-) -> tuple[HookRecord | None, list[str]]:
-    """The hook record after a control event, and the problems that made it refuse the change.
+    current: AnyHook | None, event: HookConfigured | HookRemoved, ctx: SyncContext
+) -> tuple[AnyHook | None, list[str]]:
+    """The hook's slot after a control event, and the problems that made it refuse the change.
 
-    A refused ``hook_configured`` leaves the current record untouched.
+    A refused ``hook_configured`` leaves the current slot untouched. ``hook_removed`` keeps a ``removed`` slot (its
+    partition and queue counters) so later events of the hook are set aside with that reason, not lost.
     """
     if isinstance(event, HookRemoved):
-        return None, []
+        if current is None:
+            return None, []
+        return (
+            UnconfiguredHook(
+                hook_id=current.hook_id,
+                partition=current.partition,
+                parked_first=current.parked_first,
+                parked_next=current.parked_next,
+                status="removed",
+            ),
+            [],
+        )
     settings, problems = validate_hook_settings(event.payload.settings, allow_http=ctx.allow_http)
     if problems:
         return current, problems
+    configured = current if isinstance(current, HookRecord) else None
     # A new configuration is the operator's fix for a transient or credentials pause; an operator pause stays.
-    keep_pause = current.pause if current is not None and current.pause and current.pause.kind == "operator" else None
+    keep_pause = configured.pause if configured and configured.pause and configured.pause.kind == "operator" else None
     return (
         HookRecord(
             hook_id=event.hook_id,
@@ -106,31 +124,11 @@ def apply_hook_event(
             parked_first=current.parked_first if current else 0,
             parked_next=current.parked_next if current else 0,
             partition=current.partition if current else None,
-            rebuilding=current.rebuilding if current else False,
+            rebuilding=configured.rebuilding if configured else False,
+            set_aside=configured.set_aside if configured else 0,
         ),
         [],
     )
-
-
-def ticket_gone(view: SyncView, ticket_id: int) -> SyncView:
-    """The view after GLPI reported the conversation's ticket missing (deleted or purged).
-
-    The mapping is cleared so the next step creates a new ticket, which names the one it replaces; messages
-    synced to the old ticket are not re-sent (their text is in Chatwoot), later ones go to the new ticket.
-    """
-    conv = view.conversation
-    if conv is None or conv.ticket_id != ticket_id:
-        return view
-    replaced = conv.model_copy(
-        update={
-            "ticket_id": None,
-            "status": None,
-            "body_message_id": None,
-            "pending": None,
-            "replaced_ticket_ids": (*conv.replaced_ticket_ids, ticket_id),
-        }
-    )
-    return view.model_copy(update={"conversation": replaced})
 
 
 # ------------------------------------------------------------------------------------------------------ routing
@@ -153,17 +151,13 @@ def record_ids(event: KnownEvent | UnknownEvent) -> tuple[int | None, int | None
 
 
 def gate(hook: HookRecord | None, event: KnownEvent | UnknownEvent, ctx: SyncContext) -> Finished | None:
-    """Why this event must be skipped (a Finished) or None when it may be synced."""
+    """A safety net behind :func:`app.sync.admission.admit`: events decide() must never act on."""
     if isinstance(event, UnknownEvent):
         return Finished("skipped", f"unknown event {event.event[:60]!r}")
     if hook is None:
         return Finished("skipped", "unknown hook")
-    if hook.status != "enabled":
-        return Finished("skipped", "hook disabled")
-    if ctx.required_feature not in hook.account_features:
-        return Finished("skipped", f"account lacks feature {ctx.required_feature}")
-    if event.account_id != hook.account_id:
-        return Finished("skipped", f"event account {event.account_id} is not the hook's account {hook.account_id}")
+    if hook.status != "enabled" or event.account_id != hook.account_id:
+        return Finished("skipped", "hook not admitted")
     return None
 
 
@@ -176,7 +170,7 @@ def decide(view: SyncView, event: KnownEvent | UnknownEvent, ctx: SyncContext) -
     settings = view.hook.settings
     match event:
         case ContactEvent():
-            return _decide_contact(view, event, settings)
+            return _decide_contact(view, event, settings, ctx)
         case ConversationEvent():
             return _decide_conversation(view, event, settings, ctx)
         case MessageEvent():
@@ -189,14 +183,25 @@ def decide(view: SyncView, event: KnownEvent | UnknownEvent, ctx: SyncContext) -
 
 
 def _rebuilding(view: SyncView) -> bool:
-    return view.hook is not None and view.hook.rebuilding
+    return view.cautious or (view.hook is not None and view.hook.rebuilding)
+
+
+def _earlier_attempt(pending: Intent | None, marker: str, ctx: SyncContext) -> tuple[bool, float]:
+    """``(lookup_first, not_before)`` for a create whose record holds ``pending``.
+
+    An intent for the same object means an earlier POST may have created it, now or later: look first, and do not
+    POST again before that attempt can no longer land.
+    """
+    if pending is None or pending.marker != marker:
+        return False, 0.0
+    return True, (pending.attempt_at + ctx.late_commit_window) if pending.attempt_at else 0.0
 
 
 def ensure_contact_command(
-    view: SyncView, account_id: int, contact: Contact, settings: HookSettings
+    view: SyncView, account_id: int, contact: Contact, settings: HookSettings, ctx: SyncContext
 ) -> EnsureUser | EnsureContact:
     """Find-else-create for a contact (used by ``resync contact`` after its GLPI record vanished)."""
-    return _ensure_contact_command(view, account_id, contact, settings)
+    return _ensure_contact_command(view, account_id, contact, settings, ctx)
 
 
 def _identity(contact: Contact) -> tuple[str | None, str | None, str | None]:
@@ -217,7 +222,7 @@ def _exact(field: int, value: str, link: str = "OR") -> SearchCriterion:
 
 
 def _ensure_contact_command(
-    view: SyncView, account_id: int, contact: Contact, settings: HookSettings
+    view: SyncView, account_id: int, contact: Contact, settings: HookSettings, ctx: SyncContext
 ) -> EnsureUser | EnsureContact:
     snap = _snapshot(account_id, contact)
     first, last = mapping.split_name(snap.name)
@@ -240,38 +245,42 @@ def _ensure_contact_command(
             user_input["phone"] = snap.phone
         if snap.email:
             user_input["_useremails"] = [snap.email]
+        earlier, not_before = _earlier_attempt(pending, login, ctx)
         return EnsureUser(
-            tuple(lookups),
-            user_input,
-            login,
-            snap,
-            lookup_first=_rebuilding(view) or (pending is not None and pending.marker == login),
+            tuple(lookups), user_input, login, snap, lookup_first=_rebuilding(view) or earlier, not_before=not_before
         )
-    marker = f"contact:{account_id}/{contact.id}"
+    marker = mapping.contact_marker(account_id, contact.id)
     contact_lookups = []
     if snap.email:
         contact_lookups.append(Lookup((_exact(6, snap.email),), "email"))
     if snap.phone:
         contact_lookups.append(Lookup((_exact(3, snap.phone),), "phone"))
-    lookup_first = _rebuilding(view) or (pending is not None and pending.marker == marker)
+    earlier, not_before = _earlier_attempt(pending, marker, ctx)
+    # After an uncertain create (or a reset) the marker in the comment finds the exact contact we made; contacts
+    # made before markers existed are found by name when they have no email or phone.
+    fallbacks = [Lookup((SearchCriterion(16, "contains", marker),), "marker")]
     name_criteria = [_exact(1, last or first)] if (last or first) else []
     if first and last:
         name_criteria.append(_exact(11, first, "AND"))
-    fallback = Lookup(tuple(name_criteria), "name") if name_criteria and not contact_lookups else None
+    if name_criteria and not contact_lookups:
+        fallbacks.append(Lookup(tuple(name_criteria), "name"))
     contact_input: dict[str, Any] = {
         "name": mapping.fit_varchar(last or first or snap.email or snap.phone or f"Chatwoot contact {contact.id}"),
         "firstname": mapping.fit_varchar(first if last else ""),
         "entities_id": settings.entity_id,
+        "comment": f"Chatwoot contact {marker}",
     }
     if snap.email:
         contact_input["email"] = snap.email
     if snap.phone:
         contact_input["phone"] = snap.phone
-    return EnsureContact(tuple(contact_lookups), contact_input, snap, marker, lookup_first, fallback)
+    return EnsureContact(
+        tuple(contact_lookups), contact_input, snap, marker, _rebuilding(view) or earlier, tuple(fallbacks), not_before
+    )
 
 
 def _contact_sync_step(
-    view: SyncView, account_id: int, contact: Contact, settings: HookSettings, *, update: bool
+    view: SyncView, account_id: int, contact: Contact, settings: HookSettings, ctx: SyncContext, *, update: bool
 ) -> Command | None:
     """The next command that makes GLPI hold this contact, or None when it already does.
 
@@ -282,7 +291,7 @@ def _contact_sync_step(
         return None
     record = view.contact
     if record is None or record.glpi_id is None:
-        return _ensure_contact_command(view, account_id, contact, settings)
+        return _ensure_contact_command(view, account_id, contact, settings, ctx)
     if not update:
         return None
     snap = ContactSnapshot(account_id, contact.id, name or record.name, phone or record.phone, email)
@@ -304,7 +313,28 @@ def _contact_sync_step(
     return None
 
 
-def _decide_contact(view: SyncView, event: ContactEvent, settings: HookSettings) -> Step:
+def _requester_step(view: SyncView, contact: Contact, settings: HookSettings) -> AddRequester | None:
+    """Give the tickets created while this contact was anonymous their requester, once the contact is known.
+
+    A User when ``sync_type=user`` (once GLPI holds one); an email-only requester when ``sync_type=contact``.
+    """
+    record = view.contact
+    if record is None or not record.tickets_without_requester:
+        return None
+    ticket_id = record.tickets_without_requester[0]
+    if settings.sync_type == "user":
+        if record.glpi_id is None:
+            return None
+        return AddRequester(
+            ticket_id, record.account_id, record.contact_id, record.glpi_id, None, settings.notify_requester
+        )
+    email = mapping.normalise_email(contact.email) or (record.emails[0] if record.emails else None)
+    if email is None:
+        return None
+    return AddRequester(ticket_id, record.account_id, record.contact_id, None, email, settings.notify_requester)
+
+
+def _decide_contact(view: SyncView, event: ContactEvent, settings: HookSettings, ctx: SyncContext) -> Step:
     contact = event.payload
     changed = contact.changed_keys()
     if event.event == "contact_updated" and changed and changed <= CONTACT_NOISE:
@@ -312,7 +342,9 @@ def _decide_contact(view: SyncView, event: ContactEvent, settings: HookSettings)
     name, email, phone = _identity(contact)
     if not (name or email or phone):
         return Finished("skipped", "contact not identifiable (no name, email or phone)")
-    step = _contact_sync_step(view, event.account_id, contact, settings, update=True)
+    step = _contact_sync_step(view, event.account_id, contact, settings, ctx, update=True) or _requester_step(
+        view, contact, settings
+    )
     if step is not None:
         return step
     return Finished("skipped", "GLPI already holds this contact", _contact_ids(view))
@@ -351,18 +383,22 @@ def _first_message(conv: Conversation) -> NestedMessage | None:
     return None
 
 
-def _ticket_step(
+#: What a replacement ticket says about the one it continues (``ConversationRecord.replaced_because``).
+_REPLACED_TEXT = {
+    "deleted": "This ticket replaces GLPI ticket {ids}, which was deleted; earlier messages are in Chatwoot.",
+    "closed": "The conversation went on after GLPI ticket {ids} was closed: this ticket continues it.",
+    "refused": (
+        "GLPI no longer lets this integration write to ticket {ids} (moved to another entity, or closed for its "
+        "profile): this ticket continues the conversation."
+    ),
+}
+
+
+def _create_ticket_command(
     view: SyncView, account_id: int, conv: Conversation, settings: HookSettings, ctx: SyncContext
-) -> Command | None:
-    """The next command needed before this conversation has a ticket, or None when it has one."""
+) -> CreateTicket:
     record = view.conversation
-    if record is not None and record.ticket_id is not None:
-        return None
     sender = conv.meta.sender
-    if sender is not None:
-        contact_step = _contact_sync_step(view, account_id, sender, settings, update=False)
-        if contact_step is not None:
-            return contact_step
     first = _first_message(conv)
     name, email, _ = _identity(sender) if sender else (None, None, None)
     who = name or email or (sender.phone_number if sender else None) or "a Chatwoot contact"
@@ -382,35 +418,40 @@ def _ticket_step(
     url = mapping.conversation_url(ctx.chatwoot_base_url, account_id, conv.id)
     if url:
         body += "<p>" + mapping.html_link(url, f"Open conversation #{conv.id} in Chatwoot") + "</p>"
-    if record is not None and record.replaced_ticket_ids:
-        previous = ", ".join(f"#{tid}" for tid in record.replaced_ticket_ids)
-        body += (
-            f"<p>This ticket replaces GLPI ticket {previous}, which was deleted; earlier messages are in Chatwoot.</p>"
-        )
-    body += f"<p>Chatwoot reference: {marker}</p>"
     urgency = mapping.urgency_for(conv.priority)
     ticket: dict[str, Any] = {
         "name": mapping.fit_varchar(f"Chat #{conv.id}: {headline}"),
-        "content": body,
         "type": settings.ticket_type,
         "entities_id": settings.entity_id,
         "urgency": urgency,
         "priority": urgency,
     }
+    if record is not None and record.replaced_ticket_ids:
+        because = record.replaced_because or "deleted"
+        previous = ", ".join(f"#{tid}" for tid in record.replaced_ticket_ids)
+        body += f"<p>{mapping.html_text(_REPLACED_TEXT[because].format(ids=previous))}</p>"
+        if because != "deleted":
+            # GLPI links the new ticket to the old one (Ticket_Ticket "linked to") while creating it.
+            ticket["_link"] = {"tickets_id_1": 0, "link": 1, "tickets_id_2": record.replaced_ticket_ids[-1]}
+    ticket["content"] = body + f"<p>Chatwoot reference: {marker}</p>"
     if conv.created_at is not None:
         ticket["date"] = mapping.glpi_datetime(conv.created_at, settings.timezone)
     if settings.category_id:
         ticket["itilcategories_id"] = settings.category_id
     if conv.status and conv.status != "open":
         ticket["status"] = mapping.TICKET_STATUS[conv.status]
-    contact = view.contact
+    contact = view.contact if view.contact is not None and sender is not None else None
+    notify = 1 if settings.notify_requester else 0
+    without_requester = None
     if settings.sync_type == "user" and contact is not None and contact.glpi_id is not None:
         ticket["_users_id_requester"] = contact.glpi_id
-        ticket["_users_id_requester_notif"] = {"use_notification": 1}
+        ticket["_users_id_requester_notif"] = {"use_notification": notify}
     elif settings.sync_type == "contact" and email:
         ticket["_users_id_requester"] = 0
-        ticket["_users_id_requester_notif"] = {"use_notification": 1, "alternative_email": email}
-    pending = record.pending if record else None
+        ticket["_users_id_requester_notif"] = {"use_notification": notify, "alternative_email": email}
+    elif sender is not None:
+        without_requester = sender.id
+    earlier, not_before = _earlier_attempt(record.pending if record else None, marker, ctx)
     return CreateTicket(
         ticket,
         marker,
@@ -418,8 +459,38 @@ def _ticket_step(
         conv.id,
         first.id if first else None,
         conv.status,
-        lookup_first=_rebuilding(view) or (pending is not None and pending.marker == marker),
+        lookup_first=_rebuilding(view) or earlier,
+        not_before=not_before,
+        contact_without_requester=without_requester,
     )
+
+
+def _conversation_prelude(
+    view: SyncView, account_id: int, conv: Conversation, settings: HookSettings, ctx: SyncContext
+) -> Command | None:
+    """What every conversation or message event needs first: the contact in GLPI, the ticket, its requester."""
+    sender = conv.meta.sender
+    if sender is not None:
+        contact_step = _contact_sync_step(view, account_id, sender, settings, ctx, update=False)
+        if contact_step is not None:
+            return contact_step
+    record = view.conversation
+    if record is None or record.ticket_id is None:
+        return _create_ticket_command(view, account_id, conv, settings, ctx)
+    return _requester_step(view, sender, settings) if sender is not None else None
+
+
+def _recheck_step(view: SyncView, ctx: SyncContext) -> CheckTicket | None:
+    """Read the ticket before writing to it when GLPI has not shown it usable for a while (it may be closed).
+
+    An active conversation writes often and is never re-read; the first write after a quiet spell is.
+    """
+    record = view.conversation
+    if record is None or record.ticket_id is None or record.ticket_checked_at is None:
+        return None
+    if ctx.now - record.ticket_checked_at <= ctx.ticket_recheck_seconds:
+        return None
+    return CheckTicket(record.ticket_id)
 
 
 def _ticket_ids(view: SyncView) -> dict[str, int]:
@@ -435,7 +506,7 @@ def _decide_conversation(view: SyncView, event: ConversationEvent, settings: Hoo
     if event.event == "conversation_updated" and not is_status_change:
         changed = ", ".join(sorted(conv.changed_keys())) or "nothing"
         return Finished("skipped", f"noise: conversation_updated changed {changed}")
-    step = _ticket_step(view, event.account_id, conv, settings, ctx)
+    step = _conversation_prelude(view, event.account_id, conv, settings, ctx)
     if step is not None:
         return step
     record = view.conversation
@@ -445,7 +516,7 @@ def _decide_conversation(view: SyncView, event: ConversationEvent, settings: Hoo
         return Finished("skipped", "ticket exists", _ticket_ids(view))
     if record.status == conv.status:
         return Finished("skipped", f"ticket status already matches {conv.status}", _ticket_ids(view))
-    return UpdateItem(
+    return _recheck_step(view, ctx) or UpdateItem(
         "Ticket",
         record.ticket_id,
         {"status": mapping.TICKET_STATUS[conv.status]},
@@ -489,7 +560,7 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
         return Finished("skipped", "message_updated without deletion")
     if msg.message_type == "activity":
         return Finished("skipped", "activity messages are not synced")
-    step = _ticket_step(view, event.account_id, conv, settings, ctx)
+    step = _conversation_prelude(view, event.account_id, conv, settings, ctx)
     if step is not None:
         return step
     conversation = view.conversation
@@ -514,6 +585,9 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
         marker = mapping.followup_marker(msg.id)
         content = _followup_content(msg, conv, settings, marker)
         purpose = "message"
+    recheck = _recheck_step(view, ctx)
+    if recheck is not None:
+        return recheck
     followup: dict[str, Any] = {
         "itemtype": "Ticket",
         "items_id": conversation.ticket_id,
@@ -522,7 +596,7 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
     }
     if msg.created_at is not None and not deleted:
         followup["date"] = mapping.glpi_datetime(msg.created_at, settings.timezone)
-    pending = record.pending if record else None
+    earlier, not_before = _earlier_attempt(record.pending if record else None, marker, ctx)
     # A message at or below the cursor without a record of its own was maybe synced before its record was lost
     # (reset, repair): look before creating. Late deliveries below the cursor are still synced, never dropped.
     below_cursor = (conversation.last_synced_message_id or 0) >= msg.id
@@ -533,6 +607,7 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
         event.account_id,
         conv.id,
         msg.id,
-        lookup_first=below_cursor or _rebuilding(view) or (pending is not None and pending.marker == marker),
+        lookup_first=below_cursor or _rebuilding(view) or earlier,
         purpose="deletion" if purpose == "deletion" else "message",
+        not_before=not_before,
     )

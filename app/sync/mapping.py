@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import re
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -92,8 +93,14 @@ def fit_varchar(text: str, limit: int = GLPI_VARCHAR) -> str:
 
 
 def first_line(text: str | None, limit: int = 80) -> str:
-    line = " ".join((text or "").split())
-    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+    """The first non-empty line of ``text``, cut at a word boundary to ``limit`` characters (ellipsis when cut)."""
+    line = next((" ".join(raw.split()) for raw in (text or "").splitlines() if raw.strip()), "")
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    if " " in cut and not line[limit - 1].isspace():
+        cut = cut.rsplit(" ", 1)[0]  # never end in the middle of a word
+    return cut.rstrip(" ,;:.-") + "…"
 
 
 def html_paragraphs(text: str | None) -> str:
@@ -104,6 +111,25 @@ def html_paragraphs(text: str | None) -> str:
     return "".join(
         "<p>" + "<br>".join(html.escape(line, quote=False) for line in block.split("\n")) + "</p>" for block in blocks
     )
+
+
+#: Texts kept in the sync state for ``resync`` are cut to this many characters (the full text is in Chatwoot).
+STORED_TEXT_LIMIT = 16_000
+_OPEN_TAG_OR_ENTITY = re.compile(r"(<[^>]*|&[#\w]*)$")
+
+
+def stored_input(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` as kept in a table record: long ``content`` cut on a tag and entity boundary, with a note.
+
+    Table records must stay small (a Kafka record holds 1 MB; customers paste far more), and ``resync`` only
+    needs enough to rebuild a ticket or followup that was deleted in GLPI.
+    """
+    content = fields.get("content")
+    if not isinstance(content, str) or len(content) <= STORED_TEXT_LIMIT:
+        return fields
+    cut = _OPEN_TAG_OR_ENTITY.sub("", content[:STORED_TEXT_LIMIT])
+    note = f"<p><em>(cut at {STORED_TEXT_LIMIT} of {len(content)} characters; the full text is in Chatwoot)</em></p>"
+    return {**fields, "content": cut + note}
 
 
 def html_text(text: str) -> str:
@@ -122,6 +148,11 @@ def glpi_datetime(moment: datetime, timezone: str = "UTC") -> str:
 def ticket_marker(account_id: int, conversation_id: int) -> str:
     """Deterministic, searchable, free of ``&<>`` so GLPI 10 stores it unchanged."""
     return f"[cw:{account_id}/{conversation_id}]"
+
+
+def contact_marker(account_id: int, contact_id: int) -> str:
+    """Written into a GLPI Contact's comment, so a lost create's contact is found exactly."""
+    return f"[cw-contact:{account_id}/{contact_id}]"
 
 
 def followup_marker(message_id: int, purpose: str = "message") -> str:

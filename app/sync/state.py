@@ -3,17 +3,27 @@
 Records are frozen pydantic models; the shell stores ``model_dump(mode="json")`` and reads them back with
 ``model_validate``. Table keys are built by the ``*_key`` functions so no module spells them twice.
 
-An :class:`Intent` is written (and flushed to the changelog) before a non-idempotent GLPI create. Finding one on a
-record means a previous attempt may have created the object, so the next attempt looks it up first.
+An :class:`Intent` is written (and flushed to the changelog) before every non-idempotent GLPI create. Finding one on
+a record means an earlier attempt may have created the object, so the next attempt looks it up first, and does not
+create again until that attempt can no longer land (``attempt_at`` + the late-commit window).
+
+Every hook id the worker has seen has a *slot* in the hooks table: a :class:`HookRecord` once configured, an
+:class:`UnconfiguredHook` before its ``hook_configured`` (or after ``hook_removed``). Both keep the hook's
+partition and its parked queue, so events that arrive before the configuration wait instead of vanishing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from app.events import HookSettings
+
+PauseKind = Literal["transient", "auth", "endpoint", "operator"]
+#: Pauses the worker retries on its own timer; the others wait for an operator.
+SELF_HEALING_PAUSES: frozenset[str] = frozenset({"transient", "endpoint"})
 
 
 class _Record(BaseModel):
@@ -21,44 +31,66 @@ class _Record(BaseModel):
 
 
 class Intent(_Record):
-    """A create that may have reached GLPI: ``op`` names the command, ``marker`` the lookup key."""
+    """A create that may have reached GLPI: ``op`` names the command, ``marker`` the lookup key.
+
+    ``attempt_at`` is when the latest POST started (unix seconds; 0 when unknown, for records of older versions).
+    """
 
     op: str
     marker: str
+    attempt_at: float = 0.0
 
 
 class Pause(_Record):
     """Why a hook's events are parked instead of synced.
 
     ``transient``: GLPI stayed unreachable past the retry budget; the worker retries on its own.
+    ``endpoint``: something that is not GLPI answers at the API URL (a redirect, a proxy or SSO page); retried too.
     ``auth``: credentials, API switch or rights are broken; resumes when the hook is reconfigured or resumed.
     ``operator``: paused by ``glpi-sync hook pause``; resumes with ``hook resume``.
     """
 
-    kind: Literal["transient", "auth", "operator"]
+    kind: PauseKind
     reason: str
     since: str
 
 
-class HookRecord(_Record):
-    """A hook's configuration plus its runtime bookkeeping (pause, parked-event queue, home partition)."""
+class HookSlot(_Record):
+    """What the worker keeps for every hook id it has seen: its partition and its parked queue."""
 
     hook_id: int
-    account_id: int
-    status: Literal["enabled", "disabled"] = "enabled"
-    account_features: tuple[str, ...] = ()
-    settings: HookSettings
-    pause: Pause | None = None
+    partition: int | None = None
     parked_first: int = 0
     parked_next: int = 0
-    partition: int | None = None
-    #: After ``hook reset``: every create looks in GLPI first, so replayed events adopt what exists.
-    rebuilding: bool = False
 
     @property
     def parked(self) -> int:
         """Events waiting in the parked queue, in order."""
         return self.parked_next - self.parked_first
+
+
+class UnconfiguredHook(HookSlot):
+    """A hook id with no usable configuration: never configured yet, or removed (``status``)."""
+
+    status: Literal["unconfigured", "removed"] = "unconfigured"
+    #: Events dead-lettered for this hook since it became unconfigured (the per-hook parking bound was reached).
+    set_aside: int = 0
+
+
+class HookRecord(HookSlot):
+    """A hook's configuration plus its runtime bookkeeping (pause, parked-event queue, home partition)."""
+
+    account_id: int
+    status: Literal["enabled", "disabled"] = "enabled"
+    account_features: tuple[str, ...] = ()
+    settings: HookSettings
+    pause: Pause | None = None
+    #: After ``hook reset``: every create looks in GLPI first, so replayed events adopt what exists.
+    rebuilding: bool = False
+    #: Events dead-lettered because the hook was disabled (recover them with ``glpi-sync dlq replay --hook N``).
+    set_aside: int = 0
+    #: Drains in a row in which the queue's head failed on its own while GLPI answered other requests.
+    head_failures: int = 0
 
     @property
     def parking(self) -> bool:
@@ -72,6 +104,16 @@ class HookRecord(_Record):
         )
 
 
+AnyHook = HookRecord | UnconfiguredHook
+
+
+def load_hook(raw: dict[str, Any]) -> AnyHook:
+    """The slot stored in the hooks table (configured hooks carry ``settings``)."""
+    if raw.get("settings") is not None:
+        return HookRecord.model_validate(raw)
+    return UnconfiguredHook.model_validate(raw)
+
+
 class ContactRecord(_Record):
     """Which GLPI User or Contact a Chatwoot contact became, and the values last written there."""
 
@@ -82,7 +124,12 @@ class ContactRecord(_Record):
     name: str | None = None
     phone: str | None = None
     emails: tuple[str, ...] = ()
+    #: Tickets created while the contact could not be a requester yet (anonymous); it becomes theirs once known.
+    tickets_without_requester: tuple[int, ...] = ()
     pending: Intent | None = None
+
+
+ReplacedBecause = Literal["deleted", "closed", "refused"]
 
 
 class ConversationRecord(_Record):
@@ -95,7 +142,11 @@ class ConversationRecord(_Record):
     last_synced_message_id: int | None = None
     status: str | None = None
     replaced_ticket_ids: tuple[int, ...] = ()
-    #: What was sent to create the ticket, so ``resync`` can recreate it if it is deleted in GLPI.
+    #: Why the latest entry of ``replaced_ticket_ids`` was replaced (the new ticket says so and links to it).
+    replaced_because: ReplacedBecause | None = None
+    #: When GLPI last showed the ticket usable (created, read open, or accepted a followup); unix seconds.
+    ticket_checked_at: float | None = None
+    #: What was sent to create the ticket (long texts cut), so ``resync`` can recreate it if it is deleted.
     ticket_input: dict[str, Any] | None = None
     pending: Intent | None = None
 
@@ -106,7 +157,7 @@ class MessageRecord(_Record):
     conversation_id: int
     followup_id: int | None = None
     deletion_followup_id: int | None = None
-    #: What was sent to create the followup, so ``resync`` can add it again if it is missing in GLPI.
+    #: What was sent to create the followup (long texts cut), so ``resync`` can add it again if it is missing.
     followup_input: dict[str, Any] | None = None
     pending: Intent | None = None
 
@@ -118,15 +169,23 @@ class SyncView(_Record):
     contact: ContactRecord | None = None
     conversation: ConversationRecord | None = None
     message: MessageRecord | None = None
+    #: Every create looks in GLPI first (the hook is being rebuilt, or its partition's state was rebuilt).
+    cautious: bool = False
 
 
-class SyncContext(_Record):
-    """Worker-wide policy the core needs (passed in; the core never reads settings)."""
+@dataclass(frozen=True)
+class SyncContext:
+    """Worker-wide policy and the event's clock (passed in; the core never reads settings or the time)."""
 
     chatwoot_base_url: str | None = None
     allow_http: bool = False
     required_feature: str = "crm_integration"
-    extra: dict[str, str] = Field(default_factory=dict)
+    #: Unix time at which the event is being decided.
+    now: float = 0.0
+    #: Seconds after a create's POST during which GLPI may still commit it (a timeout is not a refusal).
+    late_commit_window: float = 120.0
+    #: A ticket not seen usable for this long is read before a followup is added (it may have been closed).
+    ticket_recheck_seconds: float = 600.0
 
 
 def parked_key(hook_id: int, seq: int) -> str:

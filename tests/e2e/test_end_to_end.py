@@ -217,29 +217,66 @@ def test_bad_records_are_dead_lettered_and_the_agent_carries_on(sync_env: SyncEn
     assert len([u for u in emulator.state()["User"] if u["id"] != 2]) == 1
 
 
-def test_events_of_unknown_disabled_or_featureless_hooks_are_skipped(
-    sync_env: SyncEnv, emulator: EmulatorProcess
-) -> None:
+def _cli(env: SyncEnv, *args: str) -> subprocess.CompletedProcess[str]:
+    worker_url = f"http://127.0.0.1:{env.workers[0].http_port}"
+    return subprocess.run(
+        [WORKER_BIN, *args],
+        env={**os.environ, **env.env, "GLPI_SYNC_WORKER_URL": worker_url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_no_event_is_acknowledged_without_a_trace(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
+    """Before its configuration, disabled, without the feature: each event is parked or set aside, never lost."""
     worker = sync_env.worker()
     worker.start()
-    contact = load_example("contact_updated")
+
+    def contact_of(hook: int) -> dict[str, Any]:
+        return load_example("contact_updated", id=hook * 100, email=f"person{hook}@example.org", phone_number=None)
+
     sync_env.publish(
         [
-            envelope("contact_updated", contact, hook_id=11, account_id=11),
+            envelope("contact_updated", contact_of(11), hook_id=11, account_id=11),  # before its hook_configured
             hook_envelope(emulator.api_url, hook_id=12, account_id=12, status="disabled"),
-            envelope("contact_updated", contact, hook_id=12, account_id=12),
+            envelope("contact_updated", contact_of(12), hook_id=12, account_id=12),
             hook_envelope(emulator.api_url, hook_id=13, account_id=13, account_features=[]),
-            envelope("contact_updated", contact, hook_id=13, account_id=13),
+            envelope("contact_updated", contact_of(13), hook_id=13, account_id=13),
             envelope("conversation_typing_on", {}, hook_id=13, account_id=13),
         ]
     )
     outcomes = _wait_outcomes(sync_env, 6)
     reasons = {(o["hook_id"], o["event"]): (o["outcome"], o["msg"]) for o in outcomes}
-    assert reasons[(11, "contact_updated")][1].endswith("unknown hook")
-    assert reasons[(12, "contact_updated")][1].endswith("hook disabled")
-    assert reasons[(13, "contact_updated")][1].endswith("account lacks feature crm_integration")
-    assert "unknown event" in reasons[(13, "conversation_typing_on")][1]
+    assert reasons[(11, "contact_updated")][0] == "parked"
+    assert "hook 11 is not configured yet" in reasons[(11, "contact_updated")][1]
+    assert reasons[(12, "contact_updated")][0] == "set_aside"
+    assert "hook 12 is disabled" in reasons[(12, "contact_updated")][1]
+    assert reasons[(13, "contact_updated")][0] == "set_aside"
+    assert "lacks the feature crm_integration" in reasons[(13, "contact_updated")][1]
+    assert reasons[(13, "conversation_typing_on")][0] == "skipped"  # nothing GLPI needs
+    dlq = sync_env.read_topic(sync_env.dlq, 2)
+    assert sorted(dict(r.headers)["__connect.errors.stage"].decode() for r in dlq) == ["gate", "gate"]
     assert [u["id"] for u in emulator.state()["User"]] == [2]
+
+    # Hook 11's configuration arrives late: its waiting event is synced then.
+    sync_env.publish([hook_envelope(emulator.api_url, hook_id=11, account_id=11)])
+    wait_until(lambda: _logins(emulator) == {"person11@example.org"}, 60, what="hook 11's parked contact")
+    # Hook 12 is enabled, and what was set aside meanwhile is replayed from the DLQ.
+    assert _cli(sync_env, "hook", "enable", "--hook-id", "12").returncode == 0
+    wait_until(
+        lambda: any(o["event"] == "hook_enable" for o in _outcomes(sync_env)), 60, what="hook 12 enabled"
+    )
+    enabled = next(o for o in _outcomes(sync_env) if o["event"] == "hook_enable")
+    assert "1 event(s) set aside while disabled: glpi-sync dlq replay --hook 12" in enabled["msg"]
+    replay = _cli(sync_env, "dlq", "replay", "--hook", "12")
+    assert replay.returncode == 0, replay.stderr
+    wait_until(lambda: "person12@example.org" in _logins(emulator), 60, what="hook 12's replayed contact")
+    assert _logins(emulator) == {"person11@example.org", "person12@example.org"}
+
+
+def _logins(emulator: EmulatorProcess) -> set[str]:
+    return {u["name"] for u in emulator.state()["User"] if u["id"] != 2}
 
 
 def test_emulator_runs_on_its_own() -> None:

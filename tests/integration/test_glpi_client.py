@@ -18,6 +18,7 @@ from app.glpi import (
     GlpiNotFoundError,
     GlpiRejectedError,
     GlpiRetryableError,
+    GlpiUnexpectedResponseError,
 )
 from app.sync.commands import (
     Applied,
@@ -244,7 +245,8 @@ async def test_ticket_and_followup_lookups_find_what_a_lost_reply_created(served
 
 
 async def test_executor_retries_transient_errors_within_budget(served: Served) -> None:
-    served.emu.faults.append(Rule(path="^User$", method="POST", kind="status", status=503, count=2))
+    # GLPI's own 500 (ERROR_SQL): PHP is done with the request, so the retry only looks once before creating.
+    served.emu.faults.append(Rule(path="^User$", method="POST", kind="status", status=500, count=2))
     sleeps: list[float] = []
 
     async def fake_sleep(seconds: float) -> None:
@@ -257,8 +259,9 @@ async def test_executor_retries_transient_errors_within_budget(served: Served) -
         on_retry=retried.append,
     )
     assert isinstance(await executor.run(_ensure_user()), Resolved)
-    assert retried == ["HTTP_503", "HTTP_503"]
+    assert retried == ["ERROR_SQL", "ERROR_SQL"]
     assert sleeps == [0.01, 0.02]
+    assert len([u for u in served.emu.items["User"].values() if u["name"] == "jane@ext.example"]) == 1
 
 
 async def test_executor_honours_retry_after_and_gives_up_at_the_budget(served: Served) -> None:
@@ -307,3 +310,89 @@ async def test_a_reply_lost_after_the_write_never_duplicates(served: Served, pat
     assert outcome.created is False  # the retry found what the lost attempt had created
     itemtype = path.strip("^$")
     assert len(served.emu.items[itemtype]) == before[itemtype] + 1
+
+
+# ------------------------------------------------------------------------------------- creates GLPI finishes late
+
+
+def _ticket(conversation: int = 61) -> CreateTicket:
+    marker = f"[cw:7/{conversation}]"
+    return CreateTicket({"name": "t", "content": f"<p>{marker}</p>"}, marker, 7, conversation, None, "open")
+
+
+def _with_marker(emu: Emulator, marker: str) -> list[dict[str, object]]:
+    return [t for t in emu.items["Ticket"].values() if marker in str(t["content"]) and not t["is_deleted"]]
+
+
+@pytest.mark.parametrize("answer", ["504", "timeout"])
+async def test_a_create_glpi_commits_after_the_client_gave_up_is_adopted_once(served: Served, answer: str) -> None:
+    """A proxy's 504, or our own timeout, while PHP commits seconds later: one ticket, found, not made twice."""
+    served.emu.faults.append(Rule(path="^Ticket$", method="POST", kind="late_commit", seconds=1.5, answer=answer))
+    intents: list[float] = []
+
+    async def before_post(cmd: object, at: float) -> None:
+        intents.append(at)
+
+    executor = GlpiExecutor(served.client(timeout=0.5), RetryPolicy(base=0.05, budget=5, late_commit_window=6))
+    outcome = await executor.run(_ticket(), before_post)
+    assert isinstance(outcome, Resolved)
+    assert outcome.created is False  # the late commit was found while waiting, then adopted
+    assert len(_with_marker(served.emu, "[cw:7/61]")) == 1
+    assert len(intents) == 1  # one POST only: no second one while the first could still land
+    assert _paths(served.emu).count("Ticket") == 1
+
+
+async def test_no_second_post_before_the_window_ends(served: Served) -> None:
+    """A 504 and no commit: the retry waits the window (looking meanwhile), then creates exactly one ticket."""
+    served.emu.faults.append(Rule(path="^Ticket$", method="POST", kind="status", status=504, count=1))
+    posts: list[float] = []
+
+    async def before_post(cmd: object, at: float) -> None:
+        posts.append(at)
+
+    executor = GlpiExecutor(served.client(), RetryPolicy(base=0.05, budget=5, late_commit_window=1.5, verify_delay=0))
+    outcome = await executor.run(_ticket(62), before_post)
+    assert isinstance(outcome, Resolved) and outcome.created
+    assert len(posts) == 2 and posts[1] - posts[0] >= 1.5
+    assert len(_with_marker(served.emu, "[cw:7/62]")) == 1
+    searches = [r for r in served.emu.log if r["path"] == "search/Ticket"]
+    assert len(searches) >= 2  # it kept looking for the first attempt's ticket while it waited
+
+
+async def test_a_commit_later_than_the_window_is_removed_after_the_retry(served: Served) -> None:
+    """GLPI slower than the window: the retry makes a second ticket, the check afterwards trashes the late one."""
+    served.emu.faults.append(Rule(path="^Ticket$", method="POST", kind="late_commit", seconds=1.0, answer="504"))
+    removed: list[str] = []
+    executor = GlpiExecutor(
+        served.client(),
+        RetryPolicy(base=0.05, budget=5, late_commit_window=0.3, verify_delay=1.5),
+        on_duplicate_removed=removed.append,
+    )
+    outcome = await executor.run(_ticket(63))
+    assert isinstance(outcome, Resolved) and outcome.created
+    kept = _with_marker(served.emu, "[cw:7/63]")
+    assert [t["id"] for t in kept] == [outcome.glpi_id]  # exactly one left: the one the sync recorded
+    assert removed == ["Ticket"]
+    trashed = [t for t in served.emu.items["Ticket"].values() if t["is_deleted"]]
+    assert len(trashed) == 1  # in GLPI's trash, not purged: nothing is lost if this was wrong
+
+
+async def test_a_refused_connection_is_certain_and_creates_without_waiting() -> None:
+    """Nothing listens: the request cannot have been made, so no late-commit wait applies."""
+    async with aiohttp.ClientSession() as http:
+        client = GlpiClient(f"http://127.0.0.1:{free_port()}/apirest.php", user_token="u", http=http, timeout=1)
+        with pytest.raises(GlpiRetryableError) as caught:
+            await client.create("Ticket", {"name": "x"})
+    assert not caught.value.uncertain
+    assert caught.value.code == "CONNECTION"
+    assert "cannot connect to 127.0.0.1:" in caught.value.message
+
+
+async def test_a_proxy_page_with_status_200_is_never_read_as_no_results(served: Served) -> None:
+    """A captive portal answering 200 to a search must not look like "nothing found" (a create would follow)."""
+    client = served.client()
+    served.emu.faults.append(
+        Rule(path="^search/User$", method=None, kind="html", status=200, title="Please sign in", count=1)
+    )
+    with pytest.raises(GlpiUnexpectedResponseError, match="Please sign in"):
+        await client.search_ids("User", [Criterion(5, "contains", "^a@b.c$")])

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from app.metrics import Metrics
 from app.settings import WorkerSettings
-from app.worker import TABLES, topic_plan
+from app.topology import TABLES, plan_layout, topic_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -130,12 +130,16 @@ def settings_from_configmap() -> WorkerSettings:
 def test_topics_match_what_the_worker_uses() -> None:
     settings = settings_from_configmap()
     declared = {t["spec"]["topicName"]: t["spec"] for t in of_kind("KafkaTopic")}
-    for name, (partitions, config) in topic_plan(settings).items():
-        assert name in declared, name
-        assert declared[name]["partitions"] == partitions, name
-        for key, value in config.items():
-            assert declared[name]["config"].get(key) == value, (name, key)
+    for spec in topic_specs(settings):
+        assert spec.name in declared, spec.name
+        if spec.co_partitioned:
+            assert declared[spec.name]["partitions"] == settings.partitions, spec.name
+        for key, value in spec.config.items():
+            assert declared[spec.name]["config"].get(key) == value, (spec.name, key)
     assert len([t for t in declared if t.endswith("-changelog")]) == len(TABLES)
+    # The worker started against exactly these topics (GLPI_SYNC_CREATE_TOPICS=false) accepts them.
+    existing = {name: spec["partitions"] for name, spec in declared.items()}
+    assert plan_layout(existing, settings).problems == []
 
 
 def test_statefulset_probes_grace_and_security() -> None:

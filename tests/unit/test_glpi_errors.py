@@ -11,8 +11,10 @@ from app.glpi.errors import (
     GlpiRejectedError,
     GlpiRetryableError,
     GlpiSessionInvalidError,
+    GlpiUnexpectedResponseError,
     error_for_response,
     parse_error_body,
+    retry_after_seconds,
 )
 
 CASES = [
@@ -37,8 +39,15 @@ CASES = [
     (503, None, GlpiRetryableError),
     (429, ["ERROR", "Too Many Requests"], GlpiRetryableError),
     (408, None, GlpiRetryableError),
-    (400, "<html>odd</html>", GlpiRejectedError),
     (405, ["ERROR_METHOD_NOT_ALLOWED", "Method Not Allowed"], GlpiRejectedError),
+    # Not GLPI speaking: a redirect to an SSO, a proxy's HTML 401/403, a 404 for the whole API path.
+    (302, None, GlpiUnexpectedResponseError),
+    (401, "<html><title>Sign in</title></html>", GlpiUnexpectedResponseError),
+    (403, "<html><title>Access denied</title></html>", GlpiUnexpectedResponseError),
+    (404, "<html><title>404 Not Found</title></html>", GlpiUnexpectedResponseError),
+    (400, "<html>odd</html>", GlpiUnexpectedResponseError),
+    (404, {"message": "no route"}, GlpiUnexpectedResponseError),
+    (400, ["not", "glpi"], GlpiUnexpectedResponseError),
 ]
 
 
@@ -54,14 +63,44 @@ def test_retry_after_is_carried() -> None:
     assert error.retry_after == 7.0
 
 
+def test_retry_after_as_an_http_date_is_honoured() -> None:
+    now = 1_700_000_000.0
+    assert retry_after_seconds("Tue, 14 Nov 2023 22:13:40 GMT", now=now) == 20.0
+    assert retry_after_seconds("Tue, 14 Nov 2023 22:00:00 GMT", now=now) == 0.0  # in the past: at once
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+
+
 @pytest.mark.parametrize("status", range(300, 600))
 def test_every_error_status_maps_to_one_actionable_class(status: int) -> None:
+    actionable = GlpiRetryableError | GlpiAuthError | GlpiRejectedError | GlpiUnexpectedResponseError
     for body in (None, "text", ["SOME_CODE", "msg"], ["ERROR_GLPI_UPDATE", None], {"odd": 1}, []):
         error = error_for_response(status, body)
-        assert isinstance(error, GlpiRetryableError | GlpiAuthError | GlpiRejectedError)
+        assert isinstance(error, actionable)
+
+
+def test_what_answered_is_described_with_status_url_and_page() -> None:
+    error = error_for_response(
+        302, None, {"Location": "https://sso.example/login?next=/glpi"}, "POST https://glpi.example/apirest.php/Ticket"
+    )
+    assert error.message.startswith("HTTP 302 from POST https://glpi.example/apirest.php/Ticket")
+    assert "redirecting to https://sso.example/login" in error.message
+    page = error_for_response(403, "<html><head><title> Request  blocked </title></head></html>", {}, "GET x")
+    assert "an HTML page titled 'Request blocked'" in page.message
+
+
+def test_uncertainty_follows_who_answered() -> None:
+    """A 429 was never processed; GLPI's own 500 finished; a proxy's 504 may still be running in PHP."""
+    throttled = error_for_response(429, ["ERROR", "slow"])
+    sql = error_for_response(500, ["ERROR_SQL", "Unexpected SQL Error"])
+    proxy = error_for_response(504, "<html>gateway timeout</html>")
+    assert isinstance(throttled, GlpiRetryableError) and not throttled.uncertain
+    assert isinstance(sql, GlpiRetryableError) and sql.uncertain and not sql.still_running
+    assert isinstance(proxy, GlpiRetryableError) and proxy.uncertain and proxy.still_running
 
 
 def test_error_body_parsing() -> None:
-    assert parse_error_body(["CODE", "m"]) == ("CODE", "m")
-    assert parse_error_body(["CODE", None]) == ("CODE", "")
+    assert parse_error_body(["ERROR_X", "m"]) == ("ERROR_X", "m")
+    assert parse_error_body(["ERROR_X", None]) == ("ERROR_X", "")
+    assert parse_error_body(["SOME_CODE", "m"]) == (None, "")  # GLPI codes all start with ERROR
     assert parse_error_body({"0": "CODE"}) == (None, "")

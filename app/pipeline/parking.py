@@ -1,0 +1,102 @@
+"""A hook's parked events: kept in order, durably, before their source record is acknowledged.
+
+The queue lives in the ``parked`` table under ``<hook>:<seq>`` keys; the hook's slot holds ``parked_first`` and
+``parked_next``. A record's value is stored as it came (base64), in pieces of at most :data:`CHUNK_BYTES` under
+``<hook>:<seq>:<n>`` keys when it is large, so that every record the parser accepts (up to 1 MiB) can be parked:
+one table record must fit in one Kafka record of the changelog. Pieces are written before the entry that names
+them, and the entry before the slot's counter moves, so a crash in between leaves at most unreferenced pieces that
+the next append of the same sequence number overwrites.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from app.pipeline.source import SourceRecord
+from app.pipeline.store import SyncStore
+from app.sync.state import AnyHook, parked_key
+
+#: Raw bytes per stored piece (base64 makes it 400 kB, well below a 1 MB Kafka record).
+CHUNK_BYTES = 300_000
+
+
+def _b64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode() if data is not None else None
+
+
+def _unb64(text: Any) -> bytes | None:
+    return base64.b64decode(text) if isinstance(text, str) else None
+
+
+class ParkingQueue:
+    """Append, read and remove a hook's parked records, in order."""
+
+    def __init__(self, store: SyncStore) -> None:
+        self.store = store
+
+    async def append(self, slot: AnyHook, record: SourceRecord) -> AnyHook:
+        """Park ``record`` at the end of ``slot``'s queue, durably; returns the slot with its counter moved."""
+        seq = slot.parked_next
+        key = parked_key(slot.hook_id, seq)
+        value = record.value
+        entry: dict[str, Any] = {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": record.timestamp,
+            "key": _b64(record.key),
+            "headers": [[k, _b64(v)] for k, v in record.headers],
+        }
+        if value is not None and len(value) > CHUNK_BYTES:
+            pieces = [value[i : i + CHUNK_BYTES] for i in range(0, len(value), CHUNK_BYTES)]
+            for index, piece in enumerate(pieces):
+                await self.store.parked.put_durable(f"{key}:{index}", {"data": _b64(piece)})
+            entry["chunks"] = len(pieces)
+        else:
+            entry["value"] = _b64(value)
+        await self.store.parked.put_durable(key, entry)
+        moved = slot.model_copy(update={"parked_next": seq + 1})
+        await self.store.save_slot(moved)
+        return moved
+
+    def head(self, slot: AnyHook) -> SourceRecord | None:
+        """The oldest parked record of ``slot``'s hook (None if its entry is missing: it is then skipped)."""
+        seq = slot.parked_first
+        key = parked_key(slot.hook_id, seq)
+        entry = self.store.parked.get(key)
+        if not isinstance(entry, dict):
+            return None
+        chunks = int(entry.get("chunks") or 0)
+        if chunks:
+            pieces = [self.store.parked.get(f"{key}:{index}") for index in range(chunks)]
+            if not all(isinstance(piece, dict) for piece in pieces):
+                return None
+            value: bytes | None = b"".join(_unb64(piece["data"]) or b"" for piece in pieces if piece)
+        else:
+            value = _unb64(entry.get("value"))
+        headers = tuple(
+            (str(k), _unb64(v) or b"") for k, v in entry.get("headers", []) if isinstance(k, str) and isinstance(v, str)
+        )
+        return SourceRecord(
+            str(entry["topic"]),
+            int(entry["partition"]),
+            int(entry["offset"]),
+            float(entry["timestamp"]),
+            _unb64(entry.get("key")),
+            value,
+            headers,
+            parked_seq=seq,
+        )
+
+    async def pop_head(self, slot: AnyHook) -> AnyHook:
+        """Remove the oldest parked record; returns the slot with ``parked_first`` moved."""
+        seq = slot.parked_first
+        key = parked_key(slot.hook_id, seq)
+        entry = self.store.parked.pop(key, None)
+        if isinstance(entry, dict):
+            for index in range(int(entry.get("chunks") or 0)):
+                self.store.parked.pop(f"{key}:{index}", None)
+        moved = slot.model_copy(update={"parked_first": seq + 1})
+        await self.store.save_slot(moved)
+        return moved

@@ -1,0 +1,401 @@
+"""One Kafka record to one final outcome: synced, skipped, parked, set aside or dead-lettered. Never raises.
+
+The path of a record, floor by floor:
+
+1. **parse** (``app/events.py``): not an envelope → dead-lettered (stage ``parse``);
+2. **key**: the record's key must be its envelope's hook id, or it lands on another partition than the hook's
+   configuration → dead-lettered (stage ``key``);
+3. **topic rules**: commands only from the control topic, Chatwoot events and hook configuration only from the
+   producers' topic;
+4. **hook configuration** (``hook_configured``/``hook_removed``) → the hooks table, then the hook's parked events;
+   **operator commands** → :class:`~app.pipeline.commands.AdminCommands`;
+5. **admission** (``app/sync/admission.py``): sync, park (:class:`~app.pipeline.parking.ParkingQueue`), set aside
+   (dead-lettered with the reason) or skip;
+6. **sync** (``app/execute.py``): the event's GLPI steps; a hook-wide problem pauses the hook and parks the event,
+   a refusal of this event dead-letters it (stage ``execute``).
+
+A bug of ours (an unexpected exception) is retried three times, then the record is dead-lettered (stage
+``internal``) so the partition keeps moving. Draining a parked queue runs in bounded batches inside the handling of
+a control command (``hook_retry``, ``hook_resume``, ``hook_configured``...), which queues its own continuation: a
+drain interrupted anywhere resumes from the queue's durable counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import faust
+import orjson
+from faust.types import EventT
+
+from app import logs
+from app.events import (
+    ControlCommand,
+    HookConfigured,
+    HookRemoved,
+    InvalidEnvelopeError,
+    KnownEvent,
+    UnknownEvent,
+    parse_envelope,
+)
+from app.execute import EventRejected, EventResult, GlpiExecutor, HookUnavailable, RetryPolicy, sync_event
+from app.metrics import Metrics
+from app.pipeline.clients import HookClients, HookConfigError
+from app.pipeline.commands import AdminCommands
+from app.pipeline.dead_letters import DeadLetters
+from app.pipeline.outcomes import OutcomeLog
+from app.pipeline.parking import ParkingQueue
+from app.pipeline.source import SourceRecord
+from app.pipeline.store import SyncStore
+from app.settings import WorkerSettings
+from app.sync.admission import admit
+from app.sync.decide import apply_hook_event
+from app.sync.state import (
+    SELF_HEALING_PAUSES,
+    AnyHook,
+    HookRecord,
+    Pause,
+    PauseKind,
+    SyncContext,
+    SyncView,
+    UnconfiguredHook,
+)
+
+log = logging.getLogger("cwglpi.worker")
+INTERNAL_ATTEMPTS = 3
+#: One drain syncs at most this many parked events, or for this long, then queues its continuation: the control
+#: partition's commit keeps moving and liveness stays honest however long the queue.
+DRAIN_BATCH = 100
+DRAIN_SECONDS = 20.0
+#: The resume timer re-requests a drain of a hook with parked events and no pause at most this often.
+DRAIN_NUDGE_SECONDS = 60.0
+
+#: ``done``: the record reached a final outcome. ``paused``: a parked record stays at its queue's head.
+Disposition = Literal["done", "paused"]
+
+
+def _now() -> str:
+    return datetime.now(tz=UTC).isoformat(timespec="seconds")
+
+
+def _reason(result: EventResult) -> str:
+    if result.commands:
+        return "ran " + ", ".join(result.commands)
+    return result.finished.reason
+
+
+class Pipeline:
+    """Everything one record needs: tables, GLPI clients per hook, DLQ, metrics. Built once per worker."""
+
+    def __init__(self, app: faust.App, settings: WorkerSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.ctx = SyncContext(
+            chatwoot_base_url=settings.chatwoot_url,
+            allow_http=settings.allow_http,
+            late_commit_window=settings.late_commit_window,
+            ticket_recheck_seconds=settings.ticket_recheck_seconds,
+        )
+        self.policy = RetryPolicy(
+            base=settings.retry_base, budget=settings.retry_budget, late_commit_window=settings.late_commit_window
+        )
+        self.store = SyncStore(app, settings, metrics)
+        self.parking = ParkingQueue(self.store)
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw", "internal": False}
+        self.dead_letters = DeadLetters(app.topic(settings.dlq_topic, **raw), settings.app_id, metrics)
+        self.control = app.topic(settings.control_topic, **raw)
+        self.clients = HookClients(settings.glpi_timeout, metrics)
+        self.outcomes = OutcomeLog(metrics, settings.per_hook_metrics_limit)
+        self.commands = AdminCommands(self)
+        self._drain_requested: dict[int, float] = {}
+
+    # ------------------------------------------------------------------------------------------- one record
+
+    async def handle(self, event: EventT[Any]) -> None:
+        """Process one Kafka record to a final outcome. Never raises."""
+        await self.process(SourceRecord.from_event(event))
+
+    async def process(self, record: SourceRecord) -> Disposition:
+        started = time.monotonic()
+        try:
+            parsed = parse_envelope(record.value)
+        except InvalidEnvelopeError as exc:
+            await self.dead_letters.send(record, "parse", "InvalidEnvelopeError", exc.reason)
+            self.outcomes.finish(record, None, "dead_lettered", exc.reason, started)
+            return "done"
+        for attempt in range(1, INTERNAL_ATTEMPTS + 1):
+            try:
+                return await self._route(record, parsed, started)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug of ours: retry, then keep the record in the DLQ, keep the agent alive
+                log.exception("internal error (attempt %d)", attempt, extra={"hook_id": parsed.hook_id})
+                if attempt == INTERNAL_ATTEMPTS:
+                    await self.dead_letters.send(record, "internal", type(exc).__name__, str(exc)[:300])
+                    self.outcomes.finish(record, parsed, "dead_lettered", "internal error", started)
+                    return "done"
+                await asyncio.sleep(0.5 * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def reject(
+        self, record: SourceRecord, parsed: KnownEvent | UnknownEvent | None, stage: str, error: str, reason: str
+    ) -> Disposition:
+        await self.dead_letters.send(record, stage, error, reason)
+        self.outcomes.finish(record, parsed, "dead_lettered", reason, time.monotonic())
+        return "done"
+
+    async def _route(self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, started: float) -> Disposition:
+        expected_key = str(parsed.hook_id).encode()
+        if record.key != expected_key:
+            kind = "null_key" if record.key is None else "wrong_key"
+            self.metrics.misrouted.labels(kind).inc()
+            shown = "no key" if record.key is None else f"key {record.key[:40]!r}"
+            reason = (
+                f"record has {shown}, but its hook id is {parsed.hook_id}: producers must key every record by its "
+                f"hook id ({expected_key!r}), or it lands on another partition than the hook's configuration"
+            )
+            return await self.reject(record, parsed, "key", "MisroutedRecord", reason)
+        from_control_topic = record.topic == self.settings.control_topic
+        if isinstance(parsed, ControlCommand):
+            if not from_control_topic:
+                reason = f"{parsed.event} is only accepted on the control topic {self.settings.control_topic}"
+                return await self.reject(record, parsed, "parse", "ForbiddenControlCommand", reason)
+            await self.commands.apply(record, parsed, started)
+            return "done"
+        if from_control_topic:
+            reason = f"{parsed.event} is not a control command"
+            return await self.reject(record, parsed, "parse", "UnexpectedOnControlTopic", reason)
+        if isinstance(parsed, HookConfigured | HookRemoved):
+            await self._configure(record, parsed, started)
+            return "done"
+        return await self._event(record, parsed, started)
+
+    # ------------------------------------------------------------------------------------------- admission
+
+    async def _event(self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, started: float) -> Disposition:
+        slot = self.store.slot(parsed.hook_id)
+        draining = record.parked_seq is not None
+        if slot is not None and slot.partition != record.partition and not draining:
+            slot = slot.model_copy(update={"partition": record.partition})
+            await self.store.save_slot(slot, durable=False)
+        may_open = slot is not None or self.store.unconfigured_with_events() < self.settings.max_unconfigured_hooks
+        admission = admit(
+            slot,
+            parsed,
+            required_feature=self.ctx.required_feature,
+            park_limit=self.settings.unconfigured_park_limit,
+            may_open_slot=may_open,
+            draining=draining,
+        )
+        if admission.action == "skip":
+            self.outcomes.finish(record, parsed, "skipped", admission.reason, started)
+            return "done"
+        if admission.action == "set_aside":
+            await self.set_aside(record, parsed, slot, admission.reason, started)
+            return "done"
+        if admission.action == "park":
+            if draining:
+                return "paused"  # the hook stopped being syncable mid-drain: the record stays at the head
+            slot = slot or UnconfiguredHook(hook_id=parsed.hook_id, partition=record.partition)
+            await self.parking.append(slot, record)
+            self.metrics.parked.labels(admission.kind).inc()
+            self.outcomes.finish(record, parsed, "parked", admission.reason, started)
+            return "done"
+        assert isinstance(slot, HookRecord)
+        return await self._sync(record, parsed, slot, started)
+
+    async def set_aside(
+        self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, slot: AnyHook | None, reason: str, started: float
+    ) -> None:
+        """Dead-letter an event the hook cannot take now, and count it on the hook (``inspect hook`` shows it)."""
+        await self.dead_letters.send(record, "gate", "SetAside", reason)
+        if slot is not None:
+            await self.store.save_slot(slot.model_copy(update={"set_aside": slot.set_aside + 1}))
+        self.outcomes.finish(record, parsed, "set_aside", f"{reason} (dlq replay --hook {parsed.hook_id})", started)
+
+    # ------------------------------------------------------------------------------------------- sync
+
+    async def _sync(
+        self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, hook: HookRecord, started: float
+    ) -> Disposition:
+        view = self.store.load_view(parsed, record.partition)
+        state = {"view": view}
+
+        async def persist(after: SyncView, durable: bool) -> None:
+            await self.store.persist(state["view"], after, durable)
+            state["view"] = after
+
+        def executor() -> GlpiExecutor:
+            return GlpiExecutor(
+                self.clients.client_for(hook),
+                self.policy,
+                on_retry=lambda code: self.metrics.retries.labels(code).inc(),
+                on_duplicate_removed=lambda itemtype: self.metrics.duplicates_removed.labels(itemtype).inc(),
+            )
+
+        try:
+            result = await sync_event(view, parsed, self.ctx, executor, persist, lambda: self.clients.probe(hook))
+        except HookConfigError as exc:
+            return await self._unavailable(record, parsed, HookUnavailable("auth", str(exc)), started)
+        except HookUnavailable as exc:
+            return await self._unavailable(record, parsed, exc, started)
+        except EventRejected as exc:
+            await self.dead_letters.send(record, "execute", exc.error_class, exc.reason, exc.code, exc.status)
+            self.outcomes.finish(record, parsed, "dead_lettered", exc.reason, started)
+            return "done"
+        self.outcomes.finish(record, parsed, result.outcome, _reason(result), started, result)
+        return "done"
+
+    async def _unavailable(
+        self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, exc: HookUnavailable, started: float
+    ) -> Disposition:
+        """The hook cannot work now: pause it and keep the event (parked, or left at the head of the queue).
+
+        A parked event that keeps failing on its own while GLPI answers other requests is dead-lettered after
+        ``GLPI_SYNC_MAX_EVENT_FAILURES`` drains, so that one event never holds its hook forever.
+        """
+        hook = self.store.hook(parsed.hook_id)
+        assert hook is not None  # only a configured hook reaches GLPI
+        if record.parked_seq is not None and exc.request_specific:
+            failures = hook.head_failures + 1
+            if failures >= self.settings.max_event_failures:
+                reason = (
+                    f"failed {failures} times in a row ({exc.reason}) while GLPI answers other requests; "
+                    "dead-lettered so the hook can carry on"
+                )
+                await self.dead_letters.send(record, "execute", "RepeatedFailure", reason, exc.code)
+                await self.store.save_slot(hook.model_copy(update={"head_failures": 0}))
+                self.outcomes.finish(record, parsed, "dead_lettered", reason, started)
+                return "done"
+            hook = hook.model_copy(update={"head_failures": failures})
+            await self.store.save_slot(hook)
+        hook = await self.pause_hook(hook, exc.kind, exc.reason)
+        reason = f"hook paused ({exc.kind}): {exc.reason}"
+        if record.parked_seq is not None:
+            self.outcomes.finish(record, parsed, "parked", f"still parked: {reason}", started)
+            return "paused"
+        if exc.request_specific and hook.parked == 0:
+            hook = hook.model_copy(update={"head_failures": 1})
+        await self.parking.append(hook, record)
+        self.metrics.parked.labels(exc.kind).inc()
+        self.outcomes.finish(record, parsed, "parked", reason, started)
+        return "done"
+
+    async def pause_hook(self, hook: HookRecord, kind: PauseKind, reason: str) -> HookRecord:
+        pause = Pause(kind=kind, reason=logs.redact(reason)[:500], since=_now())
+        paused = hook.model_copy(update={"pause": pause})
+        await self.store.save_slot(paused)
+        self.refresh_gauges()
+        log.warning("hook %s paused (%s): %s", hook.hook_id, kind, pause.reason, extra={"hook_id": hook.hook_id})
+        return paused
+
+    # ------------------------------------------------------------------------------------------- configuration
+
+    async def _configure(self, record: SourceRecord, parsed: HookConfigured | HookRemoved, started: float) -> None:
+        current = self.store.slot(parsed.hook_id)
+        updated, problems = apply_hook_event(current, parsed, self.ctx)
+        if problems:
+            await self.reject(record, parsed, "configure", "InvalidHookSettings", "; ".join(problems))
+            return
+        if updated is None:
+            self.outcomes.finish(record, parsed, "skipped", f"hook {parsed.hook_id} was not configured", started)
+            return
+        if isinstance(updated, UnconfiguredHook):
+            set_aside = await self.dead_letter_queue(updated, "hook removed while its events were parked")
+            self.clients.forget(parsed.hook_id)
+            self.outcomes.finish(
+                record, parsed, "synced", f"hook removed ({set_aside} parked event(s) set aside)", started
+            )
+            return
+        updated = updated.model_copy(update={"partition": record.partition})
+        await self.store.save_slot(updated)
+        self.refresh_gauges()
+        self.outcomes.finish(record, parsed, "synced", f"{parsed.event} applied", started)
+        await self.drain(updated.hook_id)
+
+    async def dead_letter_queue(self, slot: AnyHook, reason: str) -> int:
+        """Move every parked event of ``slot``'s hook to the DLQ (with ``reason``), saving the emptied slot."""
+        moved = 0
+        while slot.parked > 0:
+            head = self.parking.head(slot)
+            if head is not None:
+                await self.dead_letters.send(head, "park", "SetAside", reason)
+                moved += 1
+            slot = await self.parking.pop_head(slot)
+        await self.store.save_slot(slot)
+        return moved
+
+    # ------------------------------------------------------------------------------------------- draining
+
+    async def drain(self, hook_id: int) -> str:
+        """Sync the hook's parked events in order, a batch at a time; returns a summary for the operator.
+
+        Stops when the queue is empty, the hook pauses again or is disabled; after :data:`DRAIN_BATCH` events or
+        :data:`DRAIN_SECONDS` it queues its own continuation (``hook_retry``) and returns.
+        """
+        started = time.monotonic()
+        drained = 0
+        summary = ""
+        while True:
+            hook = self.store.hook(hook_id)
+            if hook is None or hook.status != "enabled" or hook.pause is not None or hook.parked == 0:
+                break
+            if drained >= DRAIN_BATCH or time.monotonic() - started > DRAIN_SECONDS:
+                await self.request_drain(hook, "continue draining")
+                summary = f"; {hook.parked} more will follow"
+                break
+            head = self.parking.head(hook)
+            if head is not None and await self.process(head) == "paused":
+                break
+            hook = self.store.hook(hook_id)
+            if hook is None:
+                break
+            await self.parking.pop_head(hook.model_copy(update={"head_failures": 0}))
+            drained += 1
+        if drained:
+            log.info("hook %s: drained %d parked event(s)%s", hook_id, drained, summary, extra={"hook_id": hook_id})
+        self.refresh_gauges()
+        return f"drained {drained} parked event(s){summary}"
+
+    async def request_drain(self, hook: HookRecord, why: str) -> None:
+        """Queue a ``hook_retry`` for ``hook`` on its control partition (ordered with its events)."""
+        command = {"event": "hook_retry", "hook_id": hook.hook_id, "payload": {"requested_by": "worker", "reason": why}}
+        sent = await self.control.send(
+            key=str(hook.hook_id).encode(), value=orjson.dumps(command), partition=hook.partition
+        )
+        await sent
+        self._drain_requested[hook.hook_id] = time.monotonic()
+
+    def hooks_to_retry(self) -> list[HookRecord]:
+        """Local hooks the resume timer should nudge: self-healing pauses, and parked queues no drain is on."""
+        now = time.monotonic()
+        due = []
+        for hook in self.store.slots():
+            if not isinstance(hook, HookRecord) or hook.partition is None or hook.status != "enabled":
+                continue
+            if (hook.pause is not None and hook.pause.kind in SELF_HEALING_PAUSES) or (
+                hook.pause is None
+                and hook.parked > 0
+                and now - self._drain_requested.get(hook.hook_id, 0.0) > DRAIN_NUDGE_SECONDS
+            ):
+                due.append(hook)
+        return due
+
+    def refresh_gauges(self) -> None:
+        """Recount paused hooks and parked events from the table (cheap: one record per hook)."""
+        paused = dict.fromkeys(("transient", "auth", "endpoint", "operator"), 0)
+        parked = 0
+        for slot in self.store.slots():
+            if isinstance(slot, HookRecord) and slot.pause is not None:
+                paused[slot.pause.kind] += 1
+            parked += slot.parked
+        for kind, count in paused.items():
+            self.metrics.hooks_paused.labels(kind).set(count)
+        self.metrics.parked_pending.set(parked)
+
+    async def aclose(self) -> None:
+        await self.clients.aclose()
