@@ -264,9 +264,7 @@ def test_no_event_is_acknowledged_without_a_trace(sync_env: SyncEnv, emulator: E
     wait_until(lambda: _logins(emulator) == {"person11@example.org"}, 60, what="hook 11's parked contact")
     # Hook 12 is enabled, and what was set aside meanwhile is replayed from the DLQ.
     assert _cli(sync_env, "hook", "enable", "--hook-id", "12").returncode == 0
-    wait_until(
-        lambda: any(o["event"] == "hook_enable" for o in _outcomes(sync_env)), 60, what="hook 12 enabled"
-    )
+    wait_until(lambda: any(o["event"] == "hook_enable" for o in _outcomes(sync_env)), 60, what="hook 12 enabled")
     enabled = next(o for o in _outcomes(sync_env) if o["event"] == "hook_enable")
     assert "1 event(s) set aside while disabled: glpi-sync dlq replay --hook 12" in enabled["msg"]
     replay = _cli(sync_env, "dlq", "replay", "--hook", "12")
