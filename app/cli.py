@@ -339,19 +339,22 @@ def cmd_reset(args: argparse.Namespace, env: WorkerSettings) -> int:
     since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
     if since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    records = [
+    hook_records = [
         r
         for r in asyncio.run(read_topic_since(env.kafka_bootstrap_servers, env.topic, since))
         if r.key == str(args.hook_id).encode()
     ]
+    records, skipped = replayable(hook_records)
     print(f"hook {args.hook_id}: {len(records)} event(s) since {since.isoformat()} will be replayed")
+    for why, count in sorted(skipped.items()):
+        print(f"  not replayed: {count} {why}")
     if args.dry_run:
         return 0
     send_command(env, "hook_reset", args.hook_id, reason=f"replay since {since.isoformat()}")
     _wait_for(env, args.hook_id, lambda hook: bool(hook.get("rebuilding")), "the reset to be applied")
     from app.kafka_io import publish_raw
 
-    headers = [("cwglpi.replayed_by", b"hook-reset")]
+    headers = [(REPLAYED_BY_RESET, b"hook-reset")]
     replay = [(r.key, r.value, headers) for r in records]
     ends: dict[int, int] = {}
     for start in range(0, len(replay), 100):
@@ -377,6 +380,40 @@ def cmd_reset(args: argparse.Namespace, env: WorkerSettings) -> int:
     _wait_for(env, args.hook_id, lambda hook: not hook.get("rebuilding"), "the rebuild to be closed")
     print(f"hook {args.hook_id} rebuilt from {len(replay)} event(s); existing GLPI objects were adopted, not copied")
     return 0
+
+
+REPLAYED_BY_RESET = "cwglpi.replayed_by"
+
+
+def replayable(records: list[Any]) -> tuple[list[Any], dict[str, int]]:
+    """The records a reset replays, and why the others are left out.
+
+    Left out: the product's own earlier replays (a second reset would replay them again, and the DLQ would double),
+    records that can never parse (they would only be dead-lettered again), and hook configuration: a reset rebuilds
+    mappings, it must not bring back an older configuration or undo an operator's ``hook disable``.
+    """
+    from app.events import HookConfigured, HookRemoved, InvalidEnvelopeError, parse_envelope
+
+    kept: list[Any] = []
+    skipped: dict[str, int] = {}
+
+    def skip(why: str) -> None:
+        skipped[why] = skipped.get(why, 0) + 1
+
+    for record in records:
+        if any(key == REPLAYED_BY_RESET for key, _ in record.headers or ()):
+            skip("earlier replay(s) of a reset")
+            continue
+        try:
+            parsed = parse_envelope(record.value)
+        except InvalidEnvelopeError:
+            skip("record(s) that cannot be parsed (see glpi-sync dlq list)")
+            continue
+        if isinstance(parsed, HookConfigured | HookRemoved):
+            skip("hook configuration record(s) (the current configuration stays)")
+            continue
+        kept.append(record)
+    return kept, skipped
 
 
 async def end_offsets_for(env: WorkerSettings, records: list[Any]) -> dict[int, int]:

@@ -74,7 +74,7 @@ from app.sync.commands import (
     cautious,
 )
 from app.sync.decide import decide
-from app.sync.record import record, ticket_replaced, with_intent
+from app.sync.record import record, ticket_replaced, with_intent, without_intent
 from app.sync.state import PauseKind, SyncContext, SyncView
 
 #: A decision needs at most: contact ensure, ticket, requester, check, replacement, followup (+ update, email).
@@ -144,6 +144,8 @@ class RetryPolicy:
 
 #: Called with the create and the POST's start time, before the POST; must return once the intent is durable.
 BeforePost = Callable[[Create, float], Awaitable[None]]
+#: Called with the create when GLPI definitely refused its POST (nothing can land: the intent can go).
+AfterRefusal = Callable[[Create], Awaitable[None]]
 
 
 def _criteria(lookup: Lookup) -> list[Criterion]:
@@ -169,8 +171,11 @@ class GlpiExecutor:
         self._on_retry = on_retry
         self._on_duplicate_removed = on_duplicate_removed
         self._waited = 0.0  # seconds the current attempt spent waiting for an earlier POST
+        self._after_refusal: AfterRefusal | None = None
 
-    async def run(self, cmd: Command, before_post: BeforePost | None = None) -> Outcome:
+    async def run(
+        self, cmd: Command, before_post: BeforePost | None = None, after_refusal: AfterRefusal | None = None
+    ) -> Outcome:
         """Run ``cmd``, retrying transient errors within the policy's budget; other errors propagate.
 
         Time spent waiting for an earlier POST to become impossible does not use up the budget.
@@ -178,6 +183,7 @@ class GlpiExecutor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.budget
         attempt = 0
+        self._after_refusal = after_refusal
         while True:
             attempt += 1
             self._waited = 0.0
@@ -247,7 +253,15 @@ class GlpiExecutor:
         except GlpiRetryableError as exc:
             if exc.uncertain:
                 raise CreateOutcomeUnknownError(exc, posted_at) from exc
+            await self._refused(cmd)
             raise
+        except GlpiError:
+            await self._refused(cmd)
+            raise
+
+    async def _refused(self, cmd: Create) -> None:
+        if self._after_refusal is not None:
+            await self._after_refusal(cmd)
 
     async def _create(
         self, cmd: Create, itemtype: str, fields: dict[str, object], before: BeforePost | None
@@ -419,12 +433,20 @@ async def sync_event(
         current = with_intent(current, cmd, at)
         await persist(current, True)
 
+    async def after_refusal(cmd: Create) -> None:
+        nonlocal current
+        current = without_intent(current, cmd)
+        await persist(current, False)
+
+    # The decisions see the time the event started: a ticket read during this event counts as seen (checked_at
+    # is then later than this), so one event reads its ticket at most once whatever the recheck window.
+    event_ctx = replace(ctx, now=clock())
     for _ in range(MAX_STEPS):
-        step = decide(current, event, replace(ctx, now=clock()))
+        step = decide(current, event, event_ctx)
         if isinstance(step, Finished):
             return EventResult(step, tuple(ran), current)
         try:
-            outcome = await executor_for().run(step, before_post)
+            outcome = await executor_for().run(step, before_post, after_refusal)
         except GlpiNotFoundError as exc:
             gone = _ticket_of(step)
             if gone is None or replacements >= MAX_REPLACEMENTS:
@@ -443,7 +465,9 @@ async def sync_event(
             if isinstance(step, AddRequester):
                 outcome = Applied(changed=False)  # that old ticket refuses a requester: it keeps none
             else:
-                refused = _ticket_of(step)
+                # GLPI's own refusal of a ticket (closed for this profile, another entity): continue in a new one.
+                # Anything else answering for one request only (a WAF's page) says nothing about the ticket.
+                refused = _ticket_of(step) if isinstance(exc, GlpiAuthError) else None
                 if refused is None or replacements >= MAX_REPLACEMENTS:
                     reason = f"GLPI refused this request only ({exc.code}: {exc.message}); the hook works"
                     raise EventRejected(reason[:300], exc) from None

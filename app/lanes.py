@@ -11,7 +11,9 @@ Contract (measured in ``faust-per-hook-lanes.md``):
 - on revoke and on shutdown every lane is cancelled and nothing unfinished is acked; faust re-seeks to the
   committed offset and the work is delivered again (the sync is idempotent). This needs ``stream_wait_empty=False``;
 - events fetched in an older consumer generation are dropped without ack;
-- ``max_inflight`` bounds the events held in memory; the dispatcher waits when it is reached.
+- memory is bounded per partition: when ``per_partition`` events of one partition are held (finished ones wait
+  behind a slow head for their in-order ack), fetching *that* partition pauses until its window is half empty, so
+  other partitions keep flowing; ``max_inflight`` is the global bound at which the dispatcher itself waits.
 """
 
 from __future__ import annotations
@@ -47,16 +49,27 @@ class _Lane:
 
 
 class LaneDispatcher:
-    def __init__(self, app: AppT, handler: Handler, *, max_inflight: int = 2000, idle_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: AppT,
+        handler: Handler,
+        *,
+        max_inflight: int = 2000,
+        per_partition: int = 250,
+        idle_seconds: float = 30.0,
+    ) -> None:
         self.app = app
         self.handler = handler
         self.max_inflight = max_inflight
+        self.per_partition = per_partition
         self.idle_seconds = idle_seconds
         self._windows: dict[TP, deque[_Entry]] = {}
         self._lanes: dict[bytes, _Lane] = {}
         self._inflight = 0
         self._space = asyncio.Event()
         self._space.set()
+        #: Partitions whose fetching this dispatcher paused (it never resumes one faust paused itself).
+        self._paused: set[TP] = set()
 
     # ------------------------------------------------------------------------------------------------ state
 
@@ -66,6 +79,10 @@ class LaneDispatcher:
 
     def lane_count(self) -> int:
         return len(self._lanes)
+
+    @property
+    def paused_partitions(self) -> frozenset[TP]:
+        return frozenset(self._paused)
 
     def oldest_pending(self) -> dict[TP, EventT[Any]]:
         """Per topic-partition, the oldest event not yet acknowledged (the one holding the commit back)."""
@@ -79,8 +96,14 @@ class LaneDispatcher:
             self._space.clear()
             await self._space.wait()
         entry = _Entry(event, contextvars.copy_context())
-        self._windows.setdefault(event.message.tp, deque()).append(entry)
+        tp = event.message.tp
+        window = self._windows.setdefault(tp, deque())
+        window.append(entry)
         self._inflight += 1
+        if len(window) >= self.per_partition and tp not in self._paused:
+            self._paused.add(tp)
+            self.app.consumer.pause_partitions([tp])
+            log.info("partition %s paused: %d events held behind its oldest unfinished one", tp, len(window))
         key = event.message.key if isinstance(event.message.key, bytes) else b""
         lane = self._lanes.get(key)
         if lane is None:
@@ -132,6 +155,9 @@ class LaneDispatcher:
             finished = window.popleft()
             finished.event.ack()
             self._inflight -= 1
+        if tp in self._paused and len(window or ()) <= self.per_partition // 2 and not self.app.rebalancing:
+            self._paused.discard(tp)
+            self.app.consumer.resume_partitions([tp])
         if self._inflight < self.max_inflight:
             self._space.set()
 
@@ -150,6 +176,7 @@ class LaneDispatcher:
                 await task
         self._lanes.clear()
         self._windows.clear()
+        self._paused.clear()  # faust re-seeks and resumes the partitions it assigns
         self._inflight = 0
         self._space.set()
         with contextlib.suppress(Exception):

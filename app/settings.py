@@ -37,6 +37,8 @@ class WorkerSettings(BaseSettings):
     resume_interval: float = Field(15.0, gt=0)
     session_timeout: float = Field(30.0, ge=6, le=300)
     max_inflight: int = Field(2000, ge=1)
+    #: Events of one partition held in memory before its fetching pauses (a slow head holds back its acks).
+    max_inflight_per_partition: int = Field(250, ge=2)
     create_topics: bool = True
     #: Seconds after a create's POST during which GLPI may still commit it (a timeout is not a refusal): no new
     #: POST of the same object before then. Set it above PHP's max_execution_time plus any proxy queueing.

@@ -93,7 +93,12 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         Table=DurableTable,
     )
     pipeline = Pipeline(app, settings, metrics)
-    lanes = LaneDispatcher(app, pipeline.handle, max_inflight=settings.max_inflight)
+    lanes = LaneDispatcher(
+        app,
+        pipeline.handle,
+        max_inflight=settings.max_inflight,
+        per_partition=settings.max_inflight_per_partition,
+    )
     app.pipeline = pipeline
     app.lanes = lanes
     ops = Operations(app, settings, pipeline)

@@ -99,20 +99,31 @@ class Verdict:
     duplicates: int = 0
     missing: int = 0
     wrong_status: int = 0
+    timed_out: bool = False
     details: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.duplicates == 0 and self.missing == 0 and self.wrong_status == 0
+        return self.duplicates == 0 and self.missing == 0 and self.wrong_status == 0 and not self.timed_out
+
+
+def _live_tickets(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tickets outside GLPI's trash (a late duplicate the sync removed sits in the trash)."""
+    return [t for t in state["Ticket"] if not t.get("is_deleted")]
 
 
 def verify(work: Workload, states: list[dict[str, Any]], hooks: set[int] | None = None) -> Verdict:
-    """Count what GLPI holds against what the workload must produce."""
+    """Count what GLPI holds against what the workload must produce.
+
+    A conversation whose ticket was closed (or refused) goes on in a new ticket linked to it (``Ticket_Ticket``):
+    the replaced ticket is not a duplicate, and the final status is the newest ticket's.
+    """
     verdict = Verdict()
     wanted_hooks = hooks if hooks is not None else set(work.logins)
     logins = [u["name"] for state in states for u in state["User"] if u["id"] != 2]
-    tickets = [t for state in states for t in state["Ticket"]]
+    tickets = [t for state in states for t in _live_tickets(state)]
     contents = [html.unescape(t["content"]) for t in tickets]
+    replaced = {(link["tickets_id_1"], link["tickets_id_2"]) for s in states for link in s.get("Ticket_Ticket", [])}
     markers = [
         html.unescape(f["content"]).split("[cw-msg:")[1].split("]")[0] for s in states for f in s["ITILFollowup"]
     ]
@@ -128,14 +139,19 @@ def verify(work: Workload, states: list[dict[str, Any]], hooks: set[int] | None 
         if int(marker[4:].split("/")[0]) not in wanted_hooks:
             continue
         found = [t for t, c in zip(tickets, contents, strict=True) if marker in c]
-        verdict.tickets += min(len(found), 1)
-        verdict.duplicates += max(0, len(found) - 1)
-        if not found:
+        ids = {t["id"] for t in found}
+        continued = {old for new, old in replaced if new in ids and old in ids}
+        live = [t for t in found if t["id"] not in continued]
+        verdict.tickets += min(len(live), 1)
+        verdict.duplicates += max(0, len(live) - 1)
+        if not live:
             verdict.missing += 1
             verdict.details.append(f"missing ticket {marker}")
-        elif found[0]["status"] != status:
+        elif live[-1]["status"] != status:
             verdict.wrong_status += 1
-            verdict.details.append(f"ticket {marker} status {found[0]['status']} != {status}")
+            verdict.details.append(f"ticket {marker} status {live[-1]['status']} != {status}")
+        elif len(live) > 1:
+            verdict.details.append(f"duplicate ticket {marker}: {sorted(ids)}")
     for marker in work.followups:
         if int(marker) // 1_000_000 not in wanted_hooks:
             continue
@@ -145,6 +161,8 @@ def verify(work: Workload, states: list[dict[str, Any]], hooks: set[int] | None 
         if count == 0:
             verdict.missing += 1
             verdict.details.append(f"missing followup {marker}")
+        elif count > 1:
+            verdict.details.append(f"duplicate followup {marker}")
     return verdict
 
 
@@ -172,9 +190,13 @@ def wait_complete(
 
     try:
         wait_until(done, timeout, interval=1.0, what="the whole workload in GLPI")
-    finally:
+    except AssertionError as exc:
+        # Report what is wrong rather than a bare timeout: the caller asserts on the verdict and prints details.
         verdict = verify(work, [e.state() for e in emulators], hooks)
-    return verdict
+        verdict.timed_out = True
+        verdict.details.insert(0, f"{exc}; GLPI holds {verdict.users}/{verdict.tickets}/{verdict.followups}")
+        return verdict
+    return verify(work, [e.state() for e in emulators], hooks)
 
 
 def publish_in_background(env: SyncEnv, events: list[dict[str, Any]], chunks: int, pause: float) -> threading.Thread:
@@ -415,6 +437,172 @@ def scenario_rebalance_and_broker_restart(kafka: KafkaBroker, workdir: Path, hoo
         emulator.stop()
 
 
+def scenario_late_commits(
+    kafka: KafkaBroker, workdir: Path, hooks: int = 4, conversations: int = 3, messages: int = 4, seed: int = 17
+) -> dict[str, Any]:
+    """Creates GLPI commits after the client gave up, on a topic producers made with 3 partitions (defaults).
+
+    Two shapes, on Users, Tickets and Followups: a proxy answers 504 at once while PHP commits 1-3 s later; a
+    request waits 2-4 s (a busy php-fpm pool) past the worker's 1.5 s timeout, then commits.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    env = SyncEnv(kafka, workdir, partitions=3)
+    emulator = EmulatorProcess(workdir)
+    emulator.start()
+    try:
+        work = Workload.build(hooks, conversations, messages, first_hook=401)
+        env.publish(work.hook_events(dict.fromkeys(work.logins, emulator.api_url)))
+        worker = env.worker("w1")
+        worker.env.update(GLPI_SYNC_GLPI_TIMEOUT="1.5", GLPI_SYNC_LATE_COMMIT_WINDOW="6", GLPI_SYNC_RETRY_BUDGET="20")
+        worker.start()
+        publisher = publish_in_background(env, work.events, chunks=8, pause=0.5)
+        injected = {"504 then commit": 0, "held past the timeout": 0}
+        for _ in range(12):
+            rule: dict[str, Any] = {
+                "path": rng.choice(["^User$", "^Ticket$", "^ITILFollowup$"]),
+                "method": "POST",
+                "kind": "late_commit",
+                "count": rng.randint(1, 2),
+            }
+            if rng.random() < 0.5:
+                rule.update(answer="504", seconds=rng.uniform(1, 3))
+                injected["504 then commit"] += rule["count"]
+            else:
+                rule.update(seconds=rng.uniform(2, 4))
+                injected["held past the timeout"] += rule["count"]
+            emulator.faults(rule)
+            time.sleep(0.5)
+        publisher.join()
+        verdict = wait_complete(work, [emulator], 300)
+        trashed = sum(1 for t in emulator.state()["Ticket"] if t.get("is_deleted"))
+        return {
+            "topic made by producers": "3 partitions; worker on default settings (GLPI_SYNC_PARTITIONS unset)",
+            "late commits injected": ", ".join(f"{k} ×{v}" for k, v in injected.items()),
+            "events published": len(work.events) + hooks,
+            "late duplicates removed to the trash": trashed,
+            **tally(work, verdict),
+        }
+    finally:
+        env.stop()
+        emulator.stop()
+
+
+def scenario_drain_kills(
+    kafka: KafkaBroker, workdir: Path, kills: int = 3, hooks: int = 3, seed: int = 19
+) -> dict[str, Any]:
+    """Every hook paused, its events parked; resumed; the worker killed -9 at random points of the drain."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    env = SyncEnv(kafka, workdir, partitions=2)
+    emulator = EmulatorProcess(workdir)
+    emulator.start()
+    try:
+        emulator.faults({"path": ".*", "method": "POST", "kind": "delay", "seconds": 0.03, "count": -1})
+        work = Workload.build(hooks, conversations=6, messages=6, first_hook=501)
+        env.publish(work.hook_events(dict.fromkeys(work.logins, emulator.api_url)))
+        worker = env.worker("w1")
+        worker.env.update(GLPI_SYNC_RESUME_INTERVAL="1")
+        worker.start()
+        # Commands travel on the control topic, configurations on the input topic: no order between the two.
+        wait_until(lambda: _outcome_count(worker, "hook_configured") >= hooks, 60, what="configurations")
+        for hook in work.logins:
+            env.command("hook_pause", hook, reason="chaos")
+        wait_until(lambda: _outcome_count(worker, "hook_pause", "synced") >= hooks, 60, what="pauses")
+        env.publish(work.events)
+        wait_until(
+            lambda: sum(o["outcome"] == "parked" for o in worker.outcomes()) >= len(work.events), 120, what="parked"
+        )
+        for hook in work.logins:
+            env.command("hook_resume", hook)
+        points = 0
+        for _ in range(kills):
+            before = len(emulator.state()["ITILFollowup"])
+            try:
+                wait_until(lambda b=before: len(emulator.state()["ITILFollowup"]) > b + 3, 60, interval=0.1)
+            except AssertionError:
+                break  # drained already
+            time.sleep(rng.uniform(0, 0.8))
+            worker.kill()
+            points += 1
+            worker.start()
+        verdict = wait_complete(work, [emulator], 240)
+        return {
+            "events parked, then drained": len(work.events),
+            "kill -9 during the drain": points,
+            **tally(work, verdict),
+        }
+    finally:
+        env.stop()
+        emulator.stop()
+
+
+def scenario_closed_tickets_and_big_messages(kafka: KafkaBroker, workdir: Path, hooks: int = 3) -> dict[str, Any]:
+    """A Technician-like profile; tickets closed by technicians mid-conversation; 950 kB messages; a paused hook.
+
+    Conversations whose ticket was closed go on in a new ticket linked to it; the big messages are synced (and
+    parked in pieces on the paused hook); nothing is paused for one ticket's problem.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = SyncEnv(kafka, workdir, partitions=2)
+    emulator = EmulatorProcess(workdir)
+    emulator.start()
+    try:
+        emulator.config(profile="restricted")
+        work = Workload.build(hooks, conversations=4, messages=4, first_hook=601)
+        env.publish(work.hook_events(dict.fromkeys(work.logins, emulator.api_url)))
+        worker = env.worker("w1")
+        worker.start()
+        # Phase 1: each conversation opens, with its first message.
+        first = [e for e in work.events if e["event"] == "conversation_created" or _message_number(e) == 1]
+        rest = [e for e in work.events if e not in first]
+        env.publish(first)
+        wait_until(lambda: len(_live_tickets(emulator.state())) == hooks * 4, 120, what="phase 1 tickets")
+        # Technicians close half of the tickets; an operator pauses one hook.
+        closed = 0
+        for ticket in _live_tickets(emulator.state()):
+            conversation = int(html.unescape(ticket["content"]).split("[cw:")[1].split("/")[1].split("]")[0])
+            if conversation % 2 == 1:
+                emulator.set_status(ticket["id"], 6)
+                closed += 1
+        paused_hook = min(work.logins)
+        env.command("hook_pause", paused_hook, reason="chaos")
+        # Phase 2: the rest, with a 950 kB message in two conversations of every hook.
+        big = 0
+        for event in rest:
+            if _message_number(event) == 2 and event["payload"]["conversation"]["id"] in (1, 2):
+                event["payload"]["content"] = "<>" * 475_000
+                big += 1
+        env.publish(rest)
+        time.sleep(3)
+        env.command("hook_resume", paused_hook)
+        verdict = wait_complete(work, [emulator], 300)
+        links = len(emulator.state()["Ticket_Ticket"])
+        return {
+            "profile": "Technician-like: refuses followups on Closed tickets",
+            "tickets closed mid-conversation": closed,
+            "linked tickets that continued them": links,
+            "950 kB messages": big,
+            "hook paused during phase 2": paused_hook,
+            "events parked on the paused hook": sum(1 for o in worker.outcomes() if o["outcome"] == "parked"),
+            **tally(work, verdict),
+            "_links": links,
+            "_closed": closed,
+        }
+    finally:
+        env.stop()
+        emulator.stop()
+
+
+def _outcome_count(worker: Any, event: str, outcome: str | None = None) -> int:
+    return sum(1 for o in worker.outcomes() if o["event"] == event and (outcome is None or o["outcome"] == outcome))
+
+
+def _message_number(event: dict[str, Any]) -> int:
+    """The n of a workload message (its id ends in n); 0 for other events."""
+    return int(event["payload"]["id"]) % 1000 if event["event"] == "message_created" else 0
+
+
 def _p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -450,6 +638,15 @@ def main() -> int:
             ),
             ("one hook's GLPI down", lambda: scenario_dead_hook(kafka, workdir / "dead", args.outage)),
             ("rebalance and broker restart", lambda: scenario_rebalance_and_broker_restart(kafka, workdir / "rebal")),
+            (
+                "creates GLPI commits after the client gave up (pre-existing 3-partition topic)",
+                lambda: scenario_late_commits(kafka, workdir / "late", hooks=8, conversations=4, messages=6),
+            ),
+            ("kill -9 during drains", lambda: scenario_drain_kills(kafka, workdir / "drain", kills=8)),
+            (
+                "closed tickets, a restricted profile, 950 kB messages",
+                lambda: scenario_closed_tickets_and_big_messages(kafka, workdir / "closed"),
+            ),
         ]
         for title, run in runs:
             figures = run()

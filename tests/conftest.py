@@ -123,6 +123,13 @@ class SyncEnv:
 
         asyncio.run(publish(self.kafka.bootstrap, self.topic, envelopes, batch_size=2))
 
+    def command(self, event: str, hook_id: int, **payload: Any) -> None:
+        """What ``glpi-sync hook pause|resume|...`` publishes: a command on the control topic, keyed by hook."""
+        from app.kafka_io import publish
+
+        body = {"event": event, "hook_id": hook_id, "payload": {"requested_by": "test", **payload}}
+        asyncio.run(publish(self.kafka.bootstrap, self.control, [body]))
+
     def publish_raw(self, records: list[tuple[bytes | None, bytes]]) -> None:
         from aiokafka import AIOKafkaProducer
 

@@ -384,8 +384,10 @@ class Emulator:
         if requesters is not None:
             ids = requesters if isinstance(requesters, list) else [requesters]
             alt = notif.get("alternative_email", "") if isinstance(notif, dict) else ""
+            notify = notif.get("use_notification", 1) if isinstance(notif, dict) else 1
             for index, uid in enumerate(ids):
                 alt_email = alt[index] if isinstance(alt, list) else (alt if index == 0 else "")
+                use = notify[index] if isinstance(notify, list) else notify
                 with contextlib.suppress(ApiError):  # unknown requester: ticket still created, no actor row
                     self._add_ticket_user(
                         {
@@ -393,7 +395,7 @@ class Emulator:
                             "users_id": uid,
                             "type": 1,
                             "alternative_email": alt_email or "",
-                            "use_notification": 1,
+                            "use_notification": int(use),
                         },
                         session,
                     )
@@ -816,6 +818,11 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
             emu.visible_entities.add(entity_id)
         return _json({"ok": True})
 
+    async def set_status(request: web.Request) -> web.Response:
+        data = await request.json()
+        emu.items["Ticket"][int(data["ticket"])]["status"] = int(data["status"])
+        return _json({"ok": True})
+
     async def move_ticket(request: web.Request) -> web.Response:
         data = await request.json()
         emu.items["Ticket"][int(data["ticket"])]["entities_id"] = int(data["entity"])
@@ -839,6 +846,7 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
     app.router.add_post("/_emulator/expire_sessions", expire)
     app.router.add_post("/_emulator/entity", add_entity)
     app.router.add_post("/_emulator/move_ticket", move_ticket)
+    app.router.add_post("/_emulator/set_status", set_status)
     app.router.add_post("/_emulator/reset", reset)
     for prefix in ("/apirest.php", "/api", "/api.php/v1"):
         app.router.add_route("*", prefix + "/{path:.*}", api)

@@ -261,6 +261,10 @@ class EmulatorProcess:
     def requests(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "requests"))
 
+    def set_status(self, ticket_id: int, status: int) -> None:
+        """What a technician does in GLPI: set a ticket's status (6 closes it)."""
+        self._call("POST", "set_status", {"ticket": ticket_id, "status": status})
+
     def faults(self, *rules: dict[str, Any], clear: bool = False) -> None:
         self._call("POST", "faults", {"rules": list(rules), "clear": clear})
 

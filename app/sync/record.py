@@ -77,6 +77,19 @@ def with_intent(view: SyncView, cmd: Command, attempt_at: float = 0.0) -> SyncVi
             return view
 
 
+def without_intent(view: SyncView, cmd: Command) -> SyncView:
+    """The view with ``cmd``'s intent cleared: GLPI definitely refused the POST, so nothing of it can land."""
+    match cmd:
+        case EnsureUser() | EnsureContact() if view.contact is not None:
+            return view.model_copy(update={"contact": view.contact.model_copy(update={"pending": None})})
+        case CreateTicket() if view.conversation is not None:
+            return view.model_copy(update={"conversation": view.conversation.model_copy(update={"pending": None})})
+        case CreateFollowup() if view.message is not None:
+            return view.model_copy(update={"message": view.message.model_copy(update={"pending": None})})
+        case _:
+            return view
+
+
 def ticket_replaced(view: SyncView, ticket_id: int, because: ReplacedBecause) -> SyncView:
     """The view after the conversation's ticket became unusable: deleted, closed, or refused to us.
 

@@ -180,7 +180,7 @@ class SyncContext:
     chatwoot_base_url: str | None = None
     allow_http: bool = False
     required_feature: str = "crm_integration"
-    #: Unix time at which the event is being decided.
+    #: Unix time at which the event started being decided (the same for all of its steps).
     now: float = 0.0
     #: Seconds after a create's POST during which GLPI may still commit it (a timeout is not a refusal).
     late_commit_window: float = 120.0

@@ -9,9 +9,12 @@ import pytest
 from tests.chaos import (
     printable,
     report,
+    scenario_closed_tickets_and_big_messages,
     scenario_dead_hook,
+    scenario_drain_kills,
     scenario_glpi_faults,
     scenario_kill9,
+    scenario_late_commits,
     scenario_rebalance_and_broker_restart,
 )
 from tests.harness import KafkaBroker
@@ -27,6 +30,7 @@ def _check(title: str, figures: dict, capsys: pytest.CaptureFixture[str]) -> Non
     assert verdict.duplicates == 0, verdict.details
     assert verdict.missing == 0, verdict.details
     assert verdict.wrong_status == 0, verdict.details
+    assert not verdict.timed_out, verdict.details
 
 
 def test_kill9_at_ten_random_points(kafka: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -48,3 +52,23 @@ def test_one_dead_hook(kafka: KafkaBroker, tmp_path: Path, capsys: pytest.Captur
 
 def test_rebalance_and_broker_restart(kafka: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _check("rebalance and broker restart", scenario_rebalance_and_broker_restart(kafka, tmp_path / "rebal"), capsys)
+
+
+def test_creates_glpi_commits_after_the_client_gave_up(
+    kafka: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _check("late commits on a pre-existing 3-partition topic (short)", scenario_late_commits(kafka, tmp_path), capsys)
+
+
+def test_kill9_during_drains(kafka: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    figures = scenario_drain_kills(kafka, tmp_path)
+    assert figures["kill -9 during the drain"] >= 1
+    _check("kill -9 during drains (short)", figures, capsys)
+
+
+def test_closed_tickets_restricted_profile_and_big_messages(
+    kafka: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    figures = scenario_closed_tickets_and_big_messages(kafka, tmp_path)
+    assert figures["_closed"] > 0 and figures["_links"] == figures["_closed"]
+    _check("closed tickets, restricted profile, 950 kB messages (short)", figures, capsys)

@@ -94,8 +94,8 @@ def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator:
     assert "[cw:7/57]" in content
     assert (ticket["type"], ticket["entities_id"], ticket["status"], ticket["urgency"]) == (1, 0, 5, 3)
     assert ticket["date"] == "2025-11-03 14:01:42"
-    assert [(a["tickets_id"], a["users_id"], a["type"]) for a in state["Ticket_User"]] == [
-        (ticket["id"], user["id"], 1)
+    assert [(a["tickets_id"], a["users_id"], a["type"], a["use_notification"]) for a in state["Ticket_User"]] == [
+        (ticket["id"], user["id"], 1, 0)  # no notification: GLPI would mail Marta a copy of her own chat
     ]
 
     followups = sorted(state["ITILFollowup"], key=lambda f: f["id"])

@@ -289,3 +289,26 @@ def test_metrics_expose_lag_pauses_and_per_hook_freshness(sync_env: SyncEnv, emu
         "cwglpi_commit_stalled_seconds",
     ):
         assert name in metrics, name
+
+
+def test_resets_keep_operator_decisions_and_never_replay_replays(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
+    worker = sync_env.worker()
+    worker.start()
+    sync_env.publish([hook_envelope(emulator.api_url), *story()])
+    sync_env.publish_raw([(b"7", b"not json at all"), (b"7", b'{"event": "message_created"}')])
+    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 2, 60, what="story synced")
+    wait_until(lambda: len(cli_json(sync_env, worker, "dlq", "list", "--json")) == 2, 30, what="2 parse failures")
+    for run in range(3):
+        result = cli(sync_env, worker, "reset", "hook", "--hook-id", "7", "--since", "2020-01-01T00:00:00Z")
+        assert "not replayed: 2 record(s) that cannot be parsed" in result.stdout
+        assert "not replayed: 1 hook configuration record(s)" in result.stdout
+        if run:
+            assert f"not replayed: {7 * run} earlier replay(s) of a reset" in result.stdout
+        assert len(cli_json(sync_env, worker, "dlq", "list", "--json")) == 2  # not 4, not 8
+    state = emulator.state()
+    assert len(state["Ticket"]) == 1 and len(state["ITILFollowup"]) == 2
+    # An operator's decision survives a reset: the replay never re-enables a disabled hook.
+    cli(sync_env, worker, "hook", "disable", "--hook-id", "7")
+    wait_outcome(sync_env, lambda o: o["event"] == "hook_disable", "disable")
+    cli(sync_env, worker, "reset", "hook", "--hook-id", "7", "--since", "2020-01-01T00:00:00Z")
+    assert cli_json(sync_env, worker, "inspect", "hook", "--hook-id", "7")["status"] == "disabled"

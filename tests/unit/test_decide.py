@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from app.events import HookSettings, KnownEvent, parse_envelope
 from app.sync.commands import (
+    AddRequester,
     Applied,
+    CheckTicket,
     Command,
     CreateFollowup,
     CreateTicket,
@@ -17,6 +20,7 @@ from app.sync.commands import (
     EnsureUserEmail,
     Finished,
     Resolved,
+    TicketState,
     UpdateItem,
 )
 from app.sync.decide import apply_hook_event, decide, validate_hook_settings
@@ -75,17 +79,19 @@ TICKET = ConversationRecord(
 )
 
 
-def run(view: SyncView, ev: KnownEvent, results: list[Any]) -> tuple[list[Command], Finished, SyncView]:
+def run(
+    view: SyncView, ev: KnownEvent, results: list[Any], ctx: SyncContext = CTX
+) -> tuple[list[Command], Finished, SyncView]:
     """Drive decide/record like the shell does, feeding ``results`` as GLPI outcomes."""
     commands: list[Command] = []
     outcomes = iter(results)
     for _ in range(12):
-        step = decide(view, ev, CTX)
+        step = decide(view, ev, ctx)
         if isinstance(step, Finished):
             return commands, step, view
         commands.append(step)
-        view = with_intent(view, step)
-        view = record(view, step, next(outcomes))
+        view = with_intent(view, step, ctx.now)
+        view = record(view, step, next(outcomes), ctx.now)
     raise AssertionError("did not finish")
 
 
@@ -443,3 +449,103 @@ def test_refused_hook_configuration_keeps_the_previous_one() -> None:
     updated, problems = apply_hook_event(current, bad, SyncContext(allow_http=False))  # type: ignore[arg-type]
     assert updated is current
     assert problems
+
+
+# ------------------------------------------------------------------------------------- identified after the ticket
+
+
+def test_a_visitor_identified_after_its_ticket_becomes_its_requester_once() -> None:
+    """An anonymous widget visitor gets a ticket without requester; once identified, the user becomes it."""
+    anonymous = load_example("conversation_created")
+    anonymous["meta"]["sender"].update(name="quiet-river-512", email=None, phone_number=None)
+    import orjson
+
+    conv_event = parse_envelope(orjson.dumps(envelope("conversation_created", anonymous)))
+    commands, _, view = run(SyncView(hook=hook()), conv_event, [Resolved(1234)])
+    (ticket,) = commands
+    assert isinstance(ticket, CreateTicket)
+    assert "_users_id_requester" not in ticket.input
+    assert view.contact is not None and view.contact.tickets_without_requester == (1234,)
+    # The pre-chat form identifies her: the user is found or created, then made the ticket's requester.
+    commands, _, view = run(view, event("contact_updated"), [Resolved(42), Applied()])
+    assert [type(c) for c in commands] == [EnsureUser, AddRequester]
+    requester = commands[1]
+    assert isinstance(requester, AddRequester)
+    assert (requester.ticket_id, requester.user_id, requester.email, requester.notify) == (1234, 42, None, False)
+    assert view.contact is not None and view.contact.tickets_without_requester == ()
+    assert run(view, event("contact_updated"), [])[0] == []  # replayed: nothing more to do
+
+
+def test_contact_mode_gives_an_email_only_requester_once_the_email_is_known() -> None:
+    known = ContactRecord(account_id=7, contact_id=318, tickets_without_requester=(1234, 1240))
+    view = SyncView(hook=hook(sync_type="contact"), contact=known)
+    commands, _, view = run(view, event("contact_updated"), [Resolved(5), Applied(), Applied(changed=False)])
+    assert [type(c) for c in commands] == [EnsureContact, AddRequester, AddRequester]
+    assert [(c.ticket_id, c.user_id, c.email) for c in commands[1:]] == [  # type: ignore[union-attr]
+        (1234, None, "marta.silva@example.org"),
+        (1240, None, "marta.silva@example.org"),
+    ]
+
+
+# ------------------------------------------------------------------------------------- closed or refused tickets
+
+
+def test_a_ticket_quiet_for_a_while_is_read_before_the_next_followup() -> None:
+    ctx = replace(CTX, now=10_000.0, ticket_recheck_seconds=600)
+    fresh = SyncView(hook=hook(), contact=MARTA, conversation=TICKET.model_copy(update={"ticket_checked_at": 9_900}))
+    step = decide(fresh, event("message_created"), ctx)
+    assert isinstance(step, CreateFollowup)  # an active conversation is not re-read
+    quiet = fresh.model_copy(update={"conversation": TICKET.model_copy(update={"ticket_checked_at": 9_000})})
+    assert decide(quiet, event("message_created"), ctx) == CheckTicket(1234)
+
+
+def test_a_closed_ticket_is_continued_in_a_new_linked_ticket() -> None:
+    ctx = replace(CTX, now=10_000.0)
+    quiet = SyncView(hook=hook(), contact=MARTA, conversation=TICKET.model_copy(update={"ticket_checked_at": 1.0}))
+    commands, finished, view = run(quiet, event("message_created"), [TicketState(6), Resolved(1300)], ctx)
+    check, new_ticket = commands
+    assert check == CheckTicket(1234)
+    assert isinstance(new_ticket, CreateTicket)
+    assert new_ticket.input["_link"] == {"tickets_id_1": 0, "link": 1, "tickets_id_2": 1234}
+    assert "went on after GLPI ticket #1234 was closed" in new_ticket.input["content"]
+    # The message that continued the conversation opens the new ticket (its description, not a followup).
+    assert new_ticket.input["content"].startswith("<p>Screenshot of the error attached</p>")
+    assert finished.reason == "message is the ticket's description"
+    assert view.conversation is not None
+    assert (view.conversation.ticket_id, view.conversation.replaced_ticket_ids) == (1300, (1234,))
+
+
+def test_an_open_ticket_read_again_is_written_to_as_before() -> None:
+    ctx = replace(CTX, now=10_000.0)
+    quiet = SyncView(hook=hook(), contact=MARTA, conversation=TICKET.model_copy(update={"ticket_checked_at": 1.0}))
+    commands, _, view = run(quiet, event("message_created"), [TicketState(2), Resolved(77)], ctx)
+    assert [type(c) for c in commands] == [CheckTicket, CreateFollowup]
+    assert view.conversation is not None and view.conversation.ticket_checked_at == 10_000.0
+
+
+def test_a_trashed_ticket_is_replaced_without_a_link() -> None:
+    ctx = replace(CTX, now=10_000.0)
+    quiet = SyncView(hook=hook(), contact=MARTA, conversation=TICKET.model_copy(update={"ticket_checked_at": 1.0}))
+    commands, _, _ = run(
+        quiet, event("message_created"), [TicketState(2, deleted=True), Resolved(1300), Resolved(7)], ctx
+    )
+    new_ticket = commands[1]
+    assert isinstance(new_ticket, CreateTicket)
+    assert "_link" not in new_ticket.input
+    assert "replaces GLPI ticket #1234, which was deleted" in new_ticket.input["content"]
+
+
+# ------------------------------------------------------------------------------------- creates that land late
+
+
+def test_an_intent_bounds_the_next_post_by_the_late_commit_window() -> None:
+    pending = MessageRecord(
+        account_id=7,
+        message_id=4412,
+        conversation_id=57,
+        pending=Intent(op="create_followup", marker="[cw-msg:4412]", attempt_at=500.0),
+    )
+    view = SyncView(hook=hook(), contact=MARTA, conversation=TICKET, message=pending)
+    step = decide(view, event("message_created"), replace(CTX, late_commit_window=120))
+    assert isinstance(step, CreateFollowup)
+    assert step.lookup_first and step.not_before == 620.0

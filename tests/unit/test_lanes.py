@@ -37,9 +37,31 @@ class FakeProducer:
         return None
 
 
+class FakeConsumer:
+    """Records which partitions the dispatcher paused and resumed (faust's fetcher honours the same calls)."""
+
+    def __init__(self) -> None:
+        self.paused: set[TP] = set()
+        self.calls: list[tuple[str, TP]] = []
+
+    def pause_partitions(self, tps: Any) -> None:
+        for tp in tps:
+            self.paused.add(tp)
+            self.calls.append(("pause", tp))
+
+    def resume_partitions(self, tps: Any) -> None:
+        for tp in tps:
+            self.paused.discard(tp)
+            self.calls.append(("resume", tp))
+
+
 class FakeApp:
     consumer_generation_id = 1
     producer = FakeProducer()
+    rebalancing = False
+
+    def __init__(self) -> None:
+        self.consumer = FakeConsumer()
 
 
 def events(keys: str, acks: list[int]) -> list[Any]:
@@ -128,4 +150,36 @@ async def test_the_inflight_cap_makes_the_dispatcher_wait() -> None:
     await asyncio.wait_for(third, 1)
     await asyncio.sleep(0.05)
     assert acks == [0, 1, 2]
+    await lanes.stop()
+
+
+async def test_a_slow_head_pauses_only_its_own_partition() -> None:
+    """Finished events wait behind a slow head for their in-order ack: that partition stops fetching at the cap,
+    the other partitions keep flowing, and it resumes once the head is done."""
+    tp1 = TP("events", 1)
+    acks: list[int] = []
+    other: list[int] = []
+    slow = asyncio.Event()
+
+    async def handler(event: Any) -> None:
+        if event.message.key == b"S":
+            await slow.wait()
+        if event.message.tp == tp1:
+            other.append(event.message.offset)
+
+    app = FakeApp()
+    lanes = LaneDispatcher(app, handler, max_inflight=1000, per_partition=4)  # type: ignore[arg-type]
+    for event in events("SBBBB", acks):  # partition 0: a slow head, then four quick events of another hook
+        await lanes.dispatch(event)
+    assert app.consumer.paused == {TP0}  # the cap of 4 was reached on partition 0 only
+    for offset in range(10):
+        await lanes.dispatch(FakeEvent(FakeMessage(b"C", offset, tp=tp1), acked=[]))
+    await asyncio.sleep(0.05)
+    assert other == list(range(10))  # partition 1 flowed meanwhile
+    assert acks == []  # nothing of partition 0 is acknowledged past its unfinished head
+    slow.set()
+    await asyncio.sleep(0.05)
+    assert acks == [0, 1, 2, 3, 4]
+    assert app.consumer.paused == set()
+    assert [call for call in app.consumer.calls if call[1] == TP0] == [("pause", TP0), ("resume", TP0)]
     await lanes.stop()
