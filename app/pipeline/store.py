@@ -140,7 +140,7 @@ class CautiousPartitions:
                 log.warning("ignoring unreadable %s", self.path)
 
     def mark(self, partition: int, now: float | None = None) -> None:
-        self._until[partition] = (now or time.time()) + CAUTIOUS_SECONDS
+        self._until[partition] = (time.time() if now is None else now) + CAUTIOUS_SECONDS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_bytes(orjson.dumps({str(k): v for k, v in self._until.items()}))
 

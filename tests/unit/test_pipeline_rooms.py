@@ -1,0 +1,129 @@
+"""The pipeline's rooms on their own: parking queue, dead-letter writer, table guards, rebuilt partitions.
+
+Tables are replaced by a dict with the two write calls the rooms use (a fake for pure unit tests); the real tables
+run in the end-to-end suite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.errors import MessageSizeTooLargeError
+from prometheus_client import CollectorRegistry
+
+from app.metrics import Metrics
+from app.pipeline.dead_letters import FALLBACK_DLQ_VALUE, MAX_DLQ_VALUE, DeadLetters
+from app.pipeline.parking import CHUNK_BYTES, ParkingQueue
+from app.pipeline.source import SourceRecord
+from app.pipeline.store import MAX_TABLE_VALUE_BYTES, CautiousPartitions, DurableTable, TableValueTooLargeError
+from app.sync.state import AnyHook, UnconfiguredHook
+
+
+class FakeTable(dict[str, Any]):
+    async def put_durable(self, key: str, value: Any) -> None:
+        DurableTable._check_size(key, value)
+        self[key] = value
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.parked = FakeTable()
+        self.saved: list[AnyHook] = []
+
+    async def save_slot(self, slot: AnyHook, *, durable: bool = True) -> None:
+        self.saved.append(slot)
+
+
+def record(value: bytes | None, offset: int = 5) -> SourceRecord:
+    return SourceRecord("events", 2, offset, 1.5, b"7", value, (("cwglpi.replayed_from", b"dlq:0:3"),))
+
+
+async def test_parked_records_come_back_byte_for_byte_in_order() -> None:
+    store = FakeStore()
+    queue = ParkingQueue(store)  # type: ignore[arg-type]
+    slot: AnyHook = UnconfiguredHook(hook_id=7)
+    small, big = b'{"event": "x"}', bytes(range(256)) * 3900  # ~1 MB of every byte value
+    slot = await queue.append(slot, record(small, 5))
+    slot = await queue.append(slot, record(big, 6))
+    assert slot.parked == 2 and store.saved[-1] == slot
+    head = queue.head(slot)
+    assert head is not None and head.value == small and head.parked_seq == 0
+    assert head.headers == (("cwglpi.replayed_from", b"dlq:0:3"),) and head.key == b"7"
+    slot = await queue.pop_head(slot)
+    head = queue.head(slot)
+    assert head is not None and head.value == big and head.offset == 6
+    # The big record was stored in pieces, each far below one Kafka record.
+    pieces = [k for k in store.parked if k.count(":") == 2]
+    assert len(pieces) == -(-len(big) // CHUNK_BYTES)
+    assert max(len(orjson.dumps(v)) for v in store.parked.values()) < 500_000
+    slot = await queue.pop_head(slot)
+    assert slot.parked == 0 and store.parked == {}  # pieces removed with their entry
+
+
+async def test_a_missing_entry_reads_as_none_so_the_drain_skips_it() -> None:
+    store = FakeStore()
+    queue = ParkingQueue(store)  # type: ignore[arg-type]
+    slot = await queue.append(UnconfiguredHook(hook_id=7), record(b"x" * (CHUNK_BYTES + 1)))
+    store.parked.pop("7:000000000000:1")  # a piece lost: the record is not half-read
+    assert queue.head(slot) is None
+
+
+class FakeTopic:
+    def __init__(self, refuse_above: int | None = None) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.refuse_above = refuse_above
+
+    async def send(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
+        if self.refuse_above is not None and len(value) > self.refuse_above:
+            raise MessageSizeTooLargeError
+        self.sent.append({"key": key, "value": value, "headers": dict(headers)})
+
+        async def acknowledged() -> None:
+            return None
+
+        return acknowledged()
+
+
+async def test_dead_letters_carry_their_origin_and_reason() -> None:
+    topic = FakeTopic()
+    writer = DeadLetters(topic, "cwglpi", Metrics(CollectorRegistry()))
+    await writer.send(record(b"{}"), "gate", "SetAside", "hook 7 is disabled", "ERROR_X", 400)
+    (sent,) = topic.sent
+    assert sent["value"] == b"{}" and sent["key"] == b"7"
+    headers = {k: v.decode() for k, v in sent["headers"].items()}
+    assert headers["__connect.errors.topic"] == "events"
+    assert headers["__connect.errors.partition"] == "2"
+    assert headers["__connect.errors.offset"] == "5"
+    assert headers["__connect.errors.stage"] == "gate"
+    assert headers["__connect.errors.exception.message"] == "hook 7 is disabled"
+    assert (headers["cwglpi.glpi.code"], headers["cwglpi.glpi.status"]) == ("ERROR_X", "400")
+
+
+@pytest.mark.parametrize(("refuse_above", "kept"), [(None, MAX_DLQ_VALUE), (100_000, FALLBACK_DLQ_VALUE)])
+async def test_a_value_too_big_for_the_dlq_is_cut_with_its_size(refuse_above: int | None, kept: int) -> None:
+    topic = FakeTopic(refuse_above)
+    writer = DeadLetters(topic, "cwglpi", Metrics(CollectorRegistry()))
+    huge = b"a" * 1_100_000
+    await writer.send(record(huge), "parse", "InvalidEnvelopeError", "too big")
+    (sent,) = topic.sent
+    assert len(sent["value"]) == kept
+    assert sent["headers"]["cwglpi.value.truncated"] == str(len(huge)).encode()
+    assert len(sent["headers"]["cwglpi.value.sha256"]) == 64
+
+
+def test_a_table_value_too_big_for_its_changelog_is_refused_before_faust_sees_it() -> None:
+    DurableTable._check_size("ok", {"content": "x" * 1000})
+    with pytest.raises(TableValueTooLargeError, match="over"):
+        DurableTable._check_size("big", {"content": "x" * MAX_TABLE_VALUE_BYTES})
+
+
+def test_rebuilt_partitions_stay_cautious_across_restarts(tmp_path: Path) -> None:
+    marks = CautiousPartitions(tmp_path)
+    assert 3 not in marks
+    marks.mark(3)
+    assert 3 in CautiousPartitions(tmp_path)  # read back from the data directory by the next worker
+    CautiousPartitions(tmp_path).mark(1, now=0.0)  # marked long ago: expired
+    assert 1 not in CautiousPartitions(tmp_path) and 3 in CautiousPartitions(tmp_path)
