@@ -1,7 +1,15 @@
-"""``glpi-sync``: the command-line entry point (worker, publish, hook set).
+"""``glpi-sync``: the command line (worker, hooks, DLQ, inspection, doctor, the demo).
 
 Every command reads the same environment as the worker (``KAFKA_BOOTSTRAP_SERVERS``, ``GLPI_SYNC_TOPIC``, ...).
-Errors are printed as one clear line and exit with status 2 (bad input) or 1 (runtime failure).
+A mistake is one line on stderr and an exit status, never a traceback:
+
+| status | meaning |
+|---|---|
+| 0 | done |
+| 1 | the command ran and found problems (a red doctor line, a failed check, a timeout waiting) |
+| 2 | invalid input: arguments, environment values, hook settings |
+| 3 | a service cannot be reached or is not ready: Kafka, its topics, a worker, GLPI |
+| 4 | GLPI refused: credentials, rights, entity, category |
 """
 
 from __future__ import annotations
@@ -9,10 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import sys
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +32,36 @@ import orjson
 from pydantic import ValidationError
 
 from app.events import HookSettings
-from app.glpi import GlpiClient, GlpiError
-from app.kafka_io import publish
-from app.settings import WorkerSettings
+from app.kafka_io import BrokerUnreachableError, KafkaConnection, TopicMissingError, publish, require_topic
+from app.settings import SettingsError, ToolSettings, load
 from app.sync.decide import validate_hook_settings
+
+EXIT_PROBLEMS, EXIT_INPUT, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4
 
 
 class CliError(Exception):
-    """A user mistake: printed without a traceback, exit status 2."""
+    """A mistake or a failure, printed as one line (or a few), with the exit status it means."""
+
+    def __init__(self, message: str, status: int = EXIT_INPUT) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def product_version() -> str:
+    try:
+        return version("chatwoot-glpi-sync")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without an install
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------------ input files
 
 
 def _load_records(path: str) -> list[Any]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror or exc}") from None
     stripped = text.strip()
     if not stripped:
         return []
@@ -70,94 +99,240 @@ def to_envelopes(records: list[Any], hook_id: int | None, account_id: int | None
     return envelopes
 
 
-def _token_ref(inline: str | None, env: str | None, file: str | None, name: str) -> Any:
-    given = [v for v in (inline, env, file) if v]
+# ------------------------------------------------------------------------------------------------ Kafka
+
+
+def kafka(env: ToolSettings) -> KafkaConnection:
+    try:
+        return KafkaConnection.from_settings(env)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"Kafka security settings cannot be used: {exc}") from None
+
+
+def run(coro: Any) -> Any:
+    """Run one async step of a command, turning Kafka failures into one line and an exit status."""
+    try:
+        return asyncio.run(coro)
+    except BrokerUnreachableError as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from None
+    except TopicMissingError as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from None
+
+
+def publish_to(env: ToolSettings, topic: str, what: str, envelopes: list[dict[str, Any]], batch: int = 1) -> int:
+    conn = kafka(env)
+
+    async def go() -> int:
+        await require_topic(conn, topic, what)
+        return await publish(conn, topic, envelopes, batch_size=batch)
+
+    return int(run(go()))
+
+
+def send_command(env: ToolSettings, event: str, hook_id: int, **payload: Any) -> str:
+    """Publish a control command keyed by hook id (its hook's partition); returns its event id."""
+    payload.setdefault("requested_by", getpass.getuser())
+    event_id = uuid.uuid4().hex
+    command = {
+        "event": event,
+        "hook_id": hook_id,
+        "event_id": event_id,
+        "payload": {k: v for k, v in payload.items() if v is not None},
+    }
+    publish_to(env, env.control_topic, "control", [command])
+    return event_id
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+
+def _admin_headers(env: ToolSettings) -> dict[str, str]:
+    try:
+        token = env.admin_secret()
+    except OSError as exc:
+        raise CliError(f"GLPI_SYNC_ADMIN_TOKEN_FILE cannot be read: {exc.strerror or exc}") from None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def worker_get(env: ToolSettings, path: str, url: str | None = None) -> tuple[int, Any]:
+    """GET a worker endpoint (any worker: it forwards to the one that owns the hook)."""
+    target = f"{(url or env.worker_url).rstrip('/')}{path}"
+    headers = _admin_headers(env)
+
+    async def go() -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as http:
+            for _attempt in range(15):  # 503 while the group rebalances or recovers: retry for a little while
+                async with http.get(target, headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as resp:
+                    status, body = resp.status, await resp.json(content_type=None)
+                if status != 503:
+                    break
+                await asyncio.sleep(2)
+            return status, body
+
+    try:
+        status, body = asyncio.run(go())
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise CliError(
+            f"no worker answered at {url or env.worker_url} ({reason}): set GLPI_SYNC_WORKER_URL to a worker's "
+            "HTTP port (kubectl port-forward pod/chatwoot-glpi-sync-0 6066)",
+            EXIT_UNREACHABLE,
+        ) from None
+    if status in (401, 403):
+        raise CliError(str(body.get("error", body) if isinstance(body, dict) else body))
+    return status, body
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _print_json(data: Any) -> None:
+    print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+MARK = {"ok": "✔", "fail": "✘", "skip": "–", "warn": "!"}
+
+
+def render_checks(checks: list[dict[str, Any]], prefix: str = "") -> int:
+    """Print check lines; returns how many failed."""
+    failed = 0
+    for check in checks:
+        status = check.get("status") or ("ok" if check["ok"] else "fail")
+        fix = f"\n      fix: {check['fix']}" if check.get("fix") and status == "fail" else ""
+        print(f"{MARK[status]} {prefix}{check['check']}: {check['detail']}{fix}")
+        failed += status == "fail"
+    return failed
+
+
+def wait_for_result(env: ToolSettings, hook_id: int, event_id: str, timeout: float) -> dict[str, Any]:
+    """Poll the owning worker until it applied command ``event_id``; its outcome and reason."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = worker_get(env, f"/state/hook/{hook_id}/command/{event_id}")
+        if status == 200 and isinstance(body, dict) and body.get("applied"):
+            return body
+        time.sleep(0.5)
+    raise CliError(
+        f"the worker did not confirm within {timeout:.0f} s (it may be catching up): "
+        f"check with glpi-sync inspect hook --hook-id {hook_id}",
+        EXIT_PROBLEMS,
+    )
+
+
+def _report(env: ToolSettings, args: argparse.Namespace, hook_id: int, event_id: str, sent: str) -> int:
+    """After publishing a command: print "sent", or wait for the worker's result (``--wait``)."""
+    if not args.wait:
+        print(f"{sent} (not waiting; see: glpi-sync inspect hook --hook-id {hook_id})")
+        return 0
+    result = wait_for_result(env, hook_id, event_id, args.timeout)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{result['outcome']}: {result['reason']}")
+    return 0 if result["outcome"] in ("synced", "skipped") else EXIT_PROBLEMS
+
+
+# ------------------------------------------------------------------------------------------------ hook set
+
+
+def _token_ref(env: ToolSettings, inline: str | None, var: str | None, file: str | None, name: str) -> Any:
+    given = [v for v in (inline, var, file) if v]
     if len(given) > 1:
-        raise CliError(f"give the {name} once: inline, --{name}-env or --{name}-file")
-    if env:
-        return {"env": env}
+        raise CliError(f"give the {name} once: --{name}, --{name}-env or --{name}-file")
+    if var:
+        return {"env": var}
     if file:
-        return {"file": file}
+        path = Path(file)
+        return {"file": str(path if path.is_absolute() else env.hook_secrets_dir / path)}
     return inline
 
 
-def _resolve_locally(ref: Any) -> str | None:
-    """Resolve a token reference here, to test it; the worker resolves it again in its own environment."""
-    from app.pipeline import HookConfigError, resolve_token
+def _resolve_here(env: ToolSettings, settings: HookSettings) -> tuple[str | None, str]:
+    """The tokens as this machine sees them, to test them (the worker resolves them again in its own place)."""
+    from app.secrets import HookConfigError, hook_policy, resolve_token
 
+    policy = hook_policy(env)
     try:
-        return resolve_token(ref)
+        app_token = resolve_token(settings.app_token, "app_token", policy)
+        user_token = resolve_token(settings.user_token, "user_token", policy)
     except HookConfigError as exc:
-        raise CliError(f"{exc} (here, where the hook is tested; use --no-test to skip)") from None
-
-
-async def check_glpi_connection(settings: HookSettings, timeout_s: float = 10.0) -> str:
-    """InitSession then killSession with the hook's tokens; returns a one-line success message."""
-    app_token = _resolve_locally(settings.app_token)
-    user_token = _resolve_locally(settings.user_token)
+        raise CliError(f"{exc} (here, where the hook is tested; --no-test skips the test)") from None
     assert user_token is not None
-    async with aiohttp.ClientSession() as http:
-        client = GlpiClient(settings.api_url, app_token=app_token, user_token=user_token, http=http, timeout=timeout_s)
-        await client.open()
-        profile = await client.get_active_profile()
-        await client.close()
-    return f"GLPI connection successful (active profile: {profile.get('name', '?')})"
+    return app_token, user_token
 
 
-def cmd_hook_set(args: argparse.Namespace, env: WorkerSettings) -> int:
+def cmd_hook_set(args: argparse.Namespace, env: ToolSettings) -> int:
+    from app.glpi_checks import glpi_checks
+    from app.secrets import hook_policy
+
     raw_settings: dict[str, Any] = {
         "api_url": args.api_url,
-        "app_token": _token_ref(args.app_token, args.app_token_env, args.app_token_file, "app-token"),
-        "user_token": _token_ref(args.user_token, args.user_token_env, args.user_token_file, "user-token"),
+        "app_token": _token_ref(env, args.app_token, args.app_token_env, args.app_token_file, "app-token"),
+        "user_token": _token_ref(env, args.user_token, args.user_token_env, args.user_token_file, "user-token"),
         "entity_id": args.entity_id,
         "sync_type": args.sync_type,
         "ticket_type": args.ticket_type,
         "category_id": args.category_id,
         "timezone": args.timezone,
+        "notify_requester": args.notify_requester,
     }
     if not raw_settings["user_token"]:
-        raise CliError("a user token is required (--user-token, --user-token-env or --user-token-file)")
+        raise CliError("a user token is required (--user-token-env, --user-token-file or --user-token)")
     try:
         settings = HookSettings.model_validate({k: v for k, v in raw_settings.items() if v is not None})
     except ValidationError as exc:
         fields = ", ".join(".".join(str(p) for p in e["loc"]) + f" ({e['msg']})" for e in exc.errors())
         raise CliError(f"invalid hook settings: {fields}") from None
-    settings, problems = validate_hook_settings(settings, allow_http=env.allow_http or args.allow_http)
+    settings, problems = validate_hook_settings(
+        settings, allow_http=env.allow_http or args.allow_http, policy=hook_policy(env)
+    )
     if problems:
         raise CliError("invalid hook settings:\n  - " + "\n  - ".join(problems))
     if not args.no_test:
-        try:
-            print(asyncio.run(check_glpi_connection(settings, env.glpi_timeout)))
-        except GlpiError as exc:
+        app_token, user_token = _resolve_here(env, settings)
+        checks = asyncio.run(
+            glpi_checks(settings, app_token, user_token, hook_hint="run hook set again", timeout_s=env.glpi_timeout)
+        )
+        failed = [c for c in checks if not c.ok]
+        render_checks([c.as_dict() for c in checks])
+        if failed:
+            unreachable = failed[0].check in ("GLPI reachable", "TLS certificate valid")
             raise CliError(
-                f"GLPI refused the connection test: {type(exc).__name__} {exc.code}: {exc.message}"
-            ) from None
+                f"hook {args.hook_id} not configured: GLPI {'cannot be reached' if unreachable else 'refused'}",
+                EXIT_UNREACHABLE if unreachable else EXIT_REFUSED,
+            )
+        print("GLPI connection successful")
+    event_id = uuid.uuid4().hex
     envelope = {
         "event": "hook_configured",
         "hook_id": args.hook_id,
         "account_id": args.account_id,
+        "event_id": event_id,
         "payload": {
             "status": args.status,
             "account_features": args.features.split(",") if args.features else [],
             "settings": settings.model_dump(mode="json", exclude_none=True),
         },
     }
-    asyncio.run(publish(env.kafka_bootstrap_servers, env.topic, [envelope]))
-    print(f"hook {args.hook_id} configured ({args.status}) on topic {env.topic}")
-    return 0
+    # Operators configure hooks on the control topic (accepted whatever GLPI_SYNC_HOOK_CONFIG_SOURCE says).
+    publish_to(env, env.control_topic, "control", [envelope])
+    return _report(env, args, args.hook_id, event_id, f"hook {args.hook_id} configuration sent ({args.status})")
 
 
-def cmd_publish(args: argparse.Namespace, env: WorkerSettings) -> int:
+# ------------------------------------------------------------------------------------------------ publish, DLQ
+
+
+def cmd_publish(args: argparse.Namespace, env: ToolSettings) -> int:
     envelopes = to_envelopes(_load_records(args.file), args.hook_id, args.account_id)
-    count = asyncio.run(
-        publish(
-            env.kafka_bootstrap_servers,
-            args.topic or env.topic,
-            envelopes,
-            batch_size=1 if env.embedded_broker else 2,
-        )
-    )
-    print(f"published {count} event(s) to {args.topic or env.topic}")
+    topic = args.topic or env.topic
+    count = publish_to(env, topic, "input", envelopes, batch=1 if env.embedded_broker else 2)
+    print(f"published {count} event(s) to {topic}")
     return 0
 
 
@@ -171,10 +346,13 @@ def _dlq_entry(record: Any) -> dict[str, Any]:
             hook_id = parsed.get("hook_id") if isinstance(parsed.get("hook_id"), int) else None
     except orjson.JSONDecodeError:
         pass
+    if hook_id is None and record.key and record.key.isdigit():
+        hook_id = int(record.key)
     return {
         "dlq_offset": record.offset,
         "dlq_partition": record.partition,
         "failed_at": headers.get("cwglpi.failed_at", ""),
+        "timestamp": record.timestamp / 1000,
         "hook_id": hook_id,
         "event": event,
         "source": f"{headers.get('__connect.errors.topic', '?')}/{headers.get('__connect.errors.partition', '?')}"
@@ -183,93 +361,182 @@ def _dlq_entry(record: Any) -> dict[str, Any]:
         "error_class": headers.get("__connect.errors.exception.class.name", ""),
         "glpi_code": headers.get("cwglpi.glpi.code", ""),
         "reason": headers.get("__connect.errors.exception.message", ""),
+        "truncated": headers.get("cwglpi.value.truncated", ""),
         "replayed_from": headers.get("cwglpi.replayed_from", ""),
     }
 
 
-def _dlq_records(env: WorkerSettings) -> list[Any]:
+def _since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"not an ISO-8601 time: {text!r} (for example 2026-11-01T00:00:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _dlq_records(env: ToolSettings) -> list[Any]:
     from app.kafka_io import read_topic
 
-    return asyncio.run(read_topic(env.kafka_bootstrap_servers, env.dlq_topic))
+    return list(run(read_topic(kafka(env), env.dlq_topic)))
 
 
-def cmd_dlq_list(args: argparse.Namespace, env: WorkerSettings) -> int:
+def cmd_dlq_list(args: argparse.Namespace, env: ToolSettings) -> int:
     entries = [_dlq_entry(r) for r in _dlq_records(env)]
+    since = _since(args.since)
     if args.hook is not None:
         entries = [e for e in entries if e["hook_id"] == args.hook]
+    if since is not None:
+        entries = [e for e in entries if e["timestamp"] >= since.timestamp()]
     entries = entries[-args.limit :] if args.limit else entries
     if args.json:
-        print(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode())
+        _print_json(entries)
         return 0
     if not entries:
-        print(f"{env.dlq_topic} is empty")
+        print(f"{env.dlq_topic}: no dead-lettered record" + (f" for hook {args.hook}" if args.hook else ""))
         return 0
     for e in entries:
         where = f"#{e['dlq_partition']}:{e['dlq_offset']}  {e['failed_at']}  hook {e['hook_id']}"
-        print(f"{where}  {e['event'] or '(unparsed)'}  from {e['source']}")
+        cut = f"  (cut; {e['truncated']} bytes at the source)" if e["truncated"] else ""
+        print(f"{where}  {e['event'] or '(unparsed)'}  from {e['source']}{cut}")
         print(f"    {e['stage']}: {e['error_class']} {e['glpi_code']} {e['reason']}")
     print(f"{len(entries)} dead-lettered record(s) in {env.dlq_topic}")
     return 0
 
 
-def cmd_dlq_replay(args: argparse.Namespace, env: WorkerSettings) -> int:
-    from app.kafka_io import publish_raw
+def cmd_dlq_replay(args: argparse.Namespace, env: ToolSettings) -> int:
+    from app.kafka_io import publish_raw, read_record
 
     if not args.all and not args.offset and args.hook is None:
         raise CliError("choose what to replay: --offset N (repeatable), --hook H, or --all")
-    selected = []
+    conn = kafka(env)
+    selected, parse_failures = [], 0
     for record in _dlq_records(env):
         entry = _dlq_entry(record)
         if args.offset and record.offset not in args.offset:
             continue
         if args.hook is not None and entry["hook_id"] != args.hook:
             continue
+        if entry["stage"] == "parse" and not args.force:
+            parse_failures += 1  # they failed to parse: replayed as they are, they can only fail again
+            continue
+        value = record.value
+        if entry["truncated"]:  # cut in the DLQ: read the whole record back from its source
+            topic, _, rest = entry["source"].partition("/")
+            partition, _, offset = rest.partition("@")
+            source = run(read_record(conn, topic, int(partition), int(offset)))
+            if source is None:
+                print(f"warning: DLQ record #{record.offset} was cut and its source {entry['source']} is gone")
+                continue
+            value = source.value
         # Key by the envelope's hook id when it has one, so the replay lands on the hook's partition.
         key = str(entry["hook_id"]).encode() if entry["hook_id"] is not None else record.key
         headers = [("cwglpi.replayed_from", f"{env.dlq_topic}:{record.partition}:{record.offset}".encode())]
-        selected.append((key, record.value, headers))
+        selected.append((key, value, headers))
+    if parse_failures:
+        print(f"warning: {parse_failures} record(s) that failed to parse are not replayed (--force replays them)")
     if args.dry_run:
         print(f"would replay {len(selected)} record(s) onto {env.topic}")
         return 0
-    count = asyncio.run(publish_raw(env.kafka_bootstrap_servers, env.topic, selected))
+    count = run(publish_raw(conn, env.topic, selected))
     print(f"replayed {count} record(s) onto {env.topic} (safe to repeat: the sync never writes anything twice)")
     return 0
 
 
-def send_command(env: WorkerSettings, event: str, hook_id: int, **payload: Any) -> None:
-    """Publish a control command keyed by hook id (same partition as the hook's events) on the control topic."""
-    payload.setdefault("requested_by", getpass.getuser())
-    command = {"event": event, "hook_id": hook_id, "payload": {k: v for k, v in payload.items() if v is not None}}
-    asyncio.run(publish(env.kafka_bootstrap_servers, env.control_topic, [command]))
+def cmd_dlq_purge(args: argparse.Namespace, env: ToolSettings) -> int:
+    """Delete dead letters older than ``--before`` (Kafka deletes a partition's oldest records only)."""
+    from app.kafka_io import delete_before, publish_raw
+
+    before = _since(args.before)
+    assert before is not None
+    conn = kafka(env)
+    records = _dlq_records(env)
+    old = [r for r in records if r.timestamp / 1000 < before.timestamp()]
+    doomed = [r for r in old if args.hook is None or _dlq_entry(r)["hook_id"] == args.hook]
+    kept = [r for r in old if r not in doomed]
+    if args.dry_run or not doomed:
+        print(f"would purge {len(doomed)} record(s) older than {before.isoformat()}" if doomed else "nothing to purge")
+        return 0
+    # Kafka cannot delete one record in the middle: other hooks' older records are copied to the end first.
+    moved = [
+        (r.key, r.value, [*(r.headers or ()), ("cwglpi.dlq.kept_from", f"{r.partition}:{r.offset}".encode())])
+        for r in kept
+    ]
+    if moved:
+        run(publish_raw(conn, env.dlq_topic, moved))
+    cut: dict[int, int] = {}
+    for r in old:
+        cut[r.partition] = max(cut.get(r.partition, 0), r.offset + 1)
+    run(delete_before(conn, env.dlq_topic, cut))
+    extra = f"; {len(moved)} older record(s) of other hooks were kept (moved to the end)" if moved else ""
+    print(f"purged {len(doomed)} dead-lettered record(s) older than {before.isoformat()}{extra}")
+    return 0
 
 
-def worker_get(env: WorkerSettings, path: str, url: str | None = None) -> tuple[int, Any]:
-    """GET a worker endpoint (any worker: it forwards to the one that owns the hook)."""
+# ------------------------------------------------------------------------------------------------ hooks, state
 
-    async def go() -> tuple[int, Any]:
-        target = f"{(url or env.worker_url).rstrip('/')}{path}"
-        async with aiohttp.ClientSession() as http:
-            for _attempt in range(15):  # 503 while the group rebalances or recovers: retry for a little while
-                async with http.get(target, timeout=aiohttp.ClientTimeout(total=60)) as resp:
-                    status, body = resp.status, await resp.json(content_type=None)
-                if status != 503:
-                    break
-                await asyncio.sleep(2)
-            return status, body
-
-    try:
-        return asyncio.run(go())
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise CliError(
-            f"no worker answered at {url or env.worker_url} ({type(exc).__name__}); set GLPI_SYNC_WORKER_URL"
-        ) from None
+HOOK_COMMANDS = {
+    "enable": "hook_enable",
+    "disable": "hook_disable",
+    "pause": "hook_pause",
+    "resume": "hook_resume",
+    "skip": "hook_skip",
+}
 
 
-def _print_json(data: Any) -> None:
-    print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+def cmd_hook_command(args: argparse.Namespace, env: ToolSettings) -> int:
+    event = HOOK_COMMANDS[args.hook_command]
+    event_id = send_command(env, event, args.hook_id, reason=getattr(args, "reason", None) or None)
+    return _report(env, args, args.hook_id, event_id, f"{event} sent for hook {args.hook_id}")
 
 
-def cmd_inspect(args: argparse.Namespace, env: WorkerSettings) -> int:
+def cmd_hook_test(args: argparse.Namespace, env: ToolSettings) -> int:
+    status, body = worker_get(env, f"/state/hook/{args.hook_id}/test", args.worker)
+    if status != 200:
+        raise CliError(str(body.get("error", body)), EXIT_PROBLEMS)
+    if args.json:
+        _print_json(body)
+        return 1 if any(not c["ok"] for c in body["checks"]) else 0
+    return 1 if render_checks(body["checks"]) else 0
+
+
+def _hook_state(hook: dict[str, Any]) -> str:
+    if hook.get("status") in ("unconfigured", "removed"):
+        return str(hook["status"])
+    if hook.get("pause"):
+        return f"paused ({hook['pause']['kind']})"
+    if hook.get("status") != "enabled":
+        return str(hook.get("status"))
+    return "draining" if hook.get("parked_events") else "running"
+
+
+def cmd_hook_list(args: argparse.Namespace, env: ToolSettings) -> int:
+    status, body = worker_get(env, "/state/hooks?all=1", args.worker)
+    hooks = body.get("hooks", []) if status == 200 else []
+    if args.json:
+        _print_json(hooks)
+        return 0
+    if not hooks:
+        print("no hook is known to the workers yet (glpi-sync hook set ...)")
+        return 0
+    rows = [
+        [
+            str(h["hook_id"]),
+            str(h.get("account_id") or "-"),
+            _hook_state(h),
+            str(h.get("parked_events", 0)),
+            str(h.get("set_aside_events", 0)),
+            (h.get("settings") or {}).get("api_url", "-"),
+            str(h.get("served_by", "")),
+        ]
+        for h in hooks
+    ]
+    _table(rows, ["HOOK", "ACCOUNT", "STATE", "PARKED", "SET ASIDE", "GLPI", "WORKER"])
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, env: ToolSettings) -> int:
     paths = {
         "hook": f"/state/hook/{args.hook_id}",
         "contact": f"/state/hook/{args.hook_id}/contact/{args.id}",
@@ -279,107 +546,26 @@ def cmd_inspect(args: argparse.Namespace, env: WorkerSettings) -> int:
         raise CliError(f"inspect {args.kind} needs the Chatwoot {args.kind} id")
     status, body = worker_get(env, paths[args.kind], args.worker)
     _print_json(body)
-    return 0 if status == 200 else 1
+    return 0 if status == 200 else EXIT_PROBLEMS
 
 
-def cmd_hook_command(args: argparse.Namespace, env: WorkerSettings) -> int:
-    event = {
-        "enable": "hook_enable",
-        "disable": "hook_disable",
-        "pause": "hook_pause",
-        "resume": "hook_resume",
-        "skip": "hook_skip",
-    }[args.hook_command]
-    send_command(env, event, args.hook_id, reason=getattr(args, "reason", None))
-    print(f"{event} sent for hook {args.hook_id} on {env.control_topic}")
-    print(f"see: glpi-sync inspect hook --hook-id {args.hook_id}")
-    return 0
-
-
-def cmd_hook_test(args: argparse.Namespace, env: WorkerSettings) -> int:
-    status, body = worker_get(env, f"/state/hook/{args.hook_id}/test", args.worker)
-    if status != 200:
-        raise CliError(str(body.get("error", body)))
-    failed = 0
-    for check in body["checks"]:
-        mark = "✔" if check["ok"] else "✘"
-        fix = f"  → {check['fix']}" if check["fix"] else ""
-        print(f"{mark} {check['check']}: {check['detail']}{fix}")
-        failed += 0 if check["ok"] else 1
-    return 1 if failed else 0
-
-
-def cmd_repair(args: argparse.Namespace, env: WorkerSettings) -> int:
+def cmd_repair(args: argparse.Namespace, env: ToolSettings) -> int:
     glpi_id = None if args.clear else args.glpi_id
     if glpi_id is None and not args.clear:
         raise CliError("give --glpi-id N, or --clear to forget the mapping")
     if args.kind == "contact":
-        send_command(
+        event_id = send_command(
             env, "set_contact_mapping", args.hook_id, contact_id=args.id, glpi_id=glpi_id, glpi_itemtype=args.itemtype
         )
     else:
-        send_command(env, "set_conversation_mapping", args.hook_id, conversation_id=args.id, glpi_id=glpi_id)
-    print(
-        f"mapping change for {args.kind} {args.id} sent; check with: glpi-sync inspect {args.kind} "
-        f"--hook-id {args.hook_id} {args.id}"
-    )
-    return 0
+        event_id = send_command(env, "set_conversation_mapping", args.hook_id, conversation_id=args.id, glpi_id=glpi_id)
+    return _report(env, args, args.hook_id, event_id, f"mapping change for {args.kind} {args.id} sent")
 
 
-def cmd_resync(args: argparse.Namespace, env: WorkerSettings) -> int:
+def cmd_resync(args: argparse.Namespace, env: ToolSettings) -> int:
     field = "contact_id" if args.kind == "contact" else "conversation_id"
-    send_command(env, f"resync_{args.kind}", args.hook_id, **{field: args.id})
-    print(f"resync of {args.kind} {args.id} requested; the worker logs what it found and re-created")
-    return 0
-
-
-def cmd_reset(args: argparse.Namespace, env: WorkerSettings) -> int:
-    from app.kafka_io import committed_offsets, read_topic_since
-
-    since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
-    hook_records = [
-        r
-        for r in asyncio.run(read_topic_since(env.kafka_bootstrap_servers, env.topic, since))
-        if r.key == str(args.hook_id).encode()
-    ]
-    records, skipped = replayable(hook_records)
-    print(f"hook {args.hook_id}: {len(records)} event(s) since {since.isoformat()} will be replayed")
-    for why, count in sorted(skipped.items()):
-        print(f"  not replayed: {count} {why}")
-    if args.dry_run:
-        return 0
-    send_command(env, "hook_reset", args.hook_id, reason=f"replay since {since.isoformat()}")
-    _wait_for(env, args.hook_id, lambda hook: bool(hook.get("rebuilding")), "the reset to be applied")
-    from app.kafka_io import publish_raw
-
-    headers = [(REPLAYED_BY_RESET, b"hook-reset")]
-    replay = [(r.key, r.value, headers) for r in records]
-    ends: dict[int, int] = {}
-    for start in range(0, len(replay), 100):
-        chunk = replay[start : start + 100]
-        asyncio.run(publish_raw(env.kafka_bootstrap_servers, env.topic, chunk))
-        _progress("published", start + len(chunk), len(replay))
-    print()
-    ends = asyncio.run(end_offsets_for(env, records))
-    group = env.app_id
-    deadline = time.monotonic() + args.timeout
-    while True:
-        done = asyncio.run(committed_offsets(env.kafka_bootstrap_servers, group, env.topic))
-        behind = sum(max(0, end - done.get(p, 0)) for p, end in ends.items())
-        _progress("synced", len(replay) - min(behind, len(replay)), len(replay))
-        if behind == 0:
-            break
-        if time.monotonic() > deadline:
-            print()
-            raise CliError(f"the worker has not caught up after {args.timeout}s; run the reset again (safe)")
-        time.sleep(1)
-    print()
-    send_command(env, "hook_rebuilt", args.hook_id)
-    _wait_for(env, args.hook_id, lambda hook: not hook.get("rebuilding"), "the rebuild to be closed")
-    print(f"hook {args.hook_id} rebuilt from {len(replay)} event(s); existing GLPI objects were adopted, not copied")
-    return 0
+    event_id = send_command(env, f"resync_{args.kind}", args.hook_id, **{field: args.id})
+    return _report(env, args, args.hook_id, event_id, f"resync of {args.kind} {args.id} requested")
 
 
 REPLAYED_BY_RESET = "cwglpi.replayed_by"
@@ -416,178 +602,309 @@ def replayable(records: list[Any]) -> tuple[list[Any], dict[str, int]]:
     return kept, skipped
 
 
-async def end_offsets_for(env: WorkerSettings, records: list[Any]) -> dict[int, int]:
-    from app.kafka_io import end_offsets
+def cmd_reset(args: argparse.Namespace, env: ToolSettings) -> int:
+    from app.kafka_io import committed_offsets, end_offsets, publish_raw, read_topic_since
 
-    partitions = sorted({r.partition for r in records})
-    return await end_offsets(env.kafka_bootstrap_servers, env.topic, partitions)
+    since = _since(args.since)
+    assert since is not None
+    conn = kafka(env)
+    hook_records = [r for r in run(read_topic_since(conn, env.topic, since)) if r.key == str(args.hook_id).encode()]
+    records, skipped = replayable(hook_records)
+    print(f"hook {args.hook_id}: {len(records)} event(s) since {since.isoformat()} will be replayed")
+    for why, count in sorted(skipped.items()):
+        print(f"  not replayed: {count} {why}")
+    if args.dry_run:
+        return 0
+    send_command(env, "hook_reset", args.hook_id, reason=f"replay since {since.isoformat()}")
+    _wait_for(env, args.hook_id, lambda hook: bool(hook.get("rebuilding")), "the reset to be applied")
+    replay = [(r.key, r.value, [(REPLAYED_BY_RESET, b"hook-reset")]) for r in records]
+    for start in range(0, len(replay), 100):
+        chunk = replay[start : start + 100]
+        run(publish_raw(conn, env.topic, chunk))
+        _progress("published", start + len(chunk), len(replay))
+    print()
+    ends = run(end_offsets(conn, env.topic, sorted({r.partition for r in records})))
+    deadline = time.monotonic() + args.timeout
+    while True:
+        done = run(committed_offsets(conn, env.app_id, env.topic))
+        behind = sum(max(0, end - done.get(p, 0)) for p, end in ends.items())
+        _progress("synced", len(replay) - min(behind, len(replay)), len(replay))
+        if behind == 0:
+            break
+        if time.monotonic() > deadline:
+            print()
+            raise CliError(f"the worker has not caught up after {args.timeout}s; run the reset again (safe)", 1)
+        time.sleep(1)
+    print()
+    send_command(env, "hook_rebuilt", args.hook_id)
+    _wait_for(env, args.hook_id, lambda hook: not hook.get("rebuilding"), "the rebuild to be closed")
+    print(f"hook {args.hook_id} rebuilt from {len(replay)} event(s); existing GLPI objects were adopted, not copied")
+    return 0
 
 
 def _progress(label: str, done: int, total: int) -> None:
+    if not sys.stdout.isatty():
+        if done == total:
+            print(f"{label:>9} {done}/{total}", end="")
+        return
     width = 30
     filled = int(width * done / total) if total else width
     sys.stdout.write(f"\r{label:>9} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
     sys.stdout.flush()
 
 
-def _wait_for(env: WorkerSettings, hook_id: int, predicate: Any, what: str, timeout: float = 60) -> None:
+def _wait_for(
+    env: ToolSettings, hook_id: int, predicate: Callable[[Any], bool], what: str, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, body = worker_get(env, f"/state/hook/{hook_id}")
         if status == 200 and predicate(body):
             return
         time.sleep(0.5)
-    raise CliError(f"timed out waiting for {what}")
+    raise CliError(f"timed out waiting for {what}", EXIT_PROBLEMS)
 
 
-def cmd_doctor(args: argparse.Namespace, env: WorkerSettings) -> int:
+def cmd_doctor(args: argparse.Namespace, env: ToolSettings) -> int:
     from app import doctor
 
     lines = asyncio.run(doctor.run(env, args.worker or env.worker_url, args.hook_id or None))
+    failed = sum(line.level == "fail" for line in lines)
     if args.json:
-        _print_json({"ok": all(line.level != "fail" for line in lines), "checks": doctor.as_json(lines)})
+        _print_json({"ok": not failed, "checks": doctor.as_json(lines)})
     else:
         for line in lines:
             print(line.render())
-        failed = sum(line.level == "fail" for line in lines)
         print(f"{len(lines)} checks: {failed} failed" if failed else f"{len(lines)} checks: all good")
-    return 1 if any(line.level == "fail" for line in lines) else 0
+    return EXIT_PROBLEMS if failed else 0
 
 
-def cmd_worker(args: argparse.Namespace, env: WorkerSettings) -> int:
+def cmd_worker(args: argparse.Namespace, env: ToolSettings) -> int:
+    from app.settings import WorkerSettings
     from app.worker import run_worker
 
-    run_worker(env)
-    return 0
+    try:
+        worker_env = load(WorkerSettings)
+    except SettingsError as exc:
+        raise CliError("invalid configuration:\n  " + "\n  ".join(exc.lines)) from None
+    return run_worker(worker_env)
 
 
-def cmd_demo(args: argparse.Namespace, env: WorkerSettings) -> int:
+def cmd_demo(args: argparse.Namespace, env: ToolSettings) -> int:
     from app.demo import main as demo_main
 
     return demo_main(once=args.once)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glpi-sync", description="Chatwoot → GLPI sync worker and tools.")
-    sub = parser.add_subparsers(dest="command", required=True)
+# ------------------------------------------------------------------------------------------------ parser
 
-    sub.add_parser("worker", help="run the sync worker (configured by environment)").set_defaults(func=cmd_worker)
+WORKER_ENVIRONMENT = """environment (see README "Configuration" for all of them):
+  KAFKA_BOOTSTRAP_SERVERS        e.g. kafka-0.kafka:9092,kafka-1.kafka:9092
+  KAFKA_SECURITY_PROTOCOL        PLAINTEXT (default), SSL, SASL_PLAINTEXT, SASL_SSL
+  KAFKA_SASL_MECHANISM           SCRAM-SHA-512 (default), SCRAM-SHA-256, PLAIN
+  KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, KAFKA_SSL_CA_FILE
+  GLPI_SYNC_TOPIC                input topic (default chatwoot.events; DLQ and control topics follow it)
+  GLPI_SYNC_DATA_DIR             RocksDB state, one per worker (default ./data)
+  GLPI_SYNC_HTTP_PORT            metrics, health and state (default 6066); GLPI_SYNC_HTTP_HOST binds it
+  GLPI_SYNC_ADMIN_TOKEN[_FILE]   bearer token for /state and admin endpoints (off without one)
+  GLPI_SYNC_HOOK_SECRET_*        tokens hooks may reference; GLPI_SYNC_HOOK_SECRETS_DIR for files
+  GLPI_SYNC_LOG_LEVEL, GLPI_SYNC_LOG_FORMAT   info|debug|warning, json|text
+"""
+
+
+def _with_wait(parser: argparse.ArgumentParser) -> None:
+    interactive = sys.stdout.isatty()
+    parser.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=interactive,
+        help="wait for the owning worker to apply it and print its result (default on a terminal); e.g. --no-wait",
+    )
+    parser.add_argument("--timeout", type=float, default=60, help="seconds to wait, e.g. --timeout 120")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON, e.g. --json")
+
+
+def _hook_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hook-id", type=int, required=True, help="the Chatwoot integration hook id, e.g. --hook-id 7")
+
+
+def _worker_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--worker", help="a worker's URL (default GLPI_SYNC_WORKER_URL), e.g. http://127.0.0.1:6066")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glpi-sync",
+        description="Chatwoot → GLPI sync: the worker and its tools.",
+        epilog="exit status: 0 done, 1 problems found, 2 invalid input, 3 a service unreachable, 4 GLPI refused",
+    )
+    parser.add_argument("--version", action="version", version=f"glpi-sync {product_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = sub.add_parser(
+        "worker",
+        help="run the sync worker (configured by environment)",
+        epilog=WORKER_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.set_defaults(func=cmd_worker)
 
     demo = sub.add_parser("demo", help="embedded broker + GLPI emulator + worker + a demo conversation (make run)")
-    demo.add_argument("--once", action="store_true", help="exit after printing the result instead of running on")
+    demo.add_argument("--once", action="store_true", help="exit after printing the result, e.g. glpi-sync demo --once")
     demo.set_defaults(func=cmd_demo)
 
-    pub = sub.add_parser("publish", help="publish envelopes or raw Chatwoot webhook bodies to the topic")
-    pub.add_argument("file", help="JSON (object or array) or JSONL file; '-' reads stdin")
-    pub.add_argument("--hook-id", type=int, help="wrap raw Chatwoot bodies for this hook")
+    pub = sub.add_parser("publish", help="publish envelopes or raw Chatwoot webhook bodies to the input topic")
+    pub.add_argument("file", help="JSON (object or array) or JSONL file; '-' reads stdin, e.g. events.jsonl")
+    pub.add_argument("--hook-id", type=int, help="wrap raw Chatwoot bodies for this hook, e.g. --hook-id 7")
     pub.add_argument("--account-id", type=int, help="account of raw bodies (default: the body's account.id)")
-    pub.add_argument("--topic", help="override GLPI_SYNC_TOPIC")
+    pub.add_argument("--topic", help="override GLPI_SYNC_TOPIC, e.g. --topic chatwoot.events")
     pub.set_defaults(func=cmd_publish)
 
-    dlq = sub.add_parser("dlq", help="inspect and replay the dead-letter topic")
-    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq = sub.add_parser("dlq", help="inspect, replay and purge the dead-letter topic")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
     dl = dlq_sub.add_parser("list", help="what was dead-lettered, and why")
-    dl.add_argument("--hook", type=int, help="only this hook's records")
-    dl.add_argument("--limit", type=int, default=0, help="only the last N records")
+    dl.add_argument("--hook", type=int, help="only this hook's records, e.g. --hook 7")
+    dl.add_argument("--since", help="only records since this time, e.g. --since 2026-11-01T00:00:00Z")
+    dl.add_argument("--limit", type=int, default=0, help="only the last N records, e.g. --limit 20")
     dl.add_argument("--json", action="store_true", help="machine-readable output")
     dl.set_defaults(func=cmd_dlq_list)
-    dr = dlq_sub.add_parser("replay", help="publish dead-lettered records back onto the main topic")
-    dr.add_argument("--offset", type=int, action="append", default=[], help="DLQ offset to replay (repeatable)")
-    dr.add_argument("--hook", type=int, help="replay this hook's records")
+    dr = dlq_sub.add_parser("replay", help="publish dead-lettered records back onto the input topic (safe to repeat)")
+    dr.add_argument("--offset", type=int, action="append", default=[], help="DLQ offset (repeatable), e.g. --offset 12")
+    dr.add_argument("--hook", type=int, help="replay this hook's records, e.g. --hook 7")
     dr.add_argument("--all", action="store_true", help="replay everything")
-    dr.add_argument("--dry-run", action="store_true")
+    dr.add_argument("--force", action="store_true", help="also replay records that failed to parse")
+    dr.add_argument("--dry-run", action="store_true", help="say what would be replayed")
     dr.set_defaults(func=cmd_dlq_replay)
+    dp = dlq_sub.add_parser("purge", help="delete dead letters older than a time")
+    dp.add_argument("--before", required=True, help="delete records older than this, e.g. --before 2026-11-01")
+    dp.add_argument("--hook", type=int, help="only this hook's (others are kept, moved to the end), e.g. --hook 7")
+    dp.add_argument("--dry-run", action="store_true", help="say what would be purged")
+    dp.set_defaults(func=cmd_dlq_purge)
 
-    hook = sub.add_parser("hook", help="manage hooks")
-    hook_sub = hook.add_subparsers(dest="hook_command", required=True)
-    hs = hook_sub.add_parser("set", help="validate, test and publish a hook's GLPI settings")
-    hs.add_argument("--hook-id", type=int, required=True)
-    hs.add_argument("--account-id", type=int, required=True)
-    hs.add_argument("--api-url", required=True, help="e.g. https://glpi.example.com/apirest.php")
+    hook = sub.add_parser("hook", help="configure, control and test hooks")
+    hook_sub = hook.add_subparsers(dest="hook_command", required=True, metavar="COMMAND")
+    hs = hook_sub.add_parser("set", help="check a hook's GLPI settings against GLPI, then configure the hook")
+    _hook_id(hs)
+    hs.add_argument("--account-id", type=int, required=True, help="its Chatwoot account id, e.g. --account-id 7")
+    hs.add_argument("--api-url", required=True, help="GLPI's API, e.g. https://glpi.example.com/apirest.php")
     for name in ("app-token", "user-token"):
-        hs.add_argument(f"--{name}", help=f"{name} inline (prefer --{name}-env or --{name}-file)")
-        hs.add_argument(f"--{name}-env", metavar="VAR", help=f"read the {name} from the worker's environment VAR")
-        hs.add_argument(f"--{name}-file", metavar="PATH", help=f"read the {name} from a file on the worker")
-    hs.add_argument("--entity-id", type=int, default=0)
-    hs.add_argument("--sync-type", choices=["user", "contact"], default="user")
-    hs.add_argument("--ticket-type", type=int, choices=[1, 2], default=1)
-    hs.add_argument("--category-id", type=int)
-    hs.add_argument("--timezone", default="UTC", help="GLPI server time zone for dates (IANA name)")
-    hs.add_argument("--status", choices=["enabled", "disabled"], default="enabled")
-    hs.add_argument("--features", default="crm_integration", help="comma-separated account features")
-    hs.add_argument("--allow-http", action="store_true", help="accept a plain-http api_url (local GLPI)")
-    hs.add_argument("--no-test", action="store_true", help="do not test the tokens with initSession")
+        hs.add_argument(
+            f"--{name}-env",
+            metavar="VAR",
+            help=f"the worker's variable holding the {name}, e.g. --{name}-env GLPI_SYNC_HOOK_SECRET_7_"
+            + name.split("-")[0].upper(),
+        )
+        hs.add_argument(
+            f"--{name}-file",
+            metavar="PATH",
+            help=f"a file under GLPI_SYNC_HOOK_SECRETS_DIR holding the {name}, e.g. --{name}-file hook-7-{name}",
+        )
+        hs.add_argument(f"--{name}", help=f"the {name} itself (stored in Kafka: prefer -env or -file)")
+    hs.add_argument("--entity-id", type=int, default=0, help="GLPI entity of new items, e.g. --entity-id 0")
+    hs.add_argument(
+        "--sync-type", choices=["user", "contact"], default="user", help="contacts become Users or Contacts"
+    )
+    hs.add_argument("--ticket-type", type=int, choices=[1, 2], default=1, help="1 Incident, 2 Request")
+    hs.add_argument("--category-id", type=int, help="ITIL category of new tickets, e.g. --category-id 12")
+    hs.add_argument("--timezone", default="UTC", help="GLPI server's time zone, e.g. --timezone Europe/Lisbon")
+    hs.add_argument("--notify-requester", action="store_true", help="let GLPI email requesters about their ticket")
+    hs.add_argument("--status", choices=["enabled", "disabled"], default="enabled", help="e.g. --status disabled")
+    hs.add_argument("--features", default="crm_integration", help="account features, e.g. --features crm_integration")
+    hs.add_argument("--allow-http", action="store_true", help="accept a plain-http api_url (a local GLPI only)")
+    hs.add_argument("--no-test", action="store_true", help="publish without testing the tokens against GLPI")
+    _with_wait(hs)
     hs.set_defaults(func=cmd_hook_set)
     for name, text in (
-        ("enable", "sync this hook's events"),
-        ("disable", "skip this hook's events"),
+        ("enable", "sync this hook's events again (and drain the parked ones)"),
+        ("disable", "set this hook's new events aside (dead-lettered with the reason)"),
         ("pause", "park this hook's events until resumed"),
         ("resume", "resume a paused hook and sync its parked events in order"),
         ("skip", "move the parked event the hook is stuck on to the dead-letter topic"),
     ):
         sp = hook_sub.add_parser(name, help=text)
-        sp.add_argument("--hook-id", type=int, required=True)
+        _hook_id(sp)
         if name in ("pause", "skip"):
-            sp.add_argument("--reason", default="", help="recorded with the command")
+            sp.add_argument("--reason", default="", help='recorded with the command, e.g. --reason "GLPI upgrade"')
+        _with_wait(sp)
         sp.set_defaults(func=cmd_hook_command)
     ht = hook_sub.add_parser("test", help="the health checklist for one hook, run by the worker that owns it")
-    ht.add_argument("--hook-id", type=int, required=True)
-    ht.add_argument("--worker", help="worker URL (default GLPI_SYNC_WORKER_URL)")
+    _hook_id(ht)
+    _worker_url(ht)
+    ht.add_argument("--json", action="store_true", help="machine-readable output")
     ht.set_defaults(func=cmd_hook_test)
+    hl = hook_sub.add_parser("list", help="every hook the workers know, with its state")
+    _worker_url(hl)
+    hl.add_argument("--json", action="store_true", help="machine-readable output")
+    hl.set_defaults(func=cmd_hook_list)
 
     doc = sub.add_parser("doctor", help="the whole health checklist: broker, topics, group, workers, hooks, GLPI")
-    doc.add_argument("--hook-id", type=int, action="append", default=[], help="only these hooks (repeatable)")
-    doc.add_argument("--worker", help="worker URL (default GLPI_SYNC_WORKER_URL)")
-    doc.add_argument("--json", action="store_true")
+    doc.add_argument("--hook-id", type=int, action="append", default=[], help="only these hooks, e.g. --hook-id 7")
+    _worker_url(doc)
+    doc.add_argument("--json", action="store_true", help="machine-readable output")
     doc.set_defaults(func=cmd_doctor)
 
-    insp = sub.add_parser("inspect", help="show the sync state of a hook, contact or conversation")
+    insp = sub.add_parser("inspect", help="show the sync state of a hook, contact or conversation (JSON)")
     insp.add_argument("kind", choices=["hook", "contact", "conversation"])
-    insp.add_argument("id", type=int, nargs="?", help="Chatwoot contact id or conversation display id")
-    insp.add_argument("--hook-id", type=int, required=True)
-    insp.add_argument("--worker", help="worker URL (default GLPI_SYNC_WORKER_URL)")
+    insp.add_argument("id", type=int, nargs="?", help="Chatwoot contact id or conversation display id, e.g. 57")
+    _hook_id(insp)
+    _worker_url(insp)
     insp.set_defaults(func=cmd_inspect)
 
     rep = sub.add_parser("repair", help="point a contact or conversation at a GLPI id, or clear the mapping")
     rep.add_argument("kind", choices=["contact", "conversation"])
-    rep.add_argument("id", type=int)
-    rep.add_argument("--hook-id", type=int, required=True)
-    rep.add_argument("--glpi-id", type=int)
-    rep.add_argument("--itemtype", choices=["User", "Contact"])
-    rep.add_argument("--clear", action="store_true")
+    rep.add_argument("id", type=int, help="Chatwoot contact id or conversation display id, e.g. 318")
+    _hook_id(rep)
+    rep.add_argument("--glpi-id", type=int, help="the GLPI User, Contact or Ticket id, e.g. --glpi-id 42")
+    rep.add_argument("--itemtype", choices=["User", "Contact"], help="for contacts: what the id is")
+    rep.add_argument("--clear", action="store_true", help="forget the mapping")
+    _with_wait(rep)
     rep.set_defaults(func=cmd_repair)
 
     rs = sub.add_parser("resync", help="re-check GLPI and re-create what is missing, never duplicating")
     rs.add_argument("kind", choices=["contact", "conversation"])
-    rs.add_argument("id", type=int)
-    rs.add_argument("--hook-id", type=int, required=True)
+    rs.add_argument("id", type=int, help="Chatwoot contact id or conversation display id, e.g. 57")
+    _hook_id(rs)
+    _with_wait(rs)
     rs.set_defaults(func=cmd_resync)
 
     reset = sub.add_parser("reset", help="forget a hook's mappings and rebuild them by replaying the topic")
     reset.add_argument("target", choices=["hook"])
-    reset.add_argument("--hook-id", type=int, required=True)
-    reset.add_argument("--since", required=True, help="ISO-8601 time to replay from, e.g. 2025-11-01T00:00:00Z")
-    reset.add_argument("--timeout", type=float, default=600)
-    reset.add_argument("--dry-run", action="store_true")
+    _hook_id(reset)
+    reset.add_argument("--since", required=True, help="replay from this time, e.g. --since 2025-11-01T00:00:00Z")
+    reset.add_argument("--timeout", type=float, default=600, help="seconds to wait for the replay, e.g. 1200")
+    reset.add_argument("--dry-run", action="store_true", help="say what would be replayed")
     reset.set_defaults(func=cmd_reset)
+
+    comp = sub.add_parser("completion", help="print a shell completion script, e.g. glpi-sync completion bash")
+    comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    comp.set_defaults(func=cmd_completion)
     return parser
+
+
+def cmd_completion(args: argparse.Namespace, env: ToolSettings) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # aiokafka logs every failed connection attempt; a command says it once, in its own words.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        env = WorkerSettings()
-    except ValidationError as exc:
-        print(f"glpi-sync: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+        env = load(ToolSettings)
+    except SettingsError as exc:
+        print("glpi-sync: invalid configuration:\n  " + "\n  ".join(exc.lines), file=sys.stderr)
+        return EXIT_INPUT
     try:
         return int(args.func(args, env))
     except CliError as exc:
         print(f"glpi-sync: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"glpi-sync: {exc}", file=sys.stderr)
-        return 1
+        return exc.status
+    except KeyboardInterrupt:
+        print("glpi-sync: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

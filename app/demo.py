@@ -130,7 +130,6 @@ class Demo:
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "GLPI_SYNC_TOPIC": self.topic,
-            "GLPI_SYNC_PARTITIONS": "4",
             "GLPI_SYNC_DATA_DIR": str(self.workdir / "data"),
             "GLPI_SYNC_HTTP_PORT": str(self.worker_port),
             "GLPI_SYNC_EMBEDDED_BROKER": "true",
@@ -138,8 +137,9 @@ class Demo:
             "GLPI_SYNC_LOG_FORMAT": "json",
             "GLPI_SYNC_CHATWOOT_URL": os.environ.get("GLPI_SYNC_CHATWOOT_URL", "https://chat.northwind.example"),
         }
-        if not self.real_glpi:
-            env.update(GLPI_APP_TOKEN="emulator-app-token", GLPI_USER_TOKEN="emulator-user-token")
+        # Hooks may only reference variables named GLPI_SYNC_HOOK_SECRET_* (README "Security").
+        env["GLPI_SYNC_HOOK_SECRET_DEMO_APP"] = os.environ.get("GLPI_APP_TOKEN", "emulator-app-token")
+        env["GLPI_SYNC_HOOK_SECRET_DEMO_USER"] = os.environ.get("GLPI_USER_TOKEN", "emulator-user-token")
         worker = self._spawn([sys.executable, "-m", "app", "worker"], "worker.log", env)
         _wait_port(self.worker_port, worker)
         print(f"✔ sync worker running (metrics and health on http://127.0.0.1:{self.worker_port}/metrics)")
@@ -148,8 +148,8 @@ class Demo:
         hook = orjson.loads((EXAMPLES / "hook_configured.json").read_bytes())
         hook["payload"]["settings"].update(
             api_url=self.api_url,
-            app_token={"env": "GLPI_APP_TOKEN"},
-            user_token={"env": "GLPI_USER_TOKEN"},
+            app_token={"env": "GLPI_SYNC_HOOK_SECRET_DEMO_APP"},
+            user_token={"env": "GLPI_SYNC_HOOK_SECRET_DEMO_USER"},
             timezone="UTC",
         )
         return [hook] + [orjson.loads((EXAMPLES / f"{name}.json").read_bytes()) for name in STORY]

@@ -8,6 +8,7 @@ the others and forwards per-hook checks to the worker that owns the hook, which 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -17,12 +18,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from app.kafka_io import committed_offsets
-from app.settings import WorkerSettings
+from app.kafka_io import KafkaConnection, committed_offsets
+from app.settings import ToolSettings
 from app.topology import topic_specs
 
-Level = Literal["ok", "warn", "fail"]
-MARK = {"ok": "✔", "warn": "!", "fail": "✘"}
+Level = Literal["ok", "warn", "fail", "skip"]
+MARK = {"ok": "✔", "warn": "!", "fail": "✘", "skip": "–"}
 
 
 @dataclass
@@ -38,26 +39,22 @@ class Line:
 
 
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
-    async with http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+    async with http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:  # the session carries the token
         if resp.content_type == "application/json":
             return resp.status, await resp.json()
         return resp.status, await resp.text()
 
 
-async def kafka_lines(env: WorkerSettings) -> list[Line]:
+async def kafka_lines(env: ToolSettings) -> list[Line]:
     lines: list[Line] = []
-    admin = AIOKafkaAdminClient(bootstrap_servers=env.kafka_bootstrap_servers, request_timeout_ms=10000)
+    conn = KafkaConnection.from_settings(env)
+    admin = AIOKafkaAdminClient(**conn.kwargs(), request_timeout_ms=10000)
     try:
         await asyncio.wait_for(admin.start(), 15)
     except Exception as exc:
-        return [
-            Line(
-                "broker reachable",
-                "fail",
-                f"{env.kafka_bootstrap_servers}: {type(exc).__name__}",
-                "check KAFKA_BOOTSTRAP_SERVERS, DNS and the network policy",
-            )
-        ]
+        with contextlib.suppress(Exception):
+            await admin.close()
+        return [Line("broker reachable", "fail", str(conn.unreachable(exc)), "see the detail")]
     try:
         topics = set(await admin.list_topics())
         lines.append(Line("broker reachable", "ok", f"{env.kafka_bootstrap_servers} ({len(topics)} topics)"))
@@ -142,8 +139,8 @@ async def kafka_lines(env: WorkerSettings) -> list[Line]:
     return lines
 
 
-async def _topic_size(env: WorkerSettings, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=env.kafka_bootstrap_servers, enable_auto_commit=False)
+async def _topic_size(env: ToolSettings, topic: str) -> int:
+    consumer = AIOKafkaConsumer(**KafkaConnection.from_settings(env).kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()
@@ -157,9 +154,9 @@ async def _topic_size(env: WorkerSettings, topic: str) -> int:
         await consumer.stop()
 
 
-async def _lag(env: WorkerSettings) -> int:
-    committed = await committed_offsets(env.kafka_bootstrap_servers, env.app_id, env.topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=env.kafka_bootstrap_servers, enable_auto_commit=False)
+async def _lag(env: ToolSettings) -> int:
+    committed = await committed_offsets(KafkaConnection.from_settings(env), env.app_id, env.topic)
+    consumer = AIOKafkaConsumer(**KafkaConnection.from_settings(env).kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()
@@ -170,20 +167,25 @@ async def _lag(env: WorkerSettings) -> int:
         await consumer.stop()
 
 
-async def worker_lines(env: WorkerSettings, worker_url: str, hook_ids: list[int] | None) -> list[Line]:
+async def worker_lines(env: ToolSettings, worker_url: str, hook_ids: list[int] | None) -> list[Line]:
     lines: list[Line] = []
-    async with aiohttp.ClientSession() as http:
+    token = env.admin_secret()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(headers=headers) as http:
         try:
-            _, workers = await _get(http, f"{worker_url}/state/workers")
+            status, workers = await _get(http, f"{worker_url}/state/workers")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return [
                 Line(
                     "workers reachable",
                     "fail",
-                    f"{worker_url}: {type(exc).__name__}",
-                    "set GLPI_SYNC_WORKER_URL to a worker's HTTP port (kubectl port-forward svc/... 6066)",
+                    f"{worker_url}: {str(exc) or type(exc).__name__}",
+                    "set GLPI_SYNC_WORKER_URL to a worker's HTTP port (kubectl port-forward pod/NAME 6066)",
                 )
             ]
+        if status != 200 or not isinstance(workers, dict) or "workers" not in workers:
+            error = workers.get("error") if isinstance(workers, dict) else str(workers)[:200]
+            return [Line("workers reachable", "fail", f"{worker_url} answered {status}: {error}", "see the detail")]
         errors: dict[str, float] = {}
         for url in workers["workers"]:
             try:
@@ -246,16 +248,15 @@ async def worker_lines(env: WorkerSettings, worker_url: str, hook_ids: list[int]
                 lines.append(Line(f"hook {hid} checks", "fail", str(body), "see the worker's logs"))
                 continue
             for check in body["checks"]:
-                lines.append(
-                    Line(f"hook {hid} {check['check']}", "ok" if check["ok"] else "fail", check["detail"], check["fix"])
-                )
+                level = check.get("status") or ("ok" if check["ok"] else "fail")
+                lines.append(Line(f"hook {hid} {check['check']}", level, check["detail"], check["fix"]))
             _, state = await _get(http, f"{worker_url}/state/hook/{hid}")
             session = "open and reused" if state.get("glpi_session_open") else "none open (opened on the next event)"
             lines.append(Line(f"hook {hid} GLPI session", "ok", f"{session}, held by {state.get('served_by')}"))
     return lines
 
 
-async def run(env: WorkerSettings, worker_url: str, hook_ids: list[int] | None) -> list[Line]:
+async def run(env: ToolSettings, worker_url: str, hook_ids: list[int] | None) -> list[Line]:
     lines = await kafka_lines(env)
     if lines and lines[0].check == "broker reachable" and lines[0].level == "fail":
         return lines

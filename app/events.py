@@ -184,8 +184,14 @@ class TokenFromFile(_Model):
     file: str = Field(min_length=1)
 
 
+class TokenEncrypted(_Model):
+    """An inline token as the worker keeps it in its hook table (Fernet); refused in envelopes from producers."""
+
+    encrypted: str = Field(min_length=1)
+
+
 #: A token is given inline (a string), or by reference: ``{"env": "NAME"}`` or ``{"file": "/path"}``.
-TokenRef = Annotated[str, Field(min_length=1)] | TokenFromEnv | TokenFromFile
+TokenRef = Annotated[str, Field(min_length=1)] | TokenFromEnv | TokenFromFile | TokenEncrypted
 
 
 def _blank_to_none(value: Any) -> Any:

@@ -11,25 +11,67 @@
 
 from __future__ import annotations
 
-import html
+import hmac
 import time
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, AppT
 
-from app.glpi import GlpiAuthError, GlpiClient, GlpiError, missing_rights
-from app.glpi.rights import needed_rights
+from app.events import TokenEncrypted, TokenFromEnv, TokenFromFile
+from app.glpi_checks import Check, glpi_checks
 from app.lanes import LaneDispatcher
 from app.metrics import Metrics
-from app.pipeline import HookConfigError, Pipeline, resolve_token
+from app.pipeline import Pipeline
+from app.pipeline.clients import glpi_ssl_context
+from app.secrets import HookConfigError, TokenVault, resolve_token
 from app.settings import WorkerSettings
 from app.sync.decide import validate_hook_settings
-from app.sync.state import AnyHook, HookRecord
+from app.sync.state import AnyHook, ContactRecord, ConversationRecord, HookPolicy, HookRecord
 
 FORWARDED = "X-Cwglpi-Forwarded"
+
+
+def admin_gate(authorization: str | None, token: str | None) -> tuple[int, dict[str, str]] | None:
+    """Why a request to a state or admin endpoint is refused (None when it carries the admin token).
+
+    With no token configured those endpoints are off, not open. The comparison takes the same time whatever the
+    token sent (``hmac.compare_digest``).
+    """
+    if not token:
+        return 403, {
+            "error": "the state and admin endpoints are off: set GLPI_SYNC_ADMIN_TOKEN (or GLPI_SYNC_ADMIN_TOKEN_FILE) "
+            "on the workers and where the CLI runs"
+        }
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return 401, {"error": "a valid admin token is required (Authorization: Bearer <GLPI_SYNC_ADMIN_TOKEN>)"}
+    return None
+
+
+def mask_email(email: str) -> str:
+    """``m***@example.org``: enough to tell two addresses apart, not to read one."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"
+
+
+def mask_phone(phone: str) -> str:
+    return f"{phone[:4]}…{phone[-3:]}" if len(phone) > 7 else "***"
+
+
+def contact_view(contact: ContactRecord) -> dict[str, Any]:
+    """A contact's mapping as ``/state`` shows it: ids and intents; names, emails and phones masked."""
+    view = contact.model_dump(mode="json")
+    view["name"] = "***" if contact.name else None
+    view["phone"] = mask_phone(contact.phone) if contact.phone else None
+    view["emails"] = [mask_email(e) for e in contact.emails]
+    return view
+
+
+def conversation_view(conv: ConversationRecord) -> dict[str, Any]:
+    """A conversation's mapping without the texts kept for resync (the customer's first message)."""
+    return conv.model_dump(mode="json", exclude={"ticket_input"})
 
 
 def hook_partition(hook_id: int, partitions: int) -> int:
@@ -74,6 +116,7 @@ class Operations:
         self.app = app
         self.settings = settings
         self.pipeline = pipeline
+        self._admin_token = settings.admin_secret()
 
     # ---------------------------------------------------------------------------------------------- routing
 
@@ -106,11 +149,15 @@ class Operations:
     async def forward(self, url: str, path: str) -> tuple[int, Any]:
         async with (
             aiohttp.ClientSession() as http,
-            http.get(
-                f"{url}{path}", headers={FORWARDED: self.self_url}, timeout=aiohttp.ClientTimeout(total=30)
-            ) as resp,
+            http.get(f"{url}{path}", headers=self._forward_headers(), timeout=aiohttp.ClientTimeout(total=30)) as resp,
         ):
             return resp.status, await resp.json()
+
+    def _forward_headers(self) -> dict[str, str]:
+        headers = {FORWARDED: self.self_url}
+        if self._admin_token:
+            headers["Authorization"] = f"Bearer {self._admin_token}"
+        return headers
 
     async def routed(self, hook_id: int, path: str, local: Any, forwarded: bool) -> tuple[int, Any]:
         """Answer locally when this worker owns the hook, else ask the owner (once: no forwarding loops)."""
@@ -144,7 +191,7 @@ class Operations:
         contact = self.pipeline.store.contact(hook.account_id, contact_id)
         if contact is None:
             return 404, {"error": f"contact {contact_id} of account {hook.account_id} was never synced"}
-        return 200, {"hook_id": hook_id, "contact": contact.model_dump(mode="json")}
+        return 200, {"hook_id": hook_id, "contact": contact_view(contact)}
 
     async def conversation_state(self, hook_id: int, conversation_id: int) -> tuple[int, Any]:
         hook = self.pipeline.store.hook(hook_id)
@@ -154,9 +201,17 @@ class Operations:
         if conv is None:
             return 404, {"error": f"conversation {conversation_id} of account {hook.account_id} was never synced"}
         messages = [
-            m.model_dump(mode="json") for m in self.pipeline.store.messages_of(hook.account_id, conversation_id)
+            m.model_dump(mode="json", exclude={"followup_input"})
+            for m in self.pipeline.store.messages_of(hook.account_id, conversation_id)
         ]
-        return 200, {"hook_id": hook_id, "conversation": conv.model_dump(mode="json"), "messages": messages}
+        return 200, {"hook_id": hook_id, "conversation": conversation_view(conv), "messages": messages}
+
+    async def command_result(self, hook_id: int, event_id: str) -> tuple[int, Any]:
+        """Whether the owning worker applied command ``event_id`` yet, and how it ended."""
+        result = self.pipeline.results.get(event_id)
+        if result is None:
+            return 404, {"applied": False, "hook_id": hook_id}
+        return 200, {"applied": True, "hook_id": hook_id, **result}
 
     async def local_hooks(self) -> tuple[int, Any]:
         return 200, {"worker": self.self_url, "hooks": [hook_view(h) for h in self.pipeline.store.slots()]}
@@ -182,97 +237,84 @@ class Operations:
         hook = self.pipeline.store.hook(hook_id)
         if hook is None:
             return 404, {"error": f"hook {hook_id} is not configured"}
-        return 200, {"hook_id": hook_id, "checks": await check_glpi(hook, self.settings)}
+        checks = await check_glpi(hook, self.settings, self.pipeline.ctx.hook_policy, self.pipeline.vault)
+        return 200, {"hook_id": hook_id, "checks": checks}
 
 
-def _check(name: str, ok: bool, detail: str, fix: str = "") -> dict[str, Any]:
-    return {"check": name, "ok": ok, "detail": detail, "fix": "" if ok else fix}
+def token_source(ref: Any) -> str:
+    """Where a hook's token comes from, for operators (never its value)."""
+    if isinstance(ref, TokenFromEnv):
+        return f"environment variable {ref.env}"
+    if isinstance(ref, TokenFromFile):
+        return f"file {ref.file}"
+    if isinstance(ref, TokenEncrypted):
+        return "inline, stored encrypted"
+    return "inline" if ref else "none"
 
 
-async def check_glpi(hook: HookRecord, settings: WorkerSettings) -> list[dict[str, Any]]:
+def _pause_fix(hook: HookRecord) -> str:
+    pause = hook.pause
+    if pause is None:
+        return ""
+    resume = f"glpi-sync hook resume --hook-id {hook.hook_id}"
+    return {
+        "auth": f"fix the credentials or rights (lines below), then run glpi-sync hook set --hook-id {hook.hook_id} "
+        f"… again: a new configuration resumes the hook (or {resume})",
+        "endpoint": f"fix what answers at {hook.settings.api_url} (proxy, SSO, URL); the worker retries on its own",
+        "transient": "GLPI did not answer: the worker retries on its own (see GLPI reachable below)",
+        "operator": f"paused on purpose; {resume} when ready",
+    }[pause.kind]
+
+
+async def check_glpi(
+    hook: HookRecord, settings: WorkerSettings, policy: HookPolicy, vault: TokenVault | None = None
+) -> list[dict[str, Any]]:
     """Every per-hook line of the health checklist, in order; stops at the first line that blocks the next."""
+    hid = hook.hook_id
     checks = [
-        _check("enabled", hook.status == "enabled", hook.status, "glpi-sync hook enable --hook-id N"),
-        _check(
+        Check("enabled", "ok", "enabled")
+        if hook.status == "enabled"
+        else Check("enabled", "fail", hook.status, f"glpi-sync hook enable --hook-id {hid}"),
+        Check("crm_integration feature", "ok", ", ".join(hook.account_features))
+        if "crm_integration" in hook.account_features
+        else Check(
             "crm_integration feature",
-            "crm_integration" in hook.account_features,
+            "fail",
             ", ".join(hook.account_features) or "none",
-            "enable crm_integration for the account in Chatwoot",
+            f"enable CRM integration for account {hook.account_id} in Chatwoot (it sends a new hook_configured)",
         ),
-        _check(
-            "not paused",
-            hook.pause is None,
-            f"{hook.pause.kind}: {hook.pause.reason}" if hook.pause else "running",
-            "fix the cause, then glpi-sync hook resume --hook-id N",
-        ),
+        Check("not paused", "ok", "running")
+        if hook.pause is None
+        else Check("not paused", "fail", f"{hook.pause.kind}: {hook.pause.reason}", _pause_fix(hook)),
     ]
     _, problems = validate_hook_settings(hook.settings, allow_http=settings.allow_http)
-    checks.append(_check("api_url well-formed", not problems, hook.settings.api_url, "; ".join(problems)))
-    https = urlsplit(hook.settings.api_url).scheme == "https"
+    checks.append(
+        Check("api_url well-formed", "ok" if not problems else "fail", hook.settings.api_url, "; ".join(problems))
+    )
+    sources = (
+        f"app token: {token_source(hook.settings.app_token)}; user token: {token_source(hook.settings.user_token)}"
+    )
     try:
-        app_token = resolve_token(hook.settings.app_token)
-        user_token = resolve_token(hook.settings.user_token)
+        app_token = resolve_token(hook.settings.app_token, "app_token", policy, vault)
+        user_token = resolve_token(hook.settings.user_token, "user_token", policy, vault)
+        context = glpi_ssl_context(settings.glpi_ca_file)
     except HookConfigError as exc:
-        checks.append(_check("tokens resolvable", False, str(exc), "set the variable or mount the file on the worker"))
-        return checks
-    checks.append(_check("tokens resolvable", True, "inline or resolved from env/file"))
-    assert user_token is not None
-    async with aiohttp.ClientSession() as http:
-        client = GlpiClient(
-            hook.settings.api_url,
-            app_token=app_token,
-            user_token=user_token,
-            http=http,
-            timeout=min(settings.glpi_timeout, 10.0),
-        )
-        try:
-            started = time.monotonic()
-            await client.open()
-            elapsed = time.monotonic() - started
-        except GlpiAuthError as exc:
-            which = "app token" if "APP_TOKEN" in exc.code else ("user token" if "USER_TOKEN" in exc.code else "API")
-            checks.append(_check("GLPI reachable", True, "answered"))
-            checks.append(
-                _check(
-                    f"{which} valid",
-                    False,
-                    f"{exc.code}: {exc.message}",
-                    "regenerate it in GLPI and run glpi-sync hook set",
-                )
-            )
-            return checks
-        except GlpiError as exc:
-            detail = f"{exc.code}: {exc.message}"
-            fix = "check DNS, firewall and the certificate (see docs/troubleshooting.md)"
-            checks.append(_check("GLPI reachable", False, detail, fix))
-            if https and "SSL" in exc.message.upper():
-                checks.append(_check("TLS certificate valid", False, detail, "install a valid certificate"))
-            return checks
-        checks.append(_check("GLPI reachable", True, f"initSession in {elapsed * 1000:.0f} ms"))
-        if https:
-            checks.append(_check("TLS certificate valid", True, "verified"))
-        else:
-            detail = "plain http (GLPI_SYNC_ALLOW_HTTP is on)" if settings.allow_http else "plain http"
-            checks.append(_check("TLS certificate valid", settings.allow_http, detail, "use https"))
-        checks.append(_check("app token valid", True, "accepted"))
-        checks.append(_check("user token valid", True, "accepted"))
-        try:
-            profile = await client.get_active_profile()
-        finally:
-            await client.close()
-    name = html.unescape(str(profile.get("name", "?")))
-    missing = missing_rights(profile, needed_rights(hook.settings.sync_type))
-    for right in needed_rights(hook.settings.sync_type):
-        ok = right not in missing
         checks.append(
-            _check(
-                f"profile may {right.name}",
-                ok,
-                f"profile {name}: {'granted' if ok else 'not granted'}",
-                f"grant {right.name!r} to profile {name} in GLPI (Administration > Profiles > {name})",
-            )
+            Check("tokens resolvable", "fail", f"{exc} ({sources})", "set the variable or mount the file on the worker")
         )
-    return checks
+        return [c.as_dict() for c in checks]
+    checks.append(Check("tokens resolvable", "ok", sources))
+    assert user_token is not None
+    checks += await glpi_checks(
+        hook.settings,
+        app_token,
+        user_token,
+        hook_hint=f"run glpi-sync hook set --hook-id {hid} … again",
+        timeout_s=min(settings.glpi_timeout, 10.0),
+        ssl_context=context,
+        ca_label=str(settings.glpi_ca_file) if settings.glpi_ca_file else "the system trust store",
+    )
+    return [c.as_dict() for c in checks]
 
 
 class ProgressMonitor:
@@ -286,9 +328,18 @@ class ProgressMonitor:
         self._commits: dict[TP, tuple[int | None, float]] = {}
         self.stalled_for = 0.0
         self.last_sample = time.time()
+        self.announced = False
 
     def sample(self) -> None:
         now = time.time()
+        if not self.ready():
+            # Recovering tables or rebalancing: nothing commits, by design. A long recovery is not a stall, so
+            # liveness cannot kill it; the clocks start again once events flow.
+            self._commits.clear()
+            self.stalled_for = 0.0
+            self.metrics.commit_stalled.set(0)
+            self.last_sample = now
+            return
         consumer = self.app.consumer
         oldest = self.lanes.oldest_pending()
         worst = 0.0
@@ -317,6 +368,11 @@ class ProgressMonitor:
         self.metrics.commit_stalled.set(worst)
         self.metrics.inflight.set(self.lanes.inflight)
         self.last_sample = now
+
+    def ready(self) -> bool:
+        """Table recovery is done and no rebalance runs: this worker processes events."""
+        recovery = cast(Any, self.app.tables).recovery
+        return bool(recovery.completed.is_set()) and not self.app.rebalancing
 
     def live(self) -> tuple[bool, dict[str, Any]]:
         """Not live when commits stopped with lag, or when the sampling timer itself stopped (loop wedged)."""

@@ -1,37 +1,119 @@
-"""Worker configuration from the environment, validated once at start-up.
+"""Configuration from the environment, validated once at start-up.
 
-Every variable is documented in README.md ("Configuration"). Invalid values stop the worker with a message that
-names the variable.
+Every variable is documented in README.md ("Configuration"). :class:`ToolSettings` holds what every command needs
+(Kafka, topics, the worker's URL, the admin token, the hook-secret policy); :class:`WorkerSettings` adds what only
+the worker uses, so a bad worker-only value never stops ``doctor`` or the other commands. :func:`load` turns
+pydantic's errors into one line per variable: its name, what it accepts, and what it got.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
-class WorkerSettings(BaseSettings):
+
+def _kafka(name: str) -> Any:
+    """The usual Kafka variable ``KAFKA_<NAME>``, or ``GLPI_SYNC_KAFKA_<NAME>``."""
+    return AliasChoices(f"KAFKA_{name}", f"GLPI_SYNC_KAFKA_{name}")
+
+
+class ToolSettings(BaseSettings):
+    """What the worker and every command share."""
+
     model_config = SettingsConfigDict(env_prefix="GLPI_SYNC_", extra="ignore", frozen=True)
 
-    kafka_bootstrap_servers: str = Field(
-        "127.0.0.1:9092",
-        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "GLPI_SYNC_KAFKA_BOOTSTRAP_SERVERS"),
-    )
-    topic: str = "chatwoot.events"
-    dlq_topic: str = "chatwoot.events.dlq"
-    control_topic: str = "chatwoot.events.control"
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias=_kafka("BOOTSTRAP_SERVERS"))
+    kafka_security_protocol: SecurityProtocol = Field("PLAINTEXT", validation_alias=_kafka("SECURITY_PROTOCOL"))
+    kafka_sasl_mechanism: SaslMechanism = Field("SCRAM-SHA-512", validation_alias=_kafka("SASL_MECHANISM"))
+    kafka_sasl_username: str | None = Field(None, validation_alias=_kafka("SASL_USERNAME"))
+    kafka_sasl_password: str | None = Field(None, validation_alias=_kafka("SASL_PASSWORD"), repr=False)
+    kafka_sasl_password_file: Path | None = Field(None, validation_alias=_kafka("SASL_PASSWORD_FILE"))
+    kafka_ssl_ca_file: Path | None = Field(None, validation_alias=_kafka("SSL_CA_FILE"))
+    kafka_ssl_cert_file: Path | None = Field(None, validation_alias=_kafka("SSL_CERT_FILE"))
+    kafka_ssl_key_file: Path | None = Field(None, validation_alias=_kafka("SSL_KEY_FILE"))
+    kafka_ssl_key_password: str | None = Field(None, validation_alias=_kafka("SSL_KEY_PASSWORD"), repr=False)
+    kafka_ssl_check_hostname: bool = Field(True, validation_alias=_kafka("SSL_CHECK_HOSTNAME"))
+
+    topic: str = Field("chatwoot.events", min_length=1)
+    #: Derived from ``topic`` (``<topic>.dlq``, ``<topic>.control``) unless set, so two deployments on one
+    #: cluster never share them.
+    dlq_topic: str = ""
+    control_topic: str = ""
     partitions: int = Field(8, ge=1, le=1000)
-    app_id: str = "chatwoot-glpi-sync"
+    app_id: str = Field("chatwoot-glpi-sync", min_length=1)
+    allow_http: bool = False
+    glpi_timeout: float = Field(15.0, gt=0)
+    #: CA bundle for GLPI's certificate (a private CA); the system's trust store when unset.
+    glpi_ca_file: Path | None = None
+    #: Where the CLI reaches a worker (inspect, doctor, hook test, reset); any worker of the group will do.
+    worker_url: str = "http://127.0.0.1:6066"
+    admin_token: str | None = Field(None, repr=False)
+    admin_token_file: Path | None = None
+    #: Token references a hook may name: environment variables with this prefix, files under this directory.
+    hook_secret_env_prefix: str = Field("GLPI_SYNC_HOOK_SECRET_", min_length=1)
+    hook_secrets_dir: Path = Path("/run/secrets/glpi-sync")
+    #: ``any``: hooks may be configured from the producers' topic and the control topic; ``control``: only from
+    #: the control topic (``glpi-sync hook set``), so a producer can never point a hook at a server of its choosing.
+    hook_config_source: Literal["any", "control"] = "any"
+    #: GLPI hosts hooks may use (``host`` or ``host:port``, comma-separated); empty: any host.
+    allowed_glpi_hosts: str = ""
+    embedded_broker: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _strip_scheme(cls, value: str) -> str:
+        return value.removeprefix("kafka://").strip()
+
+    @field_validator("log_level", "kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", "hook_config_source", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _derive_topics(self) -> ToolSettings:
+        # Frozen model: derived defaults are set once, here, and never change afterwards.
+        if not self.dlq_topic:
+            object.__setattr__(self, "dlq_topic", f"{self.topic}.dlq")
+        if not self.control_topic:
+            object.__setattr__(self, "control_topic", f"{self.topic}.control")
+        return self
+
+    @property
+    def broker_url(self) -> str:
+        return ";".join(f"kafka://{server.strip()}" for server in self.kafka_bootstrap_servers.split(","))
+
+    @property
+    def glpi_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.allowed_glpi_hosts.split(",") if h.strip())
+
+    def admin_secret(self) -> str | None:
+        """The admin token (the file wins); None when neither is set: state and admin endpoints are then off."""
+        if self.admin_token_file is not None:
+            return self.admin_token_file.read_text(encoding="utf-8").strip() or None
+        return self.admin_token or None
+
+
+class WorkerSettings(ToolSettings):
+    """What only ``glpi-sync worker`` uses, on top of :class:`ToolSettings`."""
+
     data_dir: Path = Path("./data")
     store: str = "rocksdb://"
     http_port: int = Field(6066, ge=0, le=65535)
     http_host: str = "0.0.0.0"
-    allow_http: bool = False
     chatwoot_url: str | None = None
-    glpi_timeout: float = Field(15.0, gt=0)
     retry_budget: float = Field(45.0, ge=0)
     retry_base: float = Field(0.5, gt=0)
     resume_interval: float = Field(15.0, gt=0)
@@ -58,18 +140,56 @@ class WorkerSettings(BaseSettings):
     rocksdb_write_buffer_mb: int = Field(4, ge=1)
     liveness_stall_seconds: float = Field(600.0, gt=0)
     advertised_url: str | None = None
-    #: Where the CLI (inspect, doctor, hook test, reset) reaches a worker; any worker of the group will do.
-    worker_url: str = "http://127.0.0.1:6066"
-    embedded_broker: bool = False
     replication_factor: int = Field(1, ge=1)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    #: Inline tokens in hook configurations: ``encrypt`` them in the hook table (needs a token key), ``refuse``
+    #: them (references only), or ``allow`` them in clear.
+    inline_tokens: Literal["allow", "encrypt", "refuse"] = "allow"
+    #: Fernet keys for inline tokens at rest, comma-separated, newest first (older ones still decrypt).
+    token_keys: str | None = Field(None, repr=False)
+    token_keys_file: Path | None = None
 
-    @field_validator("kafka_bootstrap_servers")
+    @field_validator("store")
     @classmethod
-    def _strip_scheme(cls, value: str) -> str:
-        return value.removeprefix("kafka://").strip()
+    def _known_store(cls, value: str) -> str:
+        if not (value.startswith("rocksdb://") or value.startswith("memory://")):
+            raise ValueError("must be rocksdb:// (the default, on a persistent volume) or memory:// (experiments)")
+        return value
 
-    @property
-    def broker_url(self) -> str:
-        return ";".join(f"kafka://{server.strip()}" for server in self.kafka_bootstrap_servers.split(","))
+    @field_validator("inline_tokens", mode="before")
+    @classmethod
+    def _lower_inline(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class SettingsError(Exception):
+    """The environment holds values the product cannot use; ``lines`` name each variable and what it accepts."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+S = TypeVar("S", bound=ToolSettings)
+
+
+def _variable(model: type[BaseSettings], field: str) -> str:
+    info = model.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return "GLPI_SYNC_" + field.upper()
+
+
+def load(model: type[S], **overrides: Any) -> S:
+    """``model`` read from the environment; raises :class:`SettingsError` with one readable line per variable."""
+    try:
+        return model(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            got = error.get("input")
+            shown = f" (got {got!r})" if isinstance(got, str | int | float) and "password" not in field else ""
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{_variable(model, field)}: {message}{shown}")
+        raise SettingsError(lines) from None

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from app.settings import WorkerSettings
+from app.settings import ToolSettings, WorkerSettings
 
 #: The worker's tables, one compacted changelog topic each (``<app_id>-<table>-changelog``).
 TABLES = ("hooks", "contacts", "conversations", "messages", "parked")
@@ -42,7 +42,7 @@ def changelog_topic(app_id: str, table: str) -> str:
     return f"{app_id}-{table}-changelog"
 
 
-def topic_specs(settings: WorkerSettings) -> list[TopicSpec]:
+def topic_specs(settings: ToolSettings) -> list[TopicSpec]:
     """Every topic the worker reads or writes, input first."""
     specs = [
         TopicSpec(settings.topic, "input"),
@@ -117,38 +117,24 @@ class TopologyError(Exception):
         self.lines = lines
 
 
-async def existing_partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
-    """Partition counts of those of ``names`` that exist on the cluster."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
-    await admin.start()
-    try:
-        present = set(await admin.list_topics())
-        wanted = [name for name in names if name in present]
-        described = await admin.describe_topics(wanted) if wanted else []
-        return {t["topic"]: len(t["partitions"]) for t in described if t.get("partitions")}
-    finally:
-        await admin.close()
-
-
 async def prepare_topics(settings: WorkerSettings) -> LayoutPlan:
     """Read the cluster, create what is missing (when allowed) and return the plan; raises TopologyError."""
-    from app.kafka_io import ensure_topics
+    from app.kafka_io import KafkaConnection, ensure_topics, topic_partitions
 
+    conn = KafkaConnection.from_settings(settings)
     names = [spec.name for spec in topic_specs(settings)]
-    plan = plan_layout(await existing_partitions(settings.kafka_bootstrap_servers, names), settings)
+    plan = plan_layout(await topic_partitions(conn, names), settings)
     if not plan.ok:
         raise TopologyError(plan.problems)
     if plan.to_create:
         await ensure_topics(
-            settings.kafka_bootstrap_servers,
+            conn,
             {spec.name: count for spec, count in plan.to_create},
             replication=settings.replication_factor,
             configs={spec.name: dict(spec.config) for spec, _ in plan.to_create},
         )
         # Another worker may have created the same topics at the same moment with another count: check again.
-        again = plan_layout(await existing_partitions(settings.kafka_bootstrap_servers, names), settings)
+        again = plan_layout(await topic_partitions(conn, names), settings)
         if again.mismatched:
             raise TopologyError(again.problems)
     return plan

@@ -26,9 +26,10 @@ from faust.types import StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app import logs
+from app.kafka_io import BrokerUnreachableError, KafkaConnection
 from app.lanes import LaneDispatcher
 from app.metrics import Metrics
-from app.ops import FORWARDED, Operations, ProgressMonitor
+from app.ops import FORWARDED, Operations, ProgressMonitor, admin_gate
 from app.pipeline import DurableTable, Pipeline
 from app.pipeline.dead_letters import MAX_REQUEST_BYTES
 from app.settings import WorkerSettings
@@ -40,6 +41,8 @@ log = logging.getLogger("cwglpi.worker")
 class SyncApp(faust.App):
     """The Faust app; stops the lanes before faust stops the consumer, closes GLPI sessions after."""
 
+    #: faust's own lines go out under faust's logger names, not under the module this class is defined in.
+    logger = logging.getLogger("faust.app")
     pipeline: Pipeline
     lanes: LaneDispatcher
 
@@ -61,6 +64,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     app = SyncApp(
         settings.app_id,
         broker=settings.broker_url,
+        broker_credentials=KafkaConnection.from_settings(settings).faust_credentials(),
         store=settings.store,
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
@@ -69,7 +73,12 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         web_enabled=True,
         web_port=settings.http_port,
         web_bind=settings.http_host,
+        # Only our pages: faust's router, graph, stats and performance pages would show internals to anyone.
         web_tables_enabled=False,
+        web_router_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
         web_in_thread=False,
         canonical_url=settings.advertised_url or f"http://{socket.gethostname()}:{settings.http_port}",
         broker_commit_interval=1.0,
@@ -129,8 +138,23 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
 
     async def sample_progress() -> None:
         monitor.sample()
+        if monitor.ready() and not monitor.announced:
+            monitor.announced = True
+            assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic)
+            log.info(
+                "ready: %d partitions (this worker holds %s), topics %s, %s and %s, HTTP on %s:%d",
+                settings.partitions,
+                ", ".join(map(str, assigned)) or "none yet",
+                settings.topic,
+                settings.control_topic,
+                settings.dlq_topic,
+                settings.http_host,
+                settings.http_port,
+            )
 
     cast(Any, app).timer(interval=5.0)(sample_progress)
+
+    admin_token = settings.admin_secret()
 
     def page(path: str) -> Callable[[Any], Any]:
         decorator: Callable[[Any], Any] = cast(Any, app).page(path)
@@ -139,39 +163,55 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     def reply(view: Any, status: int, body: Any) -> Any:
         return view.json(body, status=status)
 
+    def refused(view: Any, request: Any) -> Any | None:
+        """The answer for a request without the admin token (None when it carries it)."""
+        denied = admin_gate(request.headers.get("Authorization"), admin_token)
+        return reply(view, *denied) if denied else None
+
+    async def routed(view: Any, request: Any, hook_id: str, local: Callable[[int], Any]) -> Any:
+        hid = int(hook_id)
+        forwarded = FORWARDED in request.headers
+        return reply(view, *await ops.routed(hid, request.path, lambda: local(hid), forwarded))
+
     @page("/state/hooks")
     async def hooks_page(view: Any, request: Any) -> Any:
+        if (denied := refused(view, request)) is not None:
+            return denied
         if request.query.get("all"):
             return reply(view, 200, {"hooks": await ops.all_hooks(), "workers": ops.worker_urls()})
         return reply(view, *await ops.local_hooks())
 
     @page("/state/workers")
     async def workers_page(view: Any, request: Any) -> Any:
+        if (denied := refused(view, request)) is not None:
+            return denied
         return reply(view, 200, {"self": ops.self_url, "workers": ops.worker_urls(), "partitions": ops.distribution()})
 
     @page("/state/hook/{hook_id}")
     async def hook_page(view: Any, request: Any, hook_id: str) -> Any:
-        hid = int(hook_id)
-        forwarded = FORWARDED in request.headers
-        return reply(view, *await ops.routed(hid, request.path, lambda: ops.hook_state(hid), forwarded))
+        return refused(view, request) or await routed(view, request, hook_id, ops.hook_state)
 
     @page("/state/hook/{hook_id}/test")
     async def hook_test_page(view: Any, request: Any, hook_id: str) -> Any:
-        hid = int(hook_id)
-        forwarded = FORWARDED in request.headers
-        return reply(view, *await ops.routed(hid, request.path, lambda: ops.glpi_check(hid), forwarded))
+        return refused(view, request) or await routed(view, request, hook_id, ops.glpi_check)
+
+    @page("/state/hook/{hook_id}/command/{event_id}")
+    async def command_page(view: Any, request: Any, hook_id: str, event_id: str) -> Any:
+        return refused(view, request) or await routed(
+            view, request, hook_id, lambda hid: ops.command_result(hid, event_id)
+        )
 
     @page("/state/hook/{hook_id}/contact/{contact_id}")
     async def contact_page(view: Any, request: Any, hook_id: str, contact_id: str) -> Any:
-        hid, cid = int(hook_id), int(contact_id)
-        forwarded = FORWARDED in request.headers
-        return reply(view, *await ops.routed(hid, request.path, lambda: ops.contact_state(hid, cid), forwarded))
+        return refused(view, request) or await routed(
+            view, request, hook_id, lambda hid: ops.contact_state(hid, int(contact_id))
+        )
 
     @page("/state/hook/{hook_id}/conversation/{conversation_id}")
     async def conversation_page(view: Any, request: Any, hook_id: str, conversation_id: str) -> Any:
-        hid, cid = int(hook_id), int(conversation_id)
-        forwarded = FORWARDED in request.headers
-        return reply(view, *await ops.routed(hid, request.path, lambda: ops.conversation_state(hid, cid), forwarded))
+        return refused(view, request) or await routed(
+            view, request, hook_id, lambda hid: ops.conversation_state(hid, int(conversation_id))
+        )
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -184,29 +224,42 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
 
     @app.page("/health/ready")
     async def ready_page(web: Any, request: Any) -> Any:
-        recovery = cast(Any, app.tables).recovery
-        ready = bool(recovery.completed.is_set()) and not app.rebalancing
+        ready = monitor.ready()
         return web.json({"ready": ready}, status=200 if ready else 503)
 
     return app
 
 
-#: Exit status of a worker that refused the cluster's topic layout (a configuration problem, not a crash).
-EXIT_TOPOLOGY = 2
+#: Exit status of a worker that refused its configuration or the cluster's topic layout, or cannot reach Kafka.
+EXIT_CONFIG, EXIT_UNREACHABLE = 2, 3
 
 
-def run_worker(settings: WorkerSettings) -> None:
-    """Check the topics, then run the worker in the foreground until SIGTERM/SIGINT."""
+def _refuse(lines: list[str], status: int) -> int:
+    for line in lines:
+        sys.stderr.write(f"glpi-sync worker: {line}\n")
+    log.critical("refusing to start: %s", "; ".join(lines))
+    return status
+
+
+def run_worker(settings: WorkerSettings) -> int:
+    """Check the configuration and the topics, then run the worker in the foreground until SIGTERM/SIGINT."""
     logs.configure(settings.log_level, settings.log_format)
+    try:
+        from app.secrets import token_vault
+
+        token_vault(settings)
+        settings.admin_secret()
+        KafkaConnection.from_settings(settings)
+    except (OSError, ValueError) as exc:
+        return _refuse([str(exc)], EXIT_CONFIG)
     # The topics exist before faust's consumer reads metadata: a changelog created during start-up can be missing
     # from the consumer's metadata and make the first table write fail (PartitionsMismatch).
     try:
         plan = asyncio.run(prepare_topics(settings))
     except TopologyError as exc:
-        for line in exc.lines:
-            sys.stderr.write(f"glpi-sync worker: {line}\n")
-        log.critical("refusing to start: %s", exc)
-        raise SystemExit(EXIT_TOPOLOGY) from None
+        return _refuse(exc.lines, EXIT_CONFIG)
+    except BrokerUnreachableError as exc:
+        return _refuse([str(exc)], EXIT_UNREACHABLE)
     if plan.partitions != settings.partitions:
         log.info(
             "the input topic %s has %d partitions: using that (GLPI_SYNC_PARTITIONS=%d only sizes a new topic)",
@@ -218,8 +271,13 @@ def run_worker(settings: WorkerSettings) -> None:
     app = build_app(settings)
 
     class _Worker(faust.Worker):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.spinner = None  # its cursor escape codes would end up in the logs
+
         def _setup_logging(self) -> None:
             logs.configure(settings.log_level, settings.log_format)
 
     worker = _Worker(app, loglevel=settings.log_level.lower(), quiet=True)
-    worker.execute_from_commandline()
+    worker.execute_from_commandline()  # runs until a signal, then exits the process (typed NoReturn)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -15,6 +15,8 @@ from app.demo import STORY
 from tests.harness import EmulatorProcess, KafkaBroker, WorkerProcess, unique
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
+#: The workers' admin token in the suite (GLPI_SYNC_ADMIN_TOKEN).
+ADMIN_TOKEN = "test-admin-token-7f3e"
 
 
 def load_example(example_name: str, /, **overrides: Any) -> dict[str, Any]:
@@ -111,6 +113,8 @@ class SyncEnv:
             "GLPI_SYNC_GLPI_TIMEOUT": "5",
             # A short late-commit window keeps injected 5xx faults quick; the late-commit scenarios set their own.
             "GLPI_SYNC_LATE_COMMIT_WINDOW": "3",
+            "GLPI_SYNC_ADMIN_TOKEN": ADMIN_TOKEN,
+            "GLPI_SYNC_HOOK_SECRETS_DIR": str(self.workdir / "secrets"),
         }
 
     def worker(self, name: str = "w1") -> WorkerProcess:
@@ -183,8 +187,16 @@ def sync_env(kafka: KafkaBroker, tmp_path: Path) -> Iterator[SyncEnv]:
         env.stop()
 
 
-#: Every token value the suite gives a hook. None may appear in any worker's log output.
-TEST_SECRETS = ("emulator-user-token", "emulator-app-token", "revoked-token", "wrong-user-token", "wrong-app-token")
+#: Every token value the suite gives a hook or a worker. None may appear in any worker's log output.
+TEST_SECRETS = (
+    "emulator-user-token",
+    "emulator-app-token",
+    "revoked-token",
+    "wrong-user-token",
+    "wrong-app-token",
+    "test-admin-token-7f3e",
+    "scram-secret-alice-91",
+)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1001,6 +1001,8 @@ def main() -> None:
     parser.add_argument("--user-token", default="emulator-user-token")
     parser.add_argument("--glpi11", action="store_true")
     parser.add_argument("--session-ttl", type=float, default=1440.0)
+    parser.add_argument("--certfile", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--keyfile", help="... and this private key (PEM)")
     args = parser.parse_args()
     emu = Emulator(
         app_tokens={args.app_token},
@@ -1008,7 +1010,13 @@ def main() -> None:
         glpi11=args.glpi11,
         session_ttl=args.session_ttl,
     )
-    web.run_app(build_app(emu), host=args.host, port=args.port, print=None)
+    context = None
+    if args.certfile:
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.certfile, args.keyfile)
+    web.run_app(build_app(emu), host=args.host, port=args.port, print=None, ssl_context=context)
 
 
 if __name__ == "__main__":

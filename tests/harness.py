@@ -64,21 +64,50 @@ def ensure_kafka_libs() -> Path:
     return KAFKA_LIBS
 
 
+#: The SCRAM user of the broker's SASL_SSL listener (created at format time) and a PLAIN user.
+SCRAM_USER, SCRAM_PASSWORD = "alice", "scram-secret-alice-91"
+
+
 class KafkaBroker:
-    """A single-node KRaft Apache Kafka in a temporary directory."""
+    """A single-node KRaft Apache Kafka in a temporary directory.
+
+    Two client listeners: PLAINTEXT (most tests) and SASL_SSL (SCRAM-SHA-256/512 and PLAIN over TLS, with a
+    certificate the harness makes), for the security tests.
+    """
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.secure_port = free_port()
         self.controller_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "kafka.log"
+        self.certs: Any = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def secure_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.secure_port}"
+
+    def secure_env(self, mechanism: str = "SCRAM-SHA-256") -> dict[str, str]:
+        """The environment of a client of the SASL_SSL listener."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.secure_bootstrap,
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": mechanism,
+            "KAFKA_SASL_USERNAME": SCRAM_USER,
+            "KAFKA_SASL_PASSWORD": SCRAM_PASSWORD,
+            "KAFKA_SSL_CA_FILE": str(self.certs.ca),
+        }
+
     def _write_config(self) -> Path:
+        from tests.certs import make_certificates
+
+        self.certs = make_certificates(self.workdir / "certs", "kafka")
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         config = self.workdir / "server.properties"
         config.write_text(
             "\n".join(
@@ -86,10 +115,19 @@ class KafkaBroker:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_SSL://127.0.0.1:{self.secure_port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_SSL://127.0.0.1:{self.secure_port}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+                    "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
+                    f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+                    f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+                    "listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain."
+                    f'PlainLoginModule required user_{SCRAM_USER}="{SCRAM_PASSWORD}";',
+                    "listener.name.sasl_ssl.ssl.keystore.type=PEM",
+                    f"listener.name.sasl_ssl.ssl.keystore.location={self.certs.bundle}",
                     f"log.dirs={self.workdir / 'data'}",
                     "offsets.topic.replication.factor=1",
                     "offsets.topic.num.partitions=4",
@@ -119,6 +157,10 @@ class KafkaBroker:
                 "cwglpiTestCluster0000A",
                 "-c",
                 str(config),
+                "--add-scram",
+                f"SCRAM-SHA-256=[name={SCRAM_USER},password={SCRAM_PASSWORD}]",
+                "--add-scram",
+                f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]",
             ],
             check=True,
             capture_output=True,
@@ -196,15 +238,20 @@ class KafkaBroker:
 class EmulatorProcess:
     """``python -m tests.glpi_emulator`` on a free port, with a small sync client for its test endpoints."""
 
-    def __init__(self, workdir: Path, *, session_ttl: float = 1440.0) -> None:
+    def __init__(self, workdir: Path, *, session_ttl: float = 1440.0, tls: Any = None) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.session_ttl = session_ttl
+        self.tls = tls  # tests.certs.Certificates: serve HTTPS
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def base(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/apirest.php"
+        return f"{self.base}/apirest.php"
 
     def start(self) -> None:
         log = (self.workdir / f"emulator-{self.port}.log").open("wb")
@@ -217,6 +264,7 @@ class EmulatorProcess:
                 str(self.port),
                 "--session-ttl",
                 str(self.session_ttl),
+                *(["--certfile", str(self.tls.cert), "--keyfile", str(self.tls.key)] if self.tls else []),
             ],
             cwd=ROOT,
             stdout=log,
@@ -233,7 +281,7 @@ class EmulatorProcess:
         async def go() -> Any:
             async with (
                 aiohttp.ClientSession() as http,
-                http.request(method, f"http://127.0.0.1:{self.port}/_emulator/{path}", json=body) as resp,
+                http.request(method, f"{self.base}/_emulator/{path}", json=body, ssl=False) as resp,
             ):
                 return await resp.json()
 
@@ -330,11 +378,15 @@ class WorkerProcess:
     def outcomes(self) -> list[dict[str, Any]]:
         return [line for line in self.log_lines() if line.get("logger") == "cwglpi.worker" and "outcome" in line]
 
-    def http_get(self, path: str) -> tuple[int, bytes]:
+    def http_get(self, path: str, token: str | None = "") -> tuple[int, bytes]:
+        """GET a worker page; with the worker's admin token unless ``token`` says otherwise (None: no header)."""
+        secret = self.env.get("GLPI_SYNC_ADMIN_TOKEN", "") if token == "" else token
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+
         async def go() -> tuple[int, bytes]:
             async with (
                 aiohttp.ClientSession() as http,
-                http.get(f"http://127.0.0.1:{self.http_port}{path}") as resp,
+                http.get(f"http://127.0.0.1:{self.http_port}{path}", headers=headers) as resp,
             ):
                 return resp.status, await resp.read()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,8 +69,10 @@ class GlpiClient:
         timeout: float = 15.0,
         observer: RequestObserver | None = None,
         on_session_opened: Callable[[], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.base = api_url.rstrip("/")
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._user_token = user_token
         self._app_token = app_token
         self._http = http
@@ -125,6 +128,7 @@ class GlpiClient:
                 headers=self._headers(with_session=with_session),
                 timeout=self._timeout,
                 allow_redirects=False,
+                ssl=self._ssl,
             ) as resp:
                 status = resp.status
                 raw = await resp.read()
@@ -132,6 +136,11 @@ class GlpiClient:
         except TimeoutError:
             seconds = self._timeout.total
             raise GlpiRetryableError("TIMEOUT", f"{method} {op}: no answer within {seconds:g} s") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            cert = exc.certificate_error
+            reason = getattr(cert, "verify_message", None) or str(cert)
+            detail = f"the TLS certificate of {exc.host}:{exc.port} was refused: {reason}"
+            raise GlpiRetryableError("TLS_CERTIFICATE", detail, uncertain=False) from None
         except aiohttp.ClientConnectorError as exc:
             # The connection was never made, so the request cannot have taken effect.
             reason = exc.os_error.strerror or str(exc.os_error) or type(exc).__name__

@@ -9,9 +9,8 @@
 - :mod:`~app.pipeline.outcomes`: the one log line and the counters of every outcome.
 """
 
-from app.pipeline.clients import HookConfigError, resolve_token
 from app.pipeline.records import Pipeline
 from app.pipeline.source import SourceRecord
 from app.pipeline.store import DurableTable, SyncStore
 
-__all__ = ["DurableTable", "HookConfigError", "Pipeline", "SourceRecord", "SyncStore", "resolve_token"]
+__all__ = ["DurableTable", "Pipeline", "SourceRecord", "SyncStore"]

@@ -1,14 +1,15 @@
 """GLPI clients per hook: tokens resolved where the worker runs, one reused session each, probes cached.
 
-A hook's token references are resolved here only (``{"env": NAME}`` reads the worker's environment, ``{"file":
-PATH}`` a mounted file). A client is rebuilt when the hook's URL or tokens change; the old session is killed.
+A hook's tokens are resolved here only, through :func:`app.secrets.resolve_token` (granted references only, files
+with their links resolved, inline tokens decrypted), and only for a GLPI host the operators allow: nothing is sent
+before both checks pass. A client is rebuilt when the hook's URL or tokens change; the old session is killed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,33 +17,25 @@ from pathlib import Path
 import aiohttp
 
 from app import logs
-from app.events import TokenFromEnv, TokenFromFile
 from app.execute import HookUnavailable, probe_hook
 from app.glpi import GlpiClient
 from app.metrics import Metrics
-from app.sync.state import HookRecord
+from app.secrets import HookConfigError, TokenVault, resolve_token
+from app.sync.decide import host_problem
+from app.sync.state import HookPolicy, HookRecord
 
 #: A probe's answer is reused this long (many events may fail at once; GLPI is asked once).
 PROBE_TTL = 30.0
 
 
-class HookConfigError(Exception):
-    """A hook's token reference cannot be resolved (missing env variable or unreadable file)."""
-
-
-def resolve_token(ref: str | TokenFromEnv | TokenFromFile | None) -> str | None:
-    """The token value behind an inline string or an ``{"env": …}`` / ``{"file": …}`` reference."""
-    if ref is None or isinstance(ref, str):
-        return ref
-    if isinstance(ref, TokenFromEnv):
-        value = os.environ.get(ref.env)
-        if not value:
-            raise HookConfigError(f"token environment variable {ref.env} is not set")
-        return value.strip()
+def glpi_ssl_context(ca_file: Path | None) -> ssl.SSLContext | None:
+    """Verification against ``ca_file`` (a private CA) on top of nothing else; None: the system's trust store."""
+    if ca_file is None:
+        return None
     try:
-        return Path(ref.file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise HookConfigError(f"token file {ref.file} cannot be read: {exc.strerror}") from None
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise HookConfigError(f"the GLPI CA bundle {ca_file} cannot be used: {exc}") from None
 
 
 @dataclass
@@ -54,9 +47,19 @@ class _HookClient:
 
 
 class HookClients:
-    def __init__(self, timeout: float, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        metrics: Metrics,
+        policy: HookPolicy | None = None,
+        vault: TokenVault | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
         self.timeout = timeout
         self.metrics = metrics
+        self.policy = policy or HookPolicy()
+        self.vault = vault
+        self.ca_file = ca_file
         self._http: aiohttp.ClientSession | None = None
         self._clients: dict[int, _HookClient] = {}
         self._background: set[asyncio.Future[None]] = set()
@@ -68,8 +71,11 @@ class HookClients:
 
     def _entry(self, hook: HookRecord) -> _HookClient:
         settings = hook.settings
-        app_token = resolve_token(settings.app_token)
-        user_token = resolve_token(settings.user_token)
+        refused = host_problem(settings.api_url, self.policy)
+        if refused:  # the allow-list may have changed since the hook was configured
+            raise HookConfigError(refused)
+        app_token = resolve_token(settings.app_token, "app_token", self.policy, self.vault)
+        user_token = resolve_token(settings.user_token, "user_token", self.policy, self.vault)
         assert user_token is not None  # HookSettings requires it
         logs.register_secret(app_token)
         logs.register_secret(user_token)
@@ -87,6 +93,7 @@ class HookClients:
             timeout=self.timeout,
             observer=self.metrics.observe_glpi_request,
             on_session_opened=self.metrics.sessions_opened.inc,
+            ssl_context=glpi_ssl_context(self.ca_file),
         )
         entry = _HookClient(fingerprint, client)
         self._clients[hook.hook_id] = entry

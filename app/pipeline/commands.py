@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 from app.events import ControlCommand
 from app.glpi import GlpiError
-from app.pipeline.clients import HookConfigError
 from app.pipeline.resync import resync
 from app.pipeline.source import SourceRecord
+from app.secrets import HookConfigError
 from app.sync.state import SELF_HEALING_PAUSES, ContactRecord, ConversationRecord, HookRecord, SyncView
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class AdminCommands:
         """Apply ``command`` to its hook and log its outcome (with the reason an operator reads)."""
         outcome, reason = await self._apply(record, command)
         self.pipeline.outcomes.finish(record, command, outcome, reason, started)
+        self.pipeline.remember(command.event_id, outcome, reason)
 
     async def _apply(self, record: SourceRecord, command: ControlCommand) -> tuple[str, str]:
         hook = self.store.hook(command.hook_id)

@@ -12,6 +12,7 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiokafka.errors import MessageSizeTooLargeError
 
 from app import logs
@@ -30,6 +31,29 @@ TRUNCATED_HEADER = "cwglpi.value.truncated"
 
 def _now() -> str:
     return datetime.now(tz=UTC).isoformat(timespec="seconds")
+
+
+def without_inline_tokens(value: bytes) -> tuple[bytes, bool]:
+    """``value`` with the inline tokens of a hook configuration replaced by ``***`` (and whether any was).
+
+    A refused ``hook_configured`` is dead-lettered for the operator to read, and tokens never belong in the DLQ
+    (references such as ``{"env": ...}`` are not secrets and stay).
+    """
+    if b"hook_configured" not in value or b"_token" not in value:
+        return value, False
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value, False
+    settings = data.get("payload", {}).get("settings") if isinstance(data, dict) else None
+    if not isinstance(settings, dict):
+        return value, False
+    hidden = False
+    for name in ("app_token", "user_token"):
+        if isinstance(settings.get(name), str) and settings[name]:
+            settings[name] = "***"
+            hidden = True
+    return (orjson.dumps(data), True) if hidden else (value, False)
 
 
 class DeadLetters:
@@ -76,7 +100,9 @@ class DeadLetters:
     ) -> None:
         """Dead-letter ``record`` (cut when too big, with headers saying so), then count it."""
         headers = self.headers(record, stage, error_class, message, glpi_code, http_status)
-        value = record.value if record.value is not None else b""
+        value, hidden = without_inline_tokens(record.value if record.value is not None else b"")
+        if hidden:
+            headers.append(("cwglpi.value.redacted", "inline tokens"))
         try:
             await self._send(record.key, value, headers, MAX_DLQ_VALUE)
         except MessageSizeTooLargeError:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -44,13 +45,14 @@ from app.events import (
 )
 from app.execute import EventRejected, EventResult, GlpiExecutor, HookUnavailable, RetryPolicy, sync_event
 from app.metrics import Metrics
-from app.pipeline.clients import HookClients, HookConfigError
+from app.pipeline.clients import HookClients
 from app.pipeline.commands import AdminCommands
 from app.pipeline.dead_letters import DeadLetters
 from app.pipeline.outcomes import OutcomeLog
 from app.pipeline.parking import ParkingQueue
 from app.pipeline.source import SourceRecord
 from app.pipeline.store import SyncStore
+from app.secrets import HookConfigError, hook_policy, token_vault
 from app.settings import WorkerSettings
 from app.sync.admission import admit
 from app.sync.decide import apply_hook_event
@@ -67,6 +69,7 @@ from app.sync.state import (
 
 log = logging.getLogger("cwglpi.worker")
 INTERNAL_ATTEMPTS = 3
+RESULTS_KEPT = 1000
 #: One drain syncs at most this many parked events, or for this long, then queues its continuation: the control
 #: partition's commit keeps moving and liveness stays honest however long the queue.
 DRAIN_BATCH = 100
@@ -99,7 +102,9 @@ class Pipeline:
             allow_http=settings.allow_http,
             late_commit_window=settings.late_commit_window,
             ticket_recheck_seconds=settings.ticket_recheck_seconds,
+            hook_policy=hook_policy(settings, refuse_inline=settings.inline_tokens == "refuse"),
         )
+        self.vault = token_vault(settings)
         self.policy = RetryPolicy(
             base=settings.retry_base, budget=settings.retry_budget, late_commit_window=settings.late_commit_window
         )
@@ -108,10 +113,21 @@ class Pipeline:
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw", "internal": False}
         self.dead_letters = DeadLetters(app.topic(settings.dlq_topic, **raw), settings.app_id, metrics)
         self.control = app.topic(settings.control_topic, **raw)
-        self.clients = HookClients(settings.glpi_timeout, metrics)
+        self.clients = HookClients(
+            settings.glpi_timeout, metrics, self.ctx.hook_policy, self.vault, settings.glpi_ca_file
+        )
         self.outcomes = OutcomeLog(metrics, settings.per_hook_metrics_limit)
         self.commands = AdminCommands(self)
         self._drain_requested: dict[int, float] = {}
+        #: How the latest commands ended, by event id, for ``--wait`` in the CLI (bounded, this worker's only).
+        self.results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def remember(self, event_id: str | None, outcome: str, reason: str) -> None:
+        if not event_id:
+            return
+        self.results[event_id] = {"outcome": outcome, "reason": reason, "at": time.time()}
+        while len(self.results) > RESULTS_KEPT:
+            self.results.popitem(last=False)
 
     # ------------------------------------------------------------------------------------------- one record
 
@@ -166,12 +182,18 @@ class Pipeline:
                 return await self.reject(record, parsed, "parse", "ForbiddenControlCommand", reason)
             await self.commands.apply(record, parsed, started)
             return "done"
+        if isinstance(parsed, HookConfigured | HookRemoved):
+            if not from_control_topic and self.settings.hook_config_source == "control":
+                reason = (
+                    f"{parsed.event} refused: GLPI_SYNC_HOOK_CONFIG_SOURCE=control accepts hook configuration only "
+                    "from the control topic (glpi-sync hook set), not from the producers' topic"
+                )
+                return await self.reject(record, parsed, "configure", "ForbiddenHookConfiguration", reason)
+            await self._configure(record, parsed, started)
+            return "done"
         if from_control_topic:
             reason = f"{parsed.event} is not a control command"
             return await self.reject(record, parsed, "parse", "UnexpectedOnControlTopic", reason)
-        if isinstance(parsed, HookConfigured | HookRemoved):
-            await self._configure(record, parsed, started)
-            return "done"
         return await self._event(record, parsed, started)
 
     # ------------------------------------------------------------------------------------------- admission
@@ -300,6 +322,7 @@ class Pipeline:
         updated, problems = apply_hook_event(current, parsed, self.ctx)
         if problems:
             await self.reject(record, parsed, "configure", "InvalidHookSettings", "; ".join(problems))
+            self.remember(parsed.event_id, "dead_lettered", "; ".join(problems))
             return
         if updated is None:
             self.outcomes.finish(record, parsed, "skipped", f"hook {parsed.hook_id} was not configured", started)
@@ -312,10 +335,13 @@ class Pipeline:
             )
             return
         updated = updated.model_copy(update={"partition": record.partition})
+        if self.settings.inline_tokens == "encrypt":
+            updated = updated.model_copy(update={"settings": self.vault.encrypt_inline(updated.settings)})
         await self.store.save_slot(updated)
         self.refresh_gauges()
         self.outcomes.finish(record, parsed, "synced", f"{parsed.event} applied", started)
-        await self.drain(updated.hook_id)
+        drained = await self.drain(updated.hook_id)
+        self.remember(parsed.event_id, "synced", f"hook {parsed.hook_id} configured ({updated.status}); {drained}")
 
     async def dead_letter_queue(self, slot: AnyHook, reason: str) -> int:
         """Move every parked event of ``slot``'s hook to the DLQ (with ``reason``), saving the emptied slot."""

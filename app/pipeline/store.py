@@ -58,6 +58,9 @@ class TableValueTooLargeError(ValueError):
 class DurableTable(faust.Table[Any, Any]):
     """A Table whose writes can be awaited until the changelog record is acknowledged by the broker."""
 
+    #: faust's own lines about tables go out under faust's logger name.
+    logger = logging.getLogger("faust.tables")
+
     #: Called with the partition whose local state was found ahead of its changelog and rebuilt from it.
     on_partition_rebuilt: Callable[[str, int], None] | None = None
 

@@ -18,6 +18,7 @@ Rules (see README "Sync rules"); which events get here at all is :mod:`app.sync.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,9 @@ from app.events import (
     Message,
     MessageEvent,
     NestedMessage,
+    TokenFromEnv,
+    TokenFromFile,
+    TokenRef,
     UnknownEvent,
 )
 from app.sync import mapping
@@ -52,7 +56,7 @@ from app.sync.commands import (
     Step,
     UpdateItem,
 )
-from app.sync.state import AnyHook, HookRecord, Intent, SyncContext, SyncView, UnconfiguredHook
+from app.sync.state import AnyHook, HookPolicy, HookRecord, Intent, SyncContext, SyncView, UnconfiguredHook
 
 #: ``contact_updated`` changes that never reach GLPI.
 CONTACT_NOISE = frozenset(
@@ -63,10 +67,56 @@ CONTACT_NOISE = frozenset(
 # --------------------------------------------------------------------------------------------------- hook config
 
 
-def validate_hook_settings(settings: HookSettings, *, allow_http: bool) -> tuple[HookSettings, list[str]]:
+def token_reference_problem(ref: TokenRef | None, name: str, policy: HookPolicy) -> str | None:
+    """Why ``ref`` may not be used (None when granted). Never echoes an inline token's value."""
+    if ref is None:
+        return None
+    if isinstance(ref, str):
+        if policy.refuse_inline_tokens:
+            return f"{name} is given inline, and inline tokens are refused here: use an env or file reference"
+        return None
+    if isinstance(ref, TokenFromEnv):
+        if not ref.env.startswith(policy.env_prefix) or ref.env == policy.env_prefix:
+            granted = f"only variables named {policy.env_prefix}* are granted to hooks"
+            return f"{name} names the environment variable {ref.env!r}: {granted}"
+        return None
+    if isinstance(ref, TokenFromFile):
+        path = PurePosixPath(ref.file)
+        root = PurePosixPath(policy.secrets_dir)
+        if not path.is_absolute() or ".." in path.parts or not path.is_relative_to(root) or path == root:
+            return f"{name} names the file {ref.file!r}: only files under {policy.secrets_dir}/ are granted to hooks"
+        return None
+    # {"encrypted": ...} is how the worker stores inline tokens in its own table; a producer sending one could make
+    # the worker decrypt a token it copied from a changelog and send it to a server of its choosing.
+    return f"{name} is an encrypted reference: send the token inline or by env/file reference"
+
+
+def host_problem(api_url: str, policy: HookPolicy) -> str | None:
+    """Why ``api_url``'s host may not receive a hook's tokens (None when allowed)."""
+    host = (urlsplit(api_url).hostname or "").lower()
+    port = urlsplit(api_url).port
+    if not policy.allowed_hosts or host in policy.allowed_hosts or f"{host}:{port}" in policy.allowed_hosts:
+        return None
+    return (
+        f"api_url host {host!r} is not one of GLPI_SYNC_ALLOWED_GLPI_HOSTS ({', '.join(sorted(policy.allowed_hosts))})"
+    )
+
+
+def grant_problems(settings: HookSettings, policy: HookPolicy) -> list[str]:
+    """What ``settings`` ask for that the operators did not grant (token references, the GLPI host)."""
+    found = [host_problem(settings.api_url, policy)]
+    found += [token_reference_problem(getattr(settings, name), name, policy) for name in ("app_token", "user_token")]
+    return [problem for problem in found if problem]
+
+
+def validate_hook_settings(
+    settings: HookSettings, *, allow_http: bool, policy: HookPolicy | None = None
+) -> tuple[HookSettings, list[str]]:
     """Normalise ``api_url`` and list what is wrong with the settings (empty list = usable).
 
-    Catches the guide's classic mistakes: missing ``/apirest.php``, plain http, a trailing slash (removed).
+    Catches the guide's classic mistakes (missing ``/apirest.php``, plain http, a trailing slash, which is removed)
+    and, given a ``policy``, anything the operators did not grant: token references and GLPI hosts (settings the
+    worker stored itself, with encrypted tokens, are checked without one).
     """
     problems: list[str] = []
     url = settings.api_url.strip().rstrip("/")
@@ -74,11 +124,18 @@ def validate_hook_settings(settings: HookSettings, *, allow_http: bool) -> tuple
     if parts.scheme not in ("http", "https") or not parts.netloc:
         problems.append(f"api_url must be an absolute http(s) URL, got {url!r}")
     elif parts.scheme == "http" and not allow_http:
-        problems.append("api_url uses plain http; use https (or set GLPI_SYNC_ALLOW_HTTP=true for a local GLPI)")
+        problems.append(
+            "api_url uses plain http; use https (for a local GLPI: --allow-http on hook set, "
+            "GLPI_SYNC_ALLOW_HTTP=true on the worker)"
+        )
     if not (url.endswith("/apirest.php") or url.endswith("/api.php/v1")):
-        problems.append("api_url must end with /apirest.php (e.g. https://glpi.example.com/apirest.php)")
+        problems.append(
+            f"api_url must end with /apirest.php: did you mean {url.split('?')[0].rstrip('/')}/apirest.php ?"
+        )
     if parts.query or parts.fragment:
         problems.append("api_url must not have a query string or fragment")
+    if policy is not None:
+        problems += grant_problems(settings, policy)
     try:
         mapping.glpi_datetime(mapping.EPOCH, settings.timezone)
     except (KeyError, ValueError):
@@ -107,7 +164,9 @@ def apply_hook_event(
             ),
             [],
         )
-    settings, problems = validate_hook_settings(event.payload.settings, allow_http=ctx.allow_http)
+    settings, problems = validate_hook_settings(
+        event.payload.settings, allow_http=ctx.allow_http, policy=ctx.hook_policy
+    )
     if problems:
         return current, problems
     configured = current if isinstance(current, HookRecord) else None

@@ -14,7 +14,7 @@ partition and its parked queue, so events that arrive before the configuration w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -174,6 +174,25 @@ class SyncView(_Record):
 
 
 @dataclass(frozen=True)
+class HookPolicy:
+    """What operators granted to hooks; a ``hook_configured`` that asks for more is refused, never resolved.
+
+    Anything that can write to the producers' topic can send a ``hook_configured``: its token references must not
+    reach the worker's own secrets (its Kafka password, a cloud credential, another tenant's token file), and its
+    tokens must not be sent to a server of the sender's choosing.
+    """
+
+    #: Token references may name environment variables with this prefix only.
+    env_prefix: str = "GLPI_SYNC_HOOK_SECRET_"
+    #: ... and files under this directory only (no ``..``; symlinks are resolved when the file is read).
+    secrets_dir: str = "/run/secrets/glpi-sync"
+    #: GLPI hosts (``host`` or ``host:port``, lowercase) hooks may use; empty: any.
+    allowed_hosts: frozenset[str] = frozenset()
+    #: ``refuse``: inline tokens are not accepted at all.
+    refuse_inline_tokens: bool = False
+
+
+@dataclass(frozen=True)
 class SyncContext:
     """Worker-wide policy and the event's clock (passed in; the core never reads settings or the time)."""
 
@@ -186,6 +205,8 @@ class SyncContext:
     late_commit_window: float = 120.0
     #: A ticket not seen usable for this long is read before a followup is added (it may have been closed).
     ticket_recheck_seconds: float = 600.0
+    #: What operators granted to hooks (token references, GLPI hosts).
+    hook_policy: HookPolicy = field(default_factory=lambda: HookPolicy())
 
 
 def parked_key(hook_id: int, seq: int) -> str:

@@ -44,9 +44,9 @@ def inspect_hook(env: SyncEnv, hook_id: int = 7) -> dict[str, Any]:
 
 
 def partitions_of(kafka: KafkaBroker, *topics: str) -> dict[str, int]:
-    from app.topology import existing_partitions
+    from app.kafka_io import topic_partitions
 
-    return asyncio.run(existing_partitions(kafka.bootstrap, list(topics)))
+    return asyncio.run(topic_partitions(kafka.bootstrap, list(topics)))
 
 
 def metric(worker: Any, line_start: str) -> float:

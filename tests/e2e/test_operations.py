@@ -188,7 +188,7 @@ def test_repair_resync_and_reset(sync_env: SyncEnv, emulator: EmulatorProcess) -
 
     # Reset: forget every mapping and rebuild from the topic; GLPI objects are adopted, never copied.
     result = cli(sync_env, worker, "reset", "hook", "--hook-id", "7", "--since", "2020-01-01T00:00:00Z")
-    assert "rebuilt from" in result.stdout and "synced [" in result.stdout
+    assert "rebuilt from" in result.stdout and "synced 7/7" in result.stdout
     after = emulator.state()
     assert len(after["Ticket"]) == 1 and len(after["ITILFollowup"]) == 2
     assert len([u for u in after["User"] if u["id"] != 2]) == 1
@@ -210,7 +210,9 @@ def test_doctor_green_and_every_red_line(sync_env: SyncEnv, emulator: EmulatorPr
                 hook_envelope(emulator.api_url, hook_id=7, account_id=7),
                 hook_envelope(emulator.api_url, hook_id=21, account_id=21, status="disabled"),
                 hook_envelope(emulator.api_url, hook_id=22, account_id=22, account_features=[]),
-                hook_envelope(emulator.api_url, hook_id=24, account_id=24, user_token={"env": "NOT_SET_ANYWHERE"}),
+                hook_envelope(
+                    emulator.api_url, hook_id=24, account_id=24, user_token={"env": "GLPI_SYNC_HOOK_SECRET_NOT_SET"}
+                ),
                 hook_envelope(emulator.api_url, hook_id=25, account_id=25, app_token="wrong-app-token"),
                 hook_envelope(emulator.api_url, hook_id=26, account_id=26, user_token="wrong-user-token"),
                 hook_envelope(closed_port_url, hook_id=27, account_id=27),

@@ -47,16 +47,32 @@ def test_raw_bodies_are_wrapped_and_keyed_by_hook() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--api-url", "https://glpi.example.com", "--user-token", "u"], "must end with /apirest.php"),
-        (["--api-url", "http://glpi.example.com/apirest.php", "--user-token", "u"], "plain http"),
+        (
+            ["--api-url", "https://glpi.example.com/glpi", "--user-token", "u"],
+            "did you mean https://glpi.example.com/glpi/apirest.php",
+        ),
+        (["--api-url", "http://glpi.example.com/apirest.php", "--user-token", "u"], "--allow-http"),
         (["--api-url", "https://glpi.example.com/apirest.php"], "a user token is required"),
         (
             ["--api-url", "https://glpi.example.com/apirest.php", "--user-token", "u", "--user-token-env", "X"],
             "give the user-token once",
         ),
         (
-            ["--api-url", "https://glpi.example.com/apirest.php", "--user-token-env", "UNSET_VARIABLE_X"],
-            "UNSET_VARIABLE_X is not set",
+            ["--api-url", "https://glpi.example.com/apirest.php", "--user-token-env", "GLPI_SYNC_HOOK_SECRET_UNSET"],
+            "environment variable GLPI_SYNC_HOOK_SECRET_UNSET is not set",
+        ),
+        # Token references name only what operators granted to hooks.
+        (
+            ["--api-url", "https://glpi.example.com/apirest.php", "--user-token-env", "KAFKA_SASL_PASSWORD"],
+            "only variables named GLPI_SYNC_HOOK_SECRET_* are granted to hooks",
+        ),
+        (
+            ["--api-url", "https://glpi.example.com/apirest.php", "--user-token-file", "/etc/passwd"],
+            "only files under /run/secrets/glpi-sync/ are granted to hooks",
+        ),
+        (
+            ["--api-url", "https://glpi.example.com/apirest.php", "--user-token-file", "../../etc/passwd"],
+            "only files under /run/secrets/glpi-sync/ are granted to hooks",
         ),
     ],
 )
