@@ -192,3 +192,31 @@ def test_dockerfile_runs_the_worker_as_non_root_pid_1() -> None:
     assert 'ENTRYPOINT ["glpi-sync"]' in final and 'CMD ["worker"]' in final
     compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
     assert {"kafka", "glpi", "worker"} <= set(compose["services"])
+
+
+def test_secrets_follow_the_hook_token_convention() -> None:
+    """Hook tokens are files under the granted directory; the workers' own secrets are variables with valid names."""
+    settings = settings_from_configmap()
+    (sts,) = of_kind("StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    secrets = {s["metadata"]["name"]: s for s in of_kind("Secret")}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    hook_volume = next(v for v in volumes.values() if v.get("secret", {}).get("secretName", "").endswith("hook-tokens"))
+    assert mounts[hook_volume["name"]]["mountPath"] == str(settings.hook_secrets_dir)
+    assert hook_volume["secret"]["defaultMode"] == 0o440  # readable by the pod's fsGroup, the non-root worker
+    assert pod["securityContext"]["fsGroup"] == 10001
+    env_secrets = [e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e]
+    for name in env_secrets:  # Kubernetes silently skips keys that are not variable names
+        assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) for key in secrets[name]["stringData"]), name
+    assert any("GLPI_SYNC_ADMIN_TOKEN" in secrets[name]["stringData"] for name in env_secrets)
+    assert settings.hook_config_source == "control" and settings.glpi_hosts
+
+
+def test_metrics_are_scraped_while_pods_are_unready_and_deliberate_pauses_do_not_alert() -> None:
+    (service,) = [s for s in of_kind("Service") if s["metadata"]["name"].endswith("metrics")]
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    (rule,) = of_kind("PrometheusRule")
+    paused = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "CwglpiHookPaused")
+    assert 'kind!="operator"' in paused["expr"]
