@@ -7,10 +7,11 @@ KAFKA_LIBS := .cache/kafka/libs
 .PHONY: chaos run test check static fmt fmt-check lint typecheck imports schemas kafka test-unit test-integration \
         test-e2e venv clean
 
+# PYTHONWARNINGS: setuptools prints a banner about editable installs that says nothing to a newcomer.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -67,4 +68,5 @@ schemas: venv
 	$(PY) -m app.schema_export schemas/chatwoot
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache data
+	rm -rf $${TMPDIR:-/tmp}/glpi-sync-demo-* $${TMPDIR:-/tmp}/glpi-sync-chaos-*

@@ -281,6 +281,8 @@ def cmd_hook_set(args: argparse.Namespace, env: ToolSettings) -> int:
         "category_id": args.category_id,
         "timezone": args.timezone,
         "notify_requester": args.notify_requester,
+        "phone_region": args.phone_region,
+        "match_by_phone": args.match_by_phone,
     }
     if not raw_settings["user_token"]:
         raise CliError("a user token is required (--user-token-env, --user-token-file or --user-token)")
@@ -808,6 +810,13 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--category-id", type=int, help="ITIL category of new tickets, e.g. --category-id 12")
     hs.add_argument("--timezone", default="UTC", help="GLPI server's time zone, e.g. --timezone Europe/Lisbon")
     hs.add_argument("--notify-requester", action="store_true", help="let GLPI email requesters about their ticket")
+    hs.add_argument("--phone-region", help="region of national phone numbers (ISO 3166), e.g. --phone-region PT")
+    hs.add_argument(
+        "--match-by-phone",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="find existing GLPI users by phone too (off where people share a number), e.g. --no-match-by-phone",
+    )
     hs.add_argument("--status", choices=["enabled", "disabled"], default="enabled", help="e.g. --status disabled")
     hs.add_argument("--features", default="crm_integration", help="account features, e.g. --features crm_integration")
     hs.add_argument("--allow-http", action="store_true", help="accept a plain-http api_url (a local GLPI only)")

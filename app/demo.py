@@ -15,12 +15,14 @@ import contextlib
 import html
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,8 @@ import orjson
 from app.kafka_io import ensure_topics, publish
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The demo's temporary folder (removed when it stops; ``make clean`` removes leftovers of a killed one).
+WORKDIR_PREFIX = "glpi-sync-demo-"
 EXAMPLES = ROOT / "schemas" / "examples"
 STORY = [
     "contact_created",
@@ -152,7 +156,9 @@ class Demo:
             user_token={"env": "GLPI_SYNC_HOOK_SECRET_DEMO_USER"},
             timezone="UTC",
         )
-        return [hook] + [orjson.loads((EXAMPLES / f"{name}.json").read_bytes()) for name in STORY]
+        events = [hook] + [orjson.loads((EXAMPLES / f"{name}.json").read_bytes()) for name in STORY]
+        now = datetime.now(tz=UTC).isoformat()
+        return [{**event, "occurred_at": now} for event in events]  # the examples are dated 2025: lag from now
 
     def outcomes(self) -> list[dict[str, Any]]:
         found = []
@@ -202,8 +208,12 @@ class Demo:
                 if fup["items_id"] == ticket["id"]:
                     private = " [private]" if fup["is_private"] else ""
                     text = html.unescape(html.unescape(fup["content"]))
-                    text = re.sub(r"<[^>]+>", " ", text)
-                    lines.append(f"    Followup #{fup['id']}{private}: {' '.join(text.split())[:110]}")
+                    text = " ".join(re.sub(r"<[^>]+>", " ", text).split())
+                    marker = re.search(r"\[cw-msg:\d+\]", text)
+                    body = text.replace(marker.group(0), "").strip() if marker else text
+                    shown = body if len(body) <= 90 else body[:89].rsplit(" ", 1)[0] + "…"
+                    tag = f" {marker.group(0)}" if marker else ""
+                    lines.append(f"    Followup #{fup['id']}{private}: {shown}{tag}")
         return "\n".join(lines)
 
     def stop(self) -> None:
@@ -218,21 +228,29 @@ class Demo:
 
 
 def main(once: bool) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="glpi-sync-demo-"))
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
     demo = Demo(workdir)
+    failed = True
     try:
         demo.start()
         outcomes = demo.run_story()
         for line in outcomes:
             print(f"  {line['event']:<28} {line['outcome']:<13} {line['msg'].split(': ', 1)[-1]}")
         print(demo.glpi_summary())
-        print(f"Logs: {workdir}")
+        failed = False
         if once:
             return 0
-        print("Running; press Ctrl-C to stop.")
+        print(f"Running (logs in {workdir}); press Ctrl-C to stop.")
         with contextlib.suppress(KeyboardInterrupt):
             while all(p.poll() is None for p in demo.procs):
                 time.sleep(1)
         return 0
+    except KeyboardInterrupt:
+        return 130
     finally:
         demo.stop()
+        if failed:
+            print(f"the demo did not finish: logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+            print("stopped: broker, GLPI emulator and worker; temporary files removed")

@@ -237,6 +237,11 @@ class HookSettings(_Model):
     #: GLPI emails requesters about their ticket's changes. Off by default: for a chat the customer would get a
     #: copy of their own conversation (markers included) by email.
     notify_requester: Annotated[bool, BeforeValidator(_text_to_bool), WithJsonSchema(_BOOL_OR_TEXT)] = False
+    #: Region of national phone numbers (ISO 3166 alpha-2, e.g. ``PT``): ``912 345 678`` is then +351912345678.
+    phone_region: Annotated[str | None, BeforeValidator(_blank_to_none), Field(pattern="^[A-Za-z]{2}$")] = None
+    #: Find an existing GLPI User or Contact by phone when no email matches. Two people sharing a number (a
+    #: switchboard, a family phone) then become one GLPI user: turn it off where that happens.
+    match_by_phone: Annotated[bool, BeforeValidator(_text_to_bool), WithJsonSchema(_BOOL_OR_TEXT)] = True
 
     def __repr__(self) -> str:
         return f"HookSettings(api_url={self.api_url!r}, entity_id={self.entity_id}, sync_type={self.sync_type!r})"

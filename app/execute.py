@@ -386,6 +386,36 @@ Persist = Callable[[SyncView, bool], Awaitable[None]]
 Probe = Callable[[], Awaitable[HookUnavailable | None]]
 
 
+_NOUNS = {
+    "ensure_user": "user",
+    "ensure_contact": "contact",
+    "create_ticket": "ticket",
+    "create_followup": "followup",
+}
+
+
+def describe_step(step: Command, outcome: Outcome) -> str:
+    """What one step did, for the outcome line and the trace: ``created ticket 100``, ``adopted user 10``."""
+    if isinstance(outcome, Resolved):
+        noun = _NOUNS.get(step.op, step.op)
+        if isinstance(step, CreateFollowup) and step.purpose == "deletion":
+            noun = "deletion note"
+        return f"{'created' if outcome.created else 'adopted existing'} {noun} {outcome.glpi_id}"
+    match step:
+        case UpdateItem():
+            return f"updated {step.itemtype.lower()} {step.item_id} ({', '.join(sorted(step.input))})"
+        case EnsureUserEmail():
+            added = isinstance(outcome, Applied) and outcome.changed
+            return f"{'added' if added else 'kept'} email of user {step.user_id}"
+        case CheckTicket():
+            state = f"status {outcome.status}" if isinstance(outcome, TicketState) else "read"
+            return f"checked ticket {step.ticket_id} ({state})"
+        case AddRequester():
+            return f"requester of ticket {step.ticket_id}"
+        case _:
+            return step.op
+
+
 def _ticket_of(step: Command) -> int | None:
     """The ticket a command writes to, when an unusable ticket means "continue in a new one"."""
     if isinstance(step, CreateFollowup | CheckTicket):
@@ -491,5 +521,5 @@ async def sync_event(
             ) from None
         current = record(current, step, outcome, clock())
         await persist(current, False)
-        ran.append(step.op)
+        ran.append(describe_step(step, outcome))
     raise RuntimeError(f"decision did not finish within {MAX_STEPS} steps (ran {ran})")

@@ -46,15 +46,43 @@ class JsonFormatter(logging.Formatter):
         return redact(orjson.dumps(payload, default=str).decode())
 
 
+def _plain(value: Any) -> str:
+    """A log field for people: ``user_id:40,ticket_id:100`` rather than ``{'user_id': 40, ...}``."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{_plain(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ",".join(_plain(v) for v in value)
+    return str(value)
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
-            f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+            f"{k}={_plain(v)}"
+            for k, v in record.__dict__.items()
+            if k not in _STANDARD and not k.startswith("_") and v not in (None, {}, [])
         )
         return redact(super().format(record) + (f" [{extras}]" if extras else ""))
+
+
+class FirstStartNoise(logging.Filter):
+    """aiokafka's "coordinator not available" errors on a cluster's first start are expected: say so, at INFO."""
+
+    EXPECTED = ("CoordinatorNotAvailable", "GroupCoordinatorNotAvailable", "NotCoordinatorForGroup")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING and any(name in message for name in self.EXPECTED):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = (
+                message + " (expected while a new cluster creates its group coordinator, or during a broker "
+                "restart: the worker retries)"
+            )
+            record.args = ()
+        return True
 
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:
@@ -68,3 +96,7 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level)
     for noisy in ("aiokafka", "faust", "mode"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    for name in ("aiokafka", "aiokafka.consumer.group_coordinator", "faust.transport.drivers.aiokafka"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, FirstStartNoise) for f in target.filters):
+            target.addFilter(FirstStartNoise())

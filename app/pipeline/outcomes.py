@@ -8,22 +8,56 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from app import logs
-from app.events import KnownEvent, UnknownEvent
+from app.events import ConversationEvent, KnownEvent, MessageEvent, UnknownEvent
 from app.execute import EventResult
 from app.metrics import Metrics, event_type_label, skip_reason_class
 from app.pipeline.source import SourceRecord
+from app.pipeline.store import SyncStore
+from app.sync.state import ConversationRecord, TraceEntry
 
 log = logging.getLogger("cwglpi.worker")
 _WARN = frozenset({"dead_lettered", "parked", "set_aside"})
 
 
+def _conversation_of(parsed: KnownEvent | UnknownEvent) -> int | None:
+    if isinstance(parsed, ConversationEvent):
+        return parsed.payload.id
+    if isinstance(parsed, MessageEvent):
+        return parsed.payload.conversation.id
+    return None
+
+
 class OutcomeLog:
-    def __init__(self, metrics: Metrics, per_hook_metrics_limit: int) -> None:
+    def __init__(self, metrics: Metrics, per_hook_metrics_limit: int, store: SyncStore | None = None) -> None:
         self.metrics = metrics
         self.per_hook_metrics_limit = per_hook_metrics_limit
+        self.store = store
+
+    def _trace(
+        self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, outcome: str, reason: str, ids: dict[str, int]
+    ) -> None:
+        """Append the outcome to its conversation's history (for ``glpi-sync trace``)."""
+        if self.store is None:
+            return
+        conversation = _conversation_of(parsed)
+        if conversation is None:
+            return
+        current = self.store.conversation(parsed.account_id, conversation) or ConversationRecord(
+            account_id=parsed.account_id, conversation_id=conversation
+        )
+        entry = TraceEntry(
+            at=datetime.now(tz=UTC).isoformat(timespec="seconds"),
+            event=parsed.event,
+            source=record.origin + (f" (parked #{record.parked_seq})" if record.parked_seq is not None else ""),
+            outcome=outcome,
+            reason=reason[:300],
+            glpi_ids=ids,
+        )
+        self.store.put_conversation(current.traced(entry))
 
     def finish(
         self,
@@ -46,6 +80,8 @@ class OutcomeLog:
             self.metrics.sync_lag.labels(event_type).observe(lag)
             self.metrics.last_success.set(now)
             self.metrics.mark_hook_synced(parsed.hook_id, now, self.per_hook_metrics_limit)
+        if parsed is not None:
+            self._trace(record, parsed, outcome, reason, result.finished.glpi_ids if result else {})
         level = logging.WARNING if outcome in _WARN else logging.INFO
         if not log.isEnabledFor(level):
             return

@@ -87,7 +87,7 @@ def _now() -> str:
 
 def _reason(result: EventResult) -> str:
     if result.commands:
-        return "ran " + ", ".join(result.commands)
+        return "; ".join(result.commands)
     return result.finished.reason
 
 
@@ -116,7 +116,7 @@ class Pipeline:
         self.clients = HookClients(
             settings.glpi_timeout, metrics, self.ctx.hook_policy, self.vault, settings.glpi_ca_file
         )
-        self.outcomes = OutcomeLog(metrics, settings.per_hook_metrics_limit)
+        self.outcomes = OutcomeLog(metrics, settings.per_hook_metrics_limit, self.store)
         self.commands = AdminCommands(self)
         self._drain_requested: dict[int, float] = {}
         #: How the latest commands ended, by event id, for ``--wait`` in the CLI (bounded, this worker's only).

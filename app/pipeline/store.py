@@ -256,6 +256,12 @@ class SyncStore:
         raw = self.conversations.get(conversation_key(account_id, conversation_id))
         return ConversationRecord.model_validate(raw) if raw else None
 
+    def put_conversation(self, record: ConversationRecord) -> None:
+        """Write a conversation record without waiting for its changelog (history: losing the last one is fine)."""
+        self.conversations.put_buffered(
+            conversation_key(record.account_id, record.conversation_id), record.model_dump(mode="json")
+        )
+
     def messages_of(self, account_id: int, conversation_id: int) -> list[MessageRecord]:
         """Every message record of one conversation (a scan: for operator commands, not the hot path)."""
         return sorted(

@@ -263,16 +263,16 @@ def ensure_contact_command(
     return _ensure_contact_command(view, account_id, contact, settings, ctx)
 
 
-def _identity(contact: Contact) -> tuple[str | None, str | None, str | None]:
+def _identity(contact: Contact, settings: HookSettings) -> tuple[str | None, str | None, str | None]:
     return (
         mapping.real_name(contact.name),
         mapping.normalise_email(contact.email),
-        mapping.normalise_phone(contact.phone_number),
+        mapping.normalise_phone(contact.phone_number, settings.phone_region),
     )
 
 
-def _snapshot(account_id: int, contact: Contact) -> ContactSnapshot:
-    name, email, phone = _identity(contact)
+def _snapshot(account_id: int, contact: Contact, settings: HookSettings) -> ContactSnapshot:
+    name, email, phone = _identity(contact, settings)
     return ContactSnapshot(account_id, contact.id, name, phone, email)
 
 
@@ -283,7 +283,7 @@ def _exact(field: int, value: str, link: str = "OR") -> SearchCriterion:
 def _ensure_contact_command(
     view: SyncView, account_id: int, contact: Contact, settings: HookSettings, ctx: SyncContext
 ) -> EnsureUser | EnsureContact:
-    snap = _snapshot(account_id, contact)
+    snap = _snapshot(account_id, contact, settings)
     first, last = mapping.split_name(snap.name)
     pending = view.contact.pending if view.contact else None
     if settings.sync_type == "user":
@@ -291,7 +291,7 @@ def _ensure_contact_command(
         lookups = []
         if snap.email:
             lookups.append(Lookup((_exact(5, snap.email),), "email"))
-        if snap.phone:
+        if snap.phone and settings.match_by_phone:
             lookups.append(Lookup((_exact(6, snap.phone), _exact(11, snap.phone)), "phone"))
         user_input: dict[str, Any] = {
             "name": login,
@@ -312,7 +312,7 @@ def _ensure_contact_command(
     contact_lookups = []
     if snap.email:
         contact_lookups.append(Lookup((_exact(6, snap.email),), "email"))
-    if snap.phone:
+    if snap.phone and settings.match_by_phone:
         contact_lookups.append(Lookup((_exact(3, snap.phone),), "phone"))
     earlier, not_before = _earlier_attempt(pending, marker, ctx)
     # After an uncertain create (or a reset) the marker in the comment finds the exact contact we made; contacts
@@ -345,7 +345,7 @@ def _contact_sync_step(
 
     With ``update`` False (conversation and message events) an existing GLPI record is left as it is.
     """
-    name, email, phone = _identity(contact)
+    name, email, phone = _identity(contact, settings)
     if not (name or email or phone):
         return None
     record = view.contact
@@ -398,7 +398,7 @@ def _decide_contact(view: SyncView, event: ContactEvent, settings: HookSettings,
     changed = contact.changed_keys()
     if event.event == "contact_updated" and changed and changed <= CONTACT_NOISE:
         return Finished("skipped", "noise: only " + ", ".join(sorted(changed)) + " changed")
-    name, email, phone = _identity(contact)
+    name, email, phone = _identity(contact, settings)
     if not (name or email or phone):
         return Finished("skipped", "contact not identifiable (no name, email or phone)")
     step = _contact_sync_step(view, event.account_id, contact, settings, ctx, update=True) or _requester_step(
@@ -418,10 +418,10 @@ def _contact_ids(view: SyncView) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------------------ tickets
 
 
-def _contact_line(contact: Contact | None) -> str:
+def _contact_line(contact: Contact | None, settings: HookSettings) -> str:
     if contact is None:
         return ""
-    name, email, phone = _identity(contact)
+    name, email, phone = _identity(contact, settings)
     details = " · ".join(mapping.html_text(v) for v in (name, email, phone) if v)
     return f"<p>From: {details}</p>" if details else ""
 
@@ -459,7 +459,7 @@ def _create_ticket_command(
     record = view.conversation
     sender = conv.meta.sender
     first = _first_message(conv)
-    name, email, _ = _identity(sender) if sender else (None, None, None)
+    name, email, _ = _identity(sender, settings) if sender else (None, None, None)
     who = name or email or (sender.phone_number if sender else None) or "a Chatwoot contact"
     subject = conv.additional_attributes.get("mail_subject")
     headline = (
@@ -473,7 +473,7 @@ def _create_ticket_command(
     )
     if first:
         body += _attachment_lines(first.attachments)
-    body += _contact_line(sender)
+    body += _contact_line(sender, settings)
     url = mapping.conversation_url(ctx.chatwoot_base_url, account_id, conv.id)
     if url:
         body += "<p>" + mapping.html_link(url, f"Open conversation #{conv.id} in Chatwoot") + "</p>"

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import phonenumbers
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: Chatwoot conversation status → GLPI ticket status (2 Processing, 4 Pending, 5 Solved).
@@ -48,14 +50,27 @@ def split_name(name: str | None) -> tuple[str, str]:
     return (first, last) if last else ("", first)
 
 
-def normalise_phone(phone: str | None) -> str | None:
-    """E.164 as Chatwoot validates it, without spaces or separators; None when there are no digits."""
+def normalise_phone(phone: str | None, region: str | None = None) -> str | None:
+    """E.164 (``+351912345678``); None when there are no digits.
+
+    ``+351 912 345 678``, ``00351912345678`` and (with the hook's default ``region`` ``PT``) ``912 345 678`` are
+    one number. A number :mod:`phonenumbers` cannot read keeps its digits (with a leading ``+`` if it had one).
+    """
     if not phone:
         return None
+    text = phone.strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]  # the international prefix of most countries, without needing a region
+    try:
+        number = phonenumbers.parse(text, region.upper() if region else None)
+        if phonenumbers.is_possible_number(number):
+            return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+    except phonenumbers.NumberParseException:
+        pass
     digits = re.sub(r"\D", "", phone)
     if not digits:
         return None
-    return ("+" if phone.strip().startswith("+") else "") + digits
+    return ("+" if text.startswith("+") else "") + digits
 
 
 def normalise_email(email: str | None) -> str | None:

@@ -130,6 +130,19 @@ class ContactRecord(_Record):
 
 
 ReplacedBecause = Literal["deleted", "closed", "refused"]
+#: Events of a conversation kept for ``glpi-sync trace`` (the newest ones).
+TRACE_KEPT = 40
+
+
+class TraceEntry(_Record):
+    """One event of a conversation as it ended: when, where it came from, how, and what GLPI ids it touched."""
+
+    at: str
+    event: str
+    source: str
+    outcome: str
+    reason: str
+    glpi_ids: dict[str, int] = {}
 
 
 class ConversationRecord(_Record):
@@ -149,6 +162,11 @@ class ConversationRecord(_Record):
     #: What was sent to create the ticket (long texts cut), so ``resync`` can recreate it if it is deleted.
     ticket_input: dict[str, Any] | None = None
     pending: Intent | None = None
+    #: The conversation's latest events and how each ended (``glpi-sync trace conversation``).
+    history: tuple[TraceEntry, ...] = ()
+
+    def traced(self, entry: TraceEntry) -> ConversationRecord:
+        return self.model_copy(update={"history": (*self.history, entry)[-TRACE_KEPT:]})
 
 
 class MessageRecord(_Record):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from app.sync import mapping
@@ -68,3 +69,42 @@ def test_markers_have_no_characters_glpi_encodes() -> None:
         mapping.followup_marker(1, "deletion"),
     ):
         assert not set(marker) & set("&<>")
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "e164"),
+    [
+        ("+351 912 345 678", None, "+351912345678"),
+        ("00351912345678", None, "+351912345678"),
+        ("912 345 678", "PT", "+351912345678"),
+        ("(0)20 7946 0958", "gb", "+442079460958"),
+        ("912 345 678", None, "912345678"),  # national, no region: the digits, unchanged
+        ("+1-not-a-phone", None, "+1"),
+        ("n/a", None, None),
+    ],
+)
+def test_phones_become_one_e164_number(raw: str, region: str | None, e164: str | None) -> None:
+    assert mapping.normalise_phone(raw, region) == e164
+
+
+def test_phone_matching_can_be_turned_off_per_hook() -> None:
+    from app.events import HookSettings, parse_envelope
+    from app.sync.commands import EnsureUser
+    from app.sync.decide import decide
+    from app.sync.state import HookRecord, SyncContext, SyncView
+    from tests.conftest import envelope, load_example
+
+    def lookups(**settings: object) -> list[str]:
+        hook = HookRecord(
+            hook_id=7,
+            account_id=7,
+            account_features=("crm_integration",),
+            settings=HookSettings(api_url="https://g/apirest.php", user_token="u", **settings),  # type: ignore[arg-type]
+        )
+        ev = parse_envelope(orjson.dumps(envelope("contact_updated", load_example("contact_updated"))))
+        step = decide(SyncView(hook=hook), ev, SyncContext())
+        assert isinstance(step, EnsureUser)
+        return [lookup.describe for lookup in step.lookups]
+
+    assert lookups() == ["email", "phone"]
+    assert lookups(match_by_phone="false") == ["email"]  # a family phone must not merge two people
