@@ -402,7 +402,7 @@ def cmd_dlq_list(args: argparse.Namespace, env: ToolSettings) -> int:
         where = f"#{e['dlq_partition']}:{e['dlq_offset']}  {e['failed_at']}  hook {e['hook_id']}"
         cut = f"  (cut; {e['truncated']} bytes at the source)" if e["truncated"] else ""
         print(f"{where}  {e['event'] or '(unparsed)'}  from {e['source']}{cut}")
-        print(f"    {e['stage']}: {e['error_class']} {e['glpi_code']} {e['reason']}")
+        print(f"    {e['stage']}: {e['reason']}")
     print(f"{len(entries)} dead-lettered record(s) in {env.dlq_topic}")
     return 0
 
@@ -503,16 +503,6 @@ def cmd_hook_test(args: argparse.Namespace, env: ToolSettings) -> int:
     return 1 if render_checks(body["checks"]) else 0
 
 
-def _hook_state(hook: dict[str, Any]) -> str:
-    if hook.get("status") in ("unconfigured", "removed"):
-        return str(hook["status"])
-    if hook.get("pause"):
-        return f"paused ({hook['pause']['kind']})"
-    if hook.get("status") != "enabled":
-        return str(hook.get("status"))
-    return "draining" if hook.get("parked_events") else "running"
-
-
 def cmd_hook_list(args: argparse.Namespace, env: ToolSettings) -> int:
     status, body = worker_get(env, "/state/hooks?all=1", args.worker)
     hooks = body.get("hooks", []) if status == 200 else []
@@ -526,7 +516,7 @@ def cmd_hook_list(args: argparse.Namespace, env: ToolSettings) -> int:
         [
             str(h["hook_id"]),
             str(h.get("account_id") or "-"),
-            _hook_state(h),
+            str(h.get("state", h.get("status"))),
             str(h.get("parked_events", 0)),
             str(h.get("set_aside_events", 0)),
             (h.get("settings") or {}).get("api_url", "-"),
@@ -549,6 +539,52 @@ def cmd_inspect(args: argparse.Namespace, env: ToolSettings) -> int:
     status, body = worker_get(env, paths[args.kind], args.worker)
     _print_json(body)
     return 0 if status == 200 else EXIT_PROBLEMS
+
+
+def glpi_ticket_link(api_url: str, ticket_id: int) -> str:
+    """The GLPI web page of a ticket, from the hook's API URL (``…/apirest.php`` → ``…/front/ticket.form.php``)."""
+    root = api_url.rstrip("/").removesuffix("/apirest.php")
+    return f"{root}/front/ticket.form.php?id={ticket_id}"
+
+
+def cmd_trace(args: argparse.Namespace, env: ToolSettings) -> int:
+    status, body = worker_get(env, f"/state/hook/{args.hook_id}/conversation/{args.id}", args.worker)
+    if status != 200:
+        raise CliError(str(body.get("error") or f"the worker answered HTTP {status}"), EXIT_PROBLEMS)
+    conv = body["conversation"]
+    _status, hook = worker_get(env, f"/state/hook/{args.hook_id}", args.worker)
+    api_url = ((hook or {}).get("settings") or {}).get("api_url") if _status == 200 else None
+    ticket_id = conv.get("ticket_id")
+    link = glpi_ticket_link(api_url, ticket_id) if api_url and ticket_id else None
+    if args.json:
+        _print_json({**body, "ticket_link": link})
+        return 0
+    print(f"conversation {args.id} of hook {args.hook_id} (account {conv['account_id']})")
+    print(f"  ticket      {ticket_id if ticket_id else 'none yet'}" + (f"  {link}" if link else ""))
+    if conv.get("replaced_ticket_ids"):
+        replaced = ", ".join(str(t) for t in conv["replaced_ticket_ids"])
+        print(f"  replaced    {replaced} (latest because it was {conv.get('replaced_because') or 'replaced'})")
+    print(f"  status      {conv.get('status') or '-'}; last synced message {conv.get('last_synced_message_id') or '-'}")
+    synced = [m for m in body.get("messages", []) if m.get("followup_id")]
+    print(f"  messages    {len(synced)} with a followup")
+    if conv.get("pending"):
+        print(
+            f"  in flight   {conv['pending']['op']} (an intent: after a crash the worker looks it up before any POST)"
+        )
+    history = conv.get("history") or []
+    if not history:
+        print("  no event of this conversation was traced yet (traces start with this version)")
+        return 0
+    print()
+    rows = [
+        [e["at"], e["event"], e["source"], e["outcome"], _ids(e.get("glpi_ids") or {}), e["reason"]] for e in history
+    ]
+    _table(rows, ["TIME", "EVENT", "FROM", "OUTCOME", "GLPI", "REASON"])
+    return 0
+
+
+def _ids(ids: dict[str, int]) -> str:
+    return ",".join(f"{name.removesuffix('_id')} {value}" for name, value in sorted(ids.items())) or "-"
 
 
 def cmd_repair(args: argparse.Namespace, env: ToolSettings) -> int:
@@ -858,6 +894,14 @@ def build_parser() -> argparse.ArgumentParser:
     _hook_id(insp)
     _worker_url(insp)
     insp.set_defaults(func=cmd_inspect)
+
+    tr = sub.add_parser("trace", help="a conversation's history: each event, how it ended, the GLPI ticket's link")
+    tr.add_argument("kind", choices=["conversation"])
+    tr.add_argument("id", type=int, help="Chatwoot conversation display id, e.g. 57")
+    _hook_id(tr)
+    _worker_url(tr)
+    tr.add_argument("--json", action="store_true", help="machine-readable output")
+    tr.set_defaults(func=cmd_trace)
 
     rep = sub.add_parser("repair", help="point a contact or conversation at a GLPI id, or clear the mapping")
     rep.add_argument("kind", choices=["contact", "conversation"])

@@ -24,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
@@ -238,7 +239,9 @@ class HookSettings(_Model):
     #: copy of their own conversation (markers included) by email.
     notify_requester: Annotated[bool, BeforeValidator(_text_to_bool), WithJsonSchema(_BOOL_OR_TEXT)] = False
     #: Region of national phone numbers (ISO 3166 alpha-2, e.g. ``PT``): ``912 345 678`` is then +351912345678.
-    phone_region: Annotated[str | None, BeforeValidator(_blank_to_none), Field(pattern="^[A-Za-z]{2}$")] = None
+    phone_region: Annotated[
+        Annotated[str, StringConstraints(pattern="^[A-Za-z]{2}$")] | None, BeforeValidator(_blank_to_none)
+    ] = None
     #: Find an existing GLPI User or Contact by phone when no email matches. Two people sharing a number (a
     #: switchboard, a family phone) then become one GLPI user: turn it off where that happens.
     match_by_phone: Annotated[bool, BeforeValidator(_text_to_bool), WithJsonSchema(_BOOL_OR_TEXT)] = True

@@ -6,9 +6,12 @@ outcomes and reasons are short fixed strings. No label ever holds a contact, con
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from app.events import CHATWOOT_EVENTS, CONTROL_COMMANDS, CONTROL_EVENTS
+
+# No ``*_created`` series: they double every counter's lines on /metrics and no alert or panel uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

@@ -88,10 +88,29 @@ def public_settings(hook: HookRecord) -> dict[str, Any]:
     return settings
 
 
+def hook_state(slot: AnyHook) -> str:
+    """One word (and the pause kind) for what the hook is doing now: the ``STATE`` column of ``hook list``.
+
+    ``unconfigured`` / ``removed``: no usable configuration, events are parked. ``disabled``: events are set aside.
+    ``paused (kind)``: events wait for a resume or the pause's self-healing. ``retrying``: the head event failed and
+    is retried with back-off (``head_failures``). ``draining``: parked events are being replayed. ``running``.
+    """
+    if not isinstance(slot, HookRecord):
+        return slot.status
+    if slot.status == "disabled":
+        return "disabled"
+    if slot.pause is not None:
+        return f"paused ({slot.pause.kind})"
+    if slot.head_failures:
+        return "retrying"
+    return "draining" if slot.parked else "running"
+
+
 def hook_view(slot: AnyHook) -> dict[str, Any]:
     """What ``/state/hook/N`` shows of a hook: configuration (tokens hidden), pause, queues, partition."""
     view: dict[str, Any] = {
         "hook_id": slot.hook_id,
+        "state": hook_state(slot),
         "status": slot.status,
         "parked_events": slot.parked,
         "set_aside_events": slot.set_aside,

@@ -15,10 +15,11 @@ deployment's, and topics that disagree with it stop the worker with one line per
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
@@ -54,6 +55,21 @@ class SyncApp(faust.App):
         pipeline = getattr(self, "pipeline", None)
         if pipeline is not None:
             await pipeline.aclose()
+
+
+def _contained(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A timer whose failure is logged and retried at its next tick: faust would crash the whole worker."""
+
+    @functools.wraps(timer)
+    async def run() -> None:
+        try:
+            await timer()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("timer %s failed (it runs again at its next tick)", timer.__name__)
+
+    return run
 
 
 def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = None) -> SyncApp:
@@ -134,7 +150,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         for hook in pipeline.hooks_to_retry():
             await pipeline.request_drain(hook, "timer")
 
-    cast(Any, app).timer(interval=settings.resume_interval)(resume_paused_hooks)
+    cast(Any, app).timer(interval=settings.resume_interval)(_contained(resume_paused_hooks))
 
     async def sample_progress() -> None:
         monitor.sample()
@@ -152,7 +168,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
                 settings.http_port,
             )
 
-    cast(Any, app).timer(interval=5.0)(sample_progress)
+    cast(Any, app).timer(interval=5.0)(_contained(sample_progress))
 
     admin_token = settings.admin_secret()
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import logs
-from app.events import ConversationEvent, KnownEvent, MessageEvent, UnknownEvent
+from app.events import ControlCommand, ConversationEvent, KnownEvent, MessageEvent, UnknownEvent
 from app.execute import EventResult
 from app.metrics import Metrics, event_type_label, skip_reason_class
 from app.pipeline.source import SourceRecord
@@ -28,6 +28,8 @@ def _conversation_of(parsed: KnownEvent | UnknownEvent) -> int | None:
         return parsed.payload.id
     if isinstance(parsed, MessageEvent):
         return parsed.payload.conversation.id
+    if isinstance(parsed, ControlCommand):  # resync or repair of one conversation
+        return parsed.payload.conversation_id
     return None
 
 
@@ -46,9 +48,15 @@ class OutcomeLog:
         conversation = _conversation_of(parsed)
         if conversation is None:
             return
-        current = self.store.conversation(parsed.account_id, conversation) or ConversationRecord(
-            account_id=parsed.account_id, conversation_id=conversation
-        )
+        if isinstance(parsed, ControlCommand):  # a command names the hook only: trace it on a known conversation
+            hook = self.store.hook(parsed.hook_id)
+            current = self.store.conversation(hook.account_id, conversation) if hook is not None else None
+            if current is None:
+                return
+        else:
+            current = self.store.conversation(parsed.account_id, conversation) or ConversationRecord(
+                account_id=parsed.account_id, conversation_id=conversation
+            )
         entry = TraceEntry(
             at=datetime.now(tz=UTC).isoformat(timespec="seconds"),
             event=parsed.event,

@@ -205,8 +205,16 @@ class SyncStore:
         self.hooks.pop(str(hook_id), None)
 
     def slots(self) -> list[AnyHook]:
-        """Every hook slot of the partitions this worker holds."""
-        return [load_hook(raw) for raw in list(self.hooks.values()) if isinstance(raw, dict)]
+        """Every readable hook slot of the partitions this worker holds (an unreadable one is logged, not raised)."""
+        slots = []
+        for key, raw in list(self.hooks.items()):
+            try:
+                slots.append(load_hook(raw))
+            except (ValueError, TypeError) as exc:
+                log.error(
+                    "the stored record of hook %s cannot be read (%s): its events fail until it is set again", key, exc
+                )
+        return slots
 
     def unconfigured_with_events(self) -> int:
         return sum(1 for slot in self.slots() if isinstance(slot, UnconfiguredHook) and slot.parked)

@@ -113,7 +113,10 @@ def test_admin_commands_pause_resume_disable_enable_and_skip(sync_env: SyncEnv, 
     assert emulator.state()["Ticket"] == []
     state = cli_json(sync_env, worker, "inspect", "hook", "--hook-id", "7")
     assert state["pause"]["kind"] == "operator" and state["pause"]["reason"] == "GLPI upgrade"
-    assert state["parked_events"] == 1
+    assert state["parked_events"] == 1 and state["state"] == "paused (operator)"
+    listed = cli(sync_env, worker, "hook", "list").stdout.splitlines()
+    assert listed[0].split()[:3] == ["HOOK", "ACCOUNT", "STATE"]
+    assert listed[1].split()[:5] == ["7", "7", "paused", "(operator)", "1"]
     # skip: the stuck event goes to the DLQ with a record of who skipped it.
     cli(sync_env, worker, "hook", "skip", "--hook-id", "7", "--reason", "poison")
     wait_outcome(sync_env, lambda o: o["event"] == "hook_skip", "skip")
@@ -134,6 +137,7 @@ def test_admin_commands_pause_resume_disable_enable_and_skip(sync_env: SyncEnv, 
     sync_env.publish([envelope("conversation_created", load_example("conversation_created", id=59))])
     set_aside = wait_outcome(sync_env, lambda o: o["outcome"] == "set_aside", "set aside while disabled")
     assert "hook 7 is disabled" in set_aside["msg"]
+    assert cli_json(sync_env, worker, "hook", "list", "--json")[0]["state"] == "disabled"
     cli(sync_env, worker, "hook", "enable", "--hook-id", "7")
     wait_outcome(sync_env, lambda o: o["event"] == "hook_enable", "enable")
     sync_env.publish([envelope("conversation_created", load_example("conversation_created", id=60))])
@@ -150,6 +154,19 @@ def test_repair_resync_and_reset(sync_env: SyncEnv, emulator: EmulatorProcess) -
     conversation = cli_json(sync_env, worker, "inspect", "conversation", "57", "--hook-id", "7")
     assert conversation["conversation"]["ticket_id"] == ticket["id"]
     assert [m["message_id"] for m in conversation["messages"]] == [4412, 4415]
+    # trace: each event of the conversation, how it ended, and the ticket's page in GLPI.
+    trace = cli(sync_env, worker, "trace", "conversation", "57", "--hook-id", "7").stdout
+    link = f"{emulator.api_url.removesuffix('/apirest.php')}/front/ticket.form.php?id={ticket['id']}"
+    assert link in trace and f"created ticket {ticket['id']}" in trace
+    traced = cli_json(sync_env, worker, "trace", "conversation", "57", "--hook-id", "7", "--json")
+    assert traced["ticket_link"] == link
+    history = traced["conversation"]["history"]
+    assert [e["event"] for e in history][:1] == ["conversation_created"]
+    assert {e["event"] for e in history} >= {"conversation_created", "message_created"}
+    assert all(e["outcome"] in ("synced", "skipped") and "/" in e["source"] for e in history)
+    assert any(e["glpi_ids"].get("followup_id") for e in history if e["event"] == "message_created")
+    missing = cli(sync_env, worker, "trace", "conversation", "999", "--hook-id", "7", check=False)
+    assert missing.returncode == 1 and "never synced" in missing.stderr and "Traceback" not in missing.stderr
 
     # A technician deletes a followup, then the whole ticket: resync re-creates exactly what is missing.
     emulator.delete(f"ITILFollowup/{before['ITILFollowup'][0]['id']}")
@@ -159,6 +176,8 @@ def test_repair_resync_and_reset(sync_env: SyncEnv, emulator: EmulatorProcess) -
     emulator.delete(f"Ticket/{ticket['id']}?force_purge=true")
     cli(sync_env, worker, "resync", "conversation", "57", "--hook-id", "7")
     done = wait_outcome(sync_env, lambda o: o["event"] == "resync_conversation" and "recreated" in o["msg"], "resync 2")
+    history = cli_json(sync_env, worker, "trace", "conversation", "57", "--hook-id", "7", "--json")["conversation"]
+    assert [e["event"] for e in history["history"]][-2:] == ["resync_conversation", "resync_conversation"]
     state = emulator.state()
     (new_ticket,) = state["Ticket"]
     assert new_ticket["id"] != ticket["id"] and "ticket recreated" in done["msg"]

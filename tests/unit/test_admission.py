@@ -9,18 +9,14 @@ import pytest
 
 from app.events import HookSettings, KnownEvent, UnknownEvent, parse_envelope
 from app.sync.admission import admit
-from app.sync.state import HookRecord, Pause, UnconfiguredHook
+from app.sync.state import HookRecord, Pause, UnconfiguredHook, load_hook
 from tests.conftest import envelope, load_example
 
 
 def hook(**fields: Any) -> HookRecord:
     fields.setdefault("account_features", ("crm_integration",))
-    return HookRecord(
-        hook_id=7,
-        account_id=7,
-        settings=HookSettings(api_url="https://glpi.example/apirest.php", user_token="u"),
-        **fields,
-    )
+    fields.setdefault("settings", HookSettings(api_url="https://glpi.example/apirest.php", user_token="u"))
+    return HookRecord(hook_id=7, account_id=7, **fields)
 
 
 def event(name: str = "contact_updated", account_id: int = 7) -> KnownEvent | UnknownEvent:
@@ -72,3 +68,19 @@ def test_a_drained_event_is_synced_even_though_its_hook_has_parked_events() -> N
     assert decision(hook(parked_next=5), draining=True)[0] == "sync"
     # ...but a hook disabled mid-drain keeps the rest parked, for hook enable.
     assert decision(hook(parked_next=5, status="disabled"), draining=True)[0] == "park"
+
+
+@pytest.mark.parametrize(
+    "slot",
+    [
+        hook(),
+        hook(settings=HookSettings(api_url="https://g.example/apirest.php", user_token="u", phone_region="PT")),
+        hook(pause=Pause(kind="operator", reason="upgrade", since="t"), head_failures=2),
+        UnconfiguredHook(hook_id=7, parked_next=2),
+    ],
+)
+def test_every_stored_hook_record_reads_back_as_it_was_written(slot: Any) -> None:
+    """The hooks table holds JSON: each record must load again exactly (a default that fails validation would
+    make every stored hook unreadable after a restart)."""
+    stored = orjson.loads(orjson.dumps(slot.model_dump(mode="json")))
+    assert load_hook(stored) == slot
