@@ -222,7 +222,7 @@ async def worker_lines(env: ToolSettings, worker_url: str, hook_ids: list[int] |
                 "GLPI errors since the workers started",
                 "ok" if not errors else "warn",
                 summary,
-                "docs/troubleshooting.md, section "GLPI error codes", explains each code",
+                "docs/troubleshooting.md, section 'GLPI error codes', explains each code",
             )
         )
         _, hooks_body = await _get(http, f"{worker_url}/state/hooks?all=1")
