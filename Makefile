@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KAFKA_LIBS := .cache/kafka/libs
 
-.PHONY: chaos run test check static fmt fmt-check lint typecheck imports schemas kafka test-unit test-integration \
+.PHONY: bench chaos run test check static fmt fmt-check lint typecheck imports schemas kafka test-unit test-integration \
         test-e2e venv clean
 
 # PYTHONWARNINGS: setuptools prints a banner about editable installs that says nothing to a newcomer.
@@ -43,6 +43,10 @@ test-e2e: venv kafka
 ## The long fault-injection suite: 50 kill -9 points, GLPI faults, a 60 s outage, rebalance and broker restart.
 chaos: venv kafka
 	$(PY) -m tests.chaos --kills 50 --outage 60
+
+# Throughput against the GLPI emulator (50 ms, 16 slots); numbers into docs/bench.md. Not a test.
+bench: venv kafka
+	$(PY) -m tests.bench --write docs/bench.md
 
 fmt: venv
 	$(VENV)/bin/ruff format app tests

@@ -78,7 +78,10 @@ def _to_utc(value: Any) -> datetime | None:
     if isinstance(value, bool):
         raise ValueError("a boolean is not a time")  # noqa: TRY004 - pydantic only wraps ValueError
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(float(value), tz=UTC)
+        try:
+            return datetime.fromtimestamp(float(value), tz=UTC)
+        except (OverflowError, OSError) as exc:  # pydantic only wraps ValueError
+            raise ValueError(f"time {value!r} is out of range") from exc
     if isinstance(value, str):
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -361,6 +364,8 @@ def parse_envelope(raw: bytes | None) -> KnownEvent | UnknownEvent:
         return UnknownEvent.model_validate(data)
     except ValidationError as exc:
         raise InvalidEnvelopeError(f"invalid {name} envelope: {_describe(exc)}") from None
+    except Exception as exc:  # a validator's error pydantic does not wrap: still a bad envelope, never a crash
+        raise InvalidEnvelopeError(f"invalid {name} envelope: {exc}"[:300]) from None
 
 
 def envelope_json_schemas() -> dict[str, dict[str, Any]]:

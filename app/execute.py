@@ -34,6 +34,7 @@ rights, the hook's entity): never the error message, which is the same for one c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import random
 import time
@@ -111,6 +112,14 @@ class EventRejected(Exception):  # noqa: N818 - an outcome, named after what it 
         self.status = error.status if error is not None else None
 
 
+class OperatorInterrupt(Exception):  # noqa: N818 - an outcome, named after what it tells the caller
+    """An operator command for the hook (``hook skip``, ``pause``, ``disable``) is waiting: stop retrying now.
+
+    Raised only where waiting is safe to cut (between two attempts: every intent is already durable). The
+    pipeline parks the event at the head of its hook's queue; the command then applies to it.
+    """
+
+
 class CreateOutcomeUnknownError(GlpiRetryableError):
     """A create's POST failed in a way that leaves its outcome unknown; ``posted_at`` is when it started."""
 
@@ -165,9 +174,11 @@ class GlpiExecutor:
         policy: RetryPolicy | None = None,
         on_retry: Callable[[str], None] | None = None,
         on_duplicate_removed: Callable[[str], None] | None = None,
+        interrupt: asyncio.Event | None = None,
     ) -> None:
         self.client = client
         self.policy = policy or RetryPolicy()
+        self.interrupt = interrupt
         self._on_retry = on_retry
         self._on_duplicate_removed = on_duplicate_removed
         self._waited = 0.0  # seconds the current attempt spent waiting for an earlier POST
@@ -203,7 +214,18 @@ class GlpiExecutor:
                 raise error
             if self._on_retry is not None:
                 self._on_retry(error.code)
-            await self.policy.sleep(wait)
+            await self._wait(wait)
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep between two attempts; an operator command for the hook cuts it short (:class:`OperatorInterrupt`)."""
+        if self.interrupt is None:
+            await self.policy.sleep(seconds)
+            return
+        if not self.interrupt.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.interrupt.wait(), seconds)
+        if self.interrupt.is_set():
+            raise OperatorInterrupt("an operator command for this hook is waiting")
 
     async def _find(self, itemtype: str, lookups: tuple[Lookup, ...]) -> int | None:
         for lookup in lookups:
@@ -239,7 +261,7 @@ class GlpiExecutor:
         found = await self._look(cmd)
         while found is None and self.policy.clock() < cmd.not_before:
             pause = min(LATE_COMMIT_POLL, cmd.not_before - self.policy.clock())
-            await self.policy.sleep(pause)
+            await self._wait(pause)
             self._waited += pause
             found = await self._look(cmd)
         return found

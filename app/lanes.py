@@ -1,8 +1,12 @@
-"""Per-hook lanes inside one faust agent: hooks of one partition run concurrently, each hook strictly in order.
+"""Lanes inside one faust agent: hooks run concurrently; inside a hook, conversations run concurrently.
 
 Contract (measured in ``faust-per-hook-lanes.md``):
-- the agent iterates ``stream.noack().events()`` and only *dispatches*: each event joins the queue of its key's lane
-  (one asyncio task per busy key; idle lanes end), so a slow or dead hook never delays another hook;
+- the agent iterates ``stream.noack().events()`` and only *dispatches*: a ``place`` function says where each event
+  runs (:class:`Placement`): its **group** (the record key: one hook) and its **lane** inside the group;
+- **ordering rules** (the pipeline decides the lane, ``app/sync/ordering.py``): events of one lane run strictly in
+  order; different lanes of one group run concurrently, at most ``group_concurrency`` at a time; an event with no
+  lane is a **barrier**: it starts once every earlier event of its group has finished, and no later event of the
+  group starts before it has finished. Different groups never wait for each other;
 - each event runs in a copy of the context captured at dispatch, so faust's ``current_event()`` — and with it the
   table partition, the RocksDB partition and the changelog partition — is the event's own;
 - acks reach faust **in offset order only**: per topic-partition, finished events are acknowledged as a contiguous
@@ -23,7 +27,7 @@ import contextlib
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,21 +35,59 @@ from faust.types import TP, AppT, EventT
 
 log = logging.getLogger("cwglpi.lanes")
 
-Handler = Callable[[EventT[Any]], Coroutine[Any, Any, None]]
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where an event runs: ``group`` (its hook), ``lane`` inside the group (``None``: a barrier of the group).
+
+    ``prepared`` is handed to the handler with the event (the parsed envelope: each record is parsed once).
+    """
+
+    group: bytes
+    lane: Hashable | None = None
+    prepared: Any = None
+
+
+Handler = Callable[[EventT[Any], Any], Coroutine[Any, Any, None]]
+Place = Callable[[EventT[Any]], Placement]
+
+
+def by_key(event: EventT[Any]) -> Placement:
+    """Every event of one key in order, as a barrier each (the strictest placement)."""
+    key = event.message.key
+    return Placement(key if isinstance(key, bytes) else b"")
 
 
 @dataclass(eq=False)
 class _Entry:
     event: EventT[Any]
     context: contextvars.Context
+    placement: Placement
+    tp: TP
     done: bool = False
 
 
 @dataclass(eq=False)
 class _Lane:
+    key: Hashable
+    queue: deque[_Entry] = field(default_factory=deque)
+
+
+@dataclass(eq=False)
+class _Group:
+    """One hook: events not yet placed (arrival order), its running lanes, and the slots they share."""
+
     key: bytes
-    queue: asyncio.Queue[_Entry] = field(default_factory=asyncio.Queue)
-    task: asyncio.Task[None] | None = None
+    slots: asyncio.Semaphore
+    queue: deque[_Entry] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    lanes: dict[Hashable, _Lane] = field(default_factory=dict)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    runner: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
 
 
 class LaneDispatcher:
@@ -54,22 +96,29 @@ class LaneDispatcher:
         app: AppT,
         handler: Handler,
         *,
+        place: Place = by_key,
         max_inflight: int = 2000,
         per_partition: int = 250,
+        group_concurrency: int = 8,
         idle_seconds: float = 30.0,
     ) -> None:
         self.app = app
         self.handler = handler
+        self.place = place
         self.max_inflight = max_inflight
         self.per_partition = per_partition
+        self.group_concurrency = group_concurrency
         self.idle_seconds = idle_seconds
         self._windows: dict[TP, deque[_Entry]] = {}
-        self._lanes: dict[bytes, _Lane] = {}
+        self._groups: dict[bytes, _Group] = {}
         self._inflight = 0
         self._space = asyncio.Event()
         self._space.set()
         #: Partitions whose fetching this dispatcher paused (it never resumes one faust paused itself).
         self._paused: set[TP] = set()
+        #: Per partition, the offset after the last record dispatched: where reading goes on after a pause.
+        self._next_offset: dict[TP, int] = {}
+        self._resuming: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------------------------------------ state
 
@@ -78,11 +127,33 @@ class LaneDispatcher:
         return self._inflight
 
     def lane_count(self) -> int:
-        return len(self._lanes)
+        return sum(len(group.lanes) for group in self._groups.values())
+
+    def group_count(self) -> int:
+        return len(self._groups)
 
     @property
     def paused_partitions(self) -> frozenset[TP]:
         return frozenset(self._paused)
+
+    def describe(self) -> dict[str, Any]:
+        """What the dispatcher holds, for ``/state/workers``: per partition its window and whether it is paused."""
+        return {
+            "inflight": self._inflight,
+            "groups": {
+                group.key.decode("utf-8", "replace"): {"queued": len(group.queue), "lanes": len(group.lanes)}
+                for group in self._groups.values()
+            },
+            "partitions": {
+                f"{tp.topic}/{tp.partition}": {
+                    "held": len(window),
+                    "unfinished": sum(1 for entry in window if not entry.done),
+                    "oldest_offset": window[0].event.message.offset if window else None,
+                    "fetch_paused": tp in self._paused,
+                }
+                for tp, window in self._windows.items()
+            },
+        }
 
     def oldest_pending(self) -> dict[TP, EventT[Any]]:
         """Per topic-partition, the oldest event not yet acknowledged (the one holding the commit back)."""
@@ -91,12 +162,15 @@ class LaneDispatcher:
     # ------------------------------------------------------------------------------------------------ dispatch
 
     async def dispatch(self, event: EventT[Any]) -> None:
-        """Queue ``event`` on its key's lane; waits while ``max_inflight`` events are unfinished."""
+        """Queue ``event`` in its group; waits while ``max_inflight`` events are unfinished."""
         while self._inflight >= self.max_inflight:
             self._space.clear()
             await self._space.wait()
-        entry = _Entry(event, contextvars.copy_context())
-        tp = event.message.tp
+        # faust's own TP: messages carry aiokafka's TopicPartition, and faust's resume_partitions adds what it is
+        # given to its active set unconverted, where anything else than a TP crashes the fetcher.
+        tp = TP(event.message.tp.topic, event.message.tp.partition)
+        entry = _Entry(event, contextvars.copy_context(), self.place(event), tp)
+        self._next_offset[tp] = event.message.offset + 1
         window = self._windows.setdefault(tp, deque())
         window.append(entry)
         self._inflight += 1
@@ -104,46 +178,78 @@ class LaneDispatcher:
             self._paused.add(tp)
             self.app.consumer.pause_partitions([tp])
             log.info("partition %s paused: %d events held behind its oldest unfinished one", tp, len(window))
-        key = event.message.key if isinstance(event.message.key, bytes) else b""
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = _Lane(key)
-            self._lanes[key] = lane
-            lane.task = asyncio.ensure_future(self._run_lane(lane))
-        lane.queue.put_nowait(entry)
+        group = self._groups.get(entry.placement.group)
+        if group is None:
+            group = _Group(entry.placement.group, asyncio.Semaphore(self.group_concurrency))
+            self._groups[group.key] = group
+            group.runner = asyncio.ensure_future(self._run_group(group))
+        group.queue.append(entry)
+        group.wake.set()
 
-    async def _run_lane(self, lane: _Lane) -> None:
+    async def _run_group(self, group: _Group) -> None:
+        """Place the group's events in arrival order: into their lanes, or run a barrier once all lanes are idle."""
         try:
             while True:
-                try:
-                    entry = await asyncio.wait_for(lane.queue.get(), self.idle_seconds)
-                except TimeoutError:
-                    if lane.queue.empty():
-                        return
+                if not group.queue:
+                    group.wake.clear()
+                    try:
+                        await asyncio.wait_for(group.wake.wait(), self.idle_seconds)
+                    except TimeoutError:
+                        if not group.queue and not group.lanes:
+                            return
                     continue
-                message = entry.event.message
-                if message.generation_id != self.app.consumer_generation_id:
-                    self._forget(entry)  # fetched before a rebalance: faust delivers it again, unacked
+                entry = group.queue.popleft()
+                if entry.placement.lane is None:
+                    await group.idle.wait()
+                    await self._execute(entry)
                     continue
-                task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
-                    self.handler(entry.event), context=entry.context
-                )
-                try:
-                    await task
-                except Exception:
-                    # The handler promises never to raise. If it does, the event stays unacknowledged: the
-                    # partition's commit stops here, liveness fails after GLPI_SYNC_LIVENESS_STALL_SECONDS, and the
-                    # restarted worker delivers the event again. Losing it silently would be worse.
-                    log.critical("lane %r: handler failed; the event stays unacknowledged", lane.key, exc_info=True)
-                    raise
-                entry.done = True
-                self._release(message.tp)
+                lane = group.lanes.get(entry.placement.lane)
+                if lane is None:
+                    lane = _Lane(entry.placement.lane)
+                    group.lanes[lane.key] = lane
+                    group.idle.clear()
+                    task = asyncio.ensure_future(self._run_lane(group, lane))
+                    group.tasks.add(task)
+                    task.add_done_callback(group.tasks.discard)
+                lane.queue.append(entry)
         finally:
-            if self._lanes.get(lane.key) is lane:
-                del self._lanes[lane.key]
+            if self._groups.get(group.key) is group:
+                del self._groups[group.key]
+
+    async def _run_lane(self, group: _Group, lane: _Lane) -> None:
+        try:
+            while lane.queue:
+                entry = lane.queue.popleft()
+                async with group.slots:
+                    await self._execute(entry)
+        finally:
+            del group.lanes[lane.key]
+            if not group.lanes:
+                group.idle.set()
+
+    async def _execute(self, entry: _Entry) -> None:
+        message = entry.event.message
+        if message.generation_id != self.app.consumer_generation_id:
+            self._forget(entry)  # fetched before a rebalance: faust delivers it again, unacked
+            return
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            self.handler(entry.event, entry.placement.prepared), context=entry.context
+        )
+        try:
+            await task
+        except Exception:
+            # The handler promises never to raise. If it does, the event stays unacknowledged: the partition's
+            # commit stops here, liveness fails after GLPI_SYNC_LIVENESS_STALL_SECONDS, and the restarted worker
+            # delivers the event again. Losing it silently would be worse.
+            log.critical(
+                "group %r: handler failed; the event stays unacknowledged", entry.placement.group, exc_info=True
+            )
+            raise
+        entry.done = True
+        self._release(entry.tp)
 
     def _forget(self, entry: _Entry) -> None:
-        window = self._windows.get(entry.event.message.tp)
+        window = self._windows.get(entry.tp)
         if window is not None and entry in window:
             window.remove(entry)
             self._inflight -= 1
@@ -155,31 +261,58 @@ class LaneDispatcher:
             finished = window.popleft()
             finished.event.ack()
             self._inflight -= 1
-        if tp in self._paused and len(window or ()) <= self.per_partition // 2 and not self.app.rebalancing:
-            self._paused.discard(tp)
-            self.app.consumer.resume_partitions([tp])
+        self._maybe_resume(tp)
         if self._inflight < self.max_inflight:
             self._space.set()
+
+    def _maybe_resume(self, tp: TP) -> None:
+        if tp in self._paused and len(self._windows.get(tp) or ()) <= self.per_partition // 2:
+            if self.app.rebalancing:
+                return  # faust pauses and resumes partitions itself meanwhile: retried by resume_drained()
+            self._paused.discard(tp)
+            task = asyncio.ensure_future(self._resume(tp))
+            self._resuming.add(task)
+            task.add_done_callback(self._resuming.discard)
+
+    async def _resume(self, tp: TP) -> None:
+        """Read on from the first record not dispatched yet, then resume fetching.
+
+        faust silently drops the records of a batch it already fetched for a partition paused meanwhile, and its
+        next record would then count as a gap (acknowledged): without this seek they would be skipped, lost.
+        """
+        offset = self._next_offset.get(tp)
+        if offset is not None:
+            await self.app.consumer.seek(tp, offset)
+        self.app.consumer.resume_partitions([tp])
+
+    def resume_drained(self) -> None:
+        """Resume the partitions whose window emptied while a rebalance forbade it (called by a timer)."""
+        for tp in list(self._paused):
+            self._maybe_resume(tp)
 
     # ------------------------------------------------------------------------------------------------ stop
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop every lane (revoke or shutdown); unfinished events stay unacknowledged."""
-        lanes = list(self._lanes.values())
-        tasks = [lane.task for lane in lanes if lane.task is not None]
-        if grace > 0 and tasks:
-            await asyncio.wait(tasks, timeout=grace)
+        groups = list(self._groups.values())
+        runners = [group.runner for group in groups if group.runner is not None]
+        if grace > 0 and runners:
+            await asyncio.wait(runners, timeout=grace)
+        tasks = [task for group in groups for task in (*group.tasks, group.runner) if task is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._lanes.clear()
+        self._groups.clear()
         self._windows.clear()
         self._paused.clear()  # faust re-seeks and resumes the partitions it assigns
+        self._next_offset.clear()
+        for resuming in list(self._resuming):
+            resuming.cancel()
         self._inflight = 0
         self._space.set()
         with contextlib.suppress(Exception):
             await self.app.producer.flush()
-        if lanes:
-            log.info("stopped %d lanes", len(lanes))
+        if groups:
+            log.info("stopped %d groups", len(groups))

@@ -94,8 +94,10 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level)
+    # The libraries' INFO lines (every rebalance step) only at DEBUG, where they tell a stuck partition's story.
+    library_level = logging.INFO if logging.getLevelName(level) <= logging.DEBUG else logging.WARNING
     for noisy in ("aiokafka", "faust", "mode"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+        logging.getLogger(noisy).setLevel(max(library_level, logging.getLevelName(level)))
     for name in ("aiokafka", "aiokafka.consumer.group_coordinator", "faust.transport.drivers.aiokafka"):
         target = logging.getLogger(name)
         if not any(isinstance(f, FirstStartNoise) for f in target.filters):

@@ -121,6 +121,9 @@ class WorkerSettings(ToolSettings):
     max_inflight: int = Field(2000, ge=1)
     #: Events of one partition held in memory before its fetching pauses (a slow head holds back its acks).
     max_inflight_per_partition: int = Field(250, ge=2)
+    #: GLPI requests one hook runs at once: different conversations of a hook sync side by side, up to this many
+    #: (like php-fpm's pool, GLPI gains little past 8-16 and a small GLPI suffers). 1 runs a hook strictly in order.
+    hook_concurrency: int = Field(8, ge=1, le=256)
     create_topics: bool = True
     #: Seconds after a create's POST during which GLPI may still commit it (a timeout is not a refusal): no new
     #: POST of the same object before then. Set it above PHP's max_execution_time plus any proxy queueing.

@@ -23,12 +23,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
-from faust.types import StreamT
+from faust.types import EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app import logs
 from app.kafka_io import BrokerUnreachableError, KafkaConnection
-from app.lanes import LaneDispatcher
+from app.lanes import LaneDispatcher, Placement
 from app.metrics import Metrics
 from app.ops import FORWARDED, Operations, ProgressMonitor, admin_gate
 from app.pipeline import DurableTable, Pipeline
@@ -118,11 +118,19 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         Table=DurableTable,
     )
     pipeline = Pipeline(app, settings, metrics)
+
+    def place(event: EventT[Any]) -> Placement:
+        """A hook's events by conversation or contact (``app/sync/ordering.py``); the record key is the hook."""
+        prepared = pipeline.prepare(event)
+        return Placement(prepared.record.key or b"", prepared.lane, prepared)
+
     lanes = LaneDispatcher(
         app,
         pipeline.handle,
+        place=place,
         max_inflight=settings.max_inflight,
         per_partition=settings.max_inflight_per_partition,
+        group_concurrency=settings.hook_concurrency,
     )
     app.pipeline = pipeline
     app.lanes = lanes
@@ -140,6 +148,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         # Eager rebalance: faust re-seeks every partition afterwards, so every lane stops (not only revoked ones).
         await lanes.stop()
+        pipeline.lanes_stopped()
 
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
 
@@ -153,6 +162,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     cast(Any, app).timer(interval=settings.resume_interval)(_contained(resume_paused_hooks))
 
     async def sample_progress() -> None:
+        lanes.resume_drained()
         monitor.sample()
         if monitor.ready() and not monitor.announced:
             monitor.announced = True
@@ -201,7 +211,8 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     async def workers_page(view: Any, request: Any) -> Any:
         if (denied := refused(view, request)) is not None:
             return denied
-        return reply(view, 200, {"self": ops.self_url, "workers": ops.worker_urls(), "partitions": ops.distribution()})
+        body = {"self": ops.self_url, "workers": ops.worker_urls(), "partitions": ops.distribution()}
+        return reply(view, 200, {**body, "lanes": lanes.describe()})
 
     @page("/state/hook/{hook_id}")
     async def hook_page(view: Any, request: Any, hook_id: str) -> Any:

@@ -39,19 +39,32 @@ class Workload:
     followups: set[str] = field(default_factory=set)
 
     @classmethod
-    def build(cls, hooks: int, conversations: int, messages: int, first_hook: int = 1) -> Workload:
+    def build(
+        cls,
+        hooks: int,
+        conversations: int,
+        messages: int,
+        first_hook: int = 1,
+        contacts: int | None = None,
+        shuffle: random.Random | None = None,
+    ) -> Workload:
+        """``contacts``: conversations share that many contacts per hook (default: one contact each).
+        ``shuffle``: the conversations of a hook interleave at random, each keeping its own order."""
         work = cls(hooks, conversations, messages)
         per_hook: list[list[dict[str, Any]]] = []
         for hook in range(first_hook, first_hook + hooks):
-            sequence: list[dict[str, Any]] = []
+            by_conversation: list[list[dict[str, Any]]] = []
             work.logins[hook] = set()
             for conv in range(1, conversations + 1):
-                contact_id = hook * 1000 + conv
-                email = f"c{hook}-{conv}@chaos.example"
+                sequence: list[dict[str, Any]] = []
+                by_conversation.append(sequence)
+                person = conv if contacts is None else (conv - 1) % contacts + 1
+                contact_id = hook * 1000 + person
+                email = f"c{hook}-{person}@chaos.example"
                 work.logins[hook].add(email)
                 body = load_example("conversation_created", id=conv)
                 sender = body["meta"]["sender"]
-                sender.update(id=contact_id, email=email, name=f"Chaos {hook} {conv}", phone_number=None)
+                sender.update(id=contact_id, email=email, name=f"Chaos {hook} {person}", phone_number=None)
                 body["messages"][0].update(id=hook * 1_000_000 + conv * 1000, sender=dict(sender))
                 sequence.append(envelope("conversation_created", body, hook, hook))
                 for n in range(1, messages + 1):
@@ -72,7 +85,7 @@ class Workload:
                     final = "open"
                     sequence.append(_status(conv, sender, "open", hook))
                 work.tickets[f"[cw:{hook}/{conv}]"] = FINAL_STATUS[final]
-            per_hook.append(sequence)
+            per_hook.append(_interleave(by_conversation, shuffle))
         # Interleave the hooks round-robin; each hook keeps its own order.
         while any(per_hook):
             for sequence in per_hook:
@@ -82,6 +95,20 @@ class Workload:
 
     def hook_events(self, api_urls: dict[int, str]) -> list[dict[str, Any]]:
         return [hook_envelope(url, hook_id=hook, account_id=hook) for hook, url in api_urls.items()]
+
+
+def _interleave(sequences: list[list[dict[str, Any]]], rng: random.Random | None) -> list[dict[str, Any]]:
+    """One after the other, or (with ``rng``) mixed at random with each sequence's own order kept."""
+    if rng is None:
+        return [event for sequence in sequences for event in sequence]
+    queues = [list(sequence) for sequence in sequences if sequence]
+    mixed: list[dict[str, Any]] = []
+    while queues:
+        queue = rng.choice(queues)
+        mixed.append(queue.pop(0))
+        if not queue:
+            queues.remove(queue)
+    return mixed
 
 
 def _status(conv: int, sender: dict[str, Any], status: str, hook: int) -> dict[str, Any]:
@@ -594,6 +621,51 @@ def scenario_closed_tickets_and_big_messages(kafka: KafkaBroker, workdir: Path, 
         emulator.stop()
 
 
+def scenario_shared_contacts(
+    kafka: KafkaBroker, workdir: Path, hooks: int = 2, contacts: int = 2, conversations: int = 16, kills: int = 2
+) -> dict[str, Any]:
+    """Many conversations of one contact at once: they sync side by side (lanes per conversation), yet each contact
+    gets one GLPI user; an outage of GLPI parks them all, the drain runs them side by side again; kill -9 midway."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = SyncEnv(kafka, workdir, partitions=2)
+    emulator = EmulatorProcess(workdir)
+    emulator.start()
+    try:
+        emulator.faults({"path": ".*", "method": "POST", "kind": "delay", "seconds": 0.05, "count": -1})
+        work = Workload.build(
+            hooks, conversations, messages=3, first_hook=701, contacts=contacts, shuffle=random.Random(5)
+        )
+        env.publish(work.hook_events(dict.fromkeys(work.logins, emulator.api_url)))
+        worker = env.worker("w1")
+        # A small window: fetching pauses and resumes often, through faust's real consumer.
+        worker.env["GLPI_SYNC_MAX_INFLIGHT_PER_PARTITION"] = "8"
+        worker.start()
+        half = len(work.events) // 2
+        env.publish(work.events[:half])  # every conversation of the first half at once
+        wait_until(lambda: _outcome_count(worker, "conversation_created") >= 2, 120, what="first conversations")
+        worker.kill()
+        worker.start()
+        # GLPI goes down while the second half arrives: everything parks, then drains side by side.
+        emulator.faults({"path": ".*", "kind": "status", "status": 503, "count": -1})
+        env.publish(work.events[half:])
+        wait_until(lambda: _outcome_count(worker, "message_created", "parked") >= 5, 120, what="events parked")
+        emulator.faults({"path": ".*", "method": "POST", "kind": "delay", "seconds": 0.05, "count": -1}, clear=True)
+        for _ in range(kills - 1):
+            time.sleep(1.0)
+            worker.kill()
+            worker.start()
+        verdict = wait_complete(work, [emulator], 300)
+        return {
+            "contacts / conversations per hook": f"{contacts} / {conversations}",
+            "kill -9": kills,
+            "parked during the outage": _outcome_count(worker, "message_created", "parked"),
+            **tally(work, verdict),
+        }
+    finally:
+        env.stop()
+        emulator.stop()
+
+
 def _outcome_count(worker: Any, event: str, outcome: str | None = None) -> int:
     return sum(1 for o in worker.outcomes() if o["event"] == event and (outcome is None or o["outcome"] == outcome))
 
@@ -646,6 +718,10 @@ def main() -> int:
             (
                 "closed tickets, a restricted profile, 950 kB messages",
                 lambda: scenario_closed_tickets_and_big_messages(kafka, workdir / "closed"),
+            ),
+            (
+                "many conversations of one contact at once, an outage, kill -9",
+                lambda: scenario_shared_contacts(kafka, workdir / "shared", conversations=30, kills=4),
             ),
         ]
         for title, run in runs:

@@ -149,6 +149,17 @@ class Emulator:
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     faults: list[Rule] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
+    #: Like a real GLPI behind php-fpm: each API request holds one of ``capacity`` workers (0: unlimited) for
+    #: ``latency`` seconds plus its own work; requests beyond the pool queue (``make bench``).
+    latency: float = 0.0
+    capacity: int = 0
+    _pool: asyncio.Semaphore | None = None
+
+    @property
+    def pool(self) -> asyncio.Semaphore | None:
+        if self.capacity and self._pool is None:
+            self._pool = asyncio.Semaphore(self.capacity)
+        return self._pool
 
     def __post_init__(self) -> None:
         self.reset()
@@ -848,8 +859,20 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
     app.router.add_post("/_emulator/move_ticket", move_ticket)
     app.router.add_post("/_emulator/set_status", set_status)
     app.router.add_post("/_emulator/reset", reset)
+
+    async def pooled(request: web.Request) -> web.StreamResponse:
+        pool = emu.pool
+        if pool is None:
+            if emu.latency:
+                await asyncio.sleep(emu.latency)
+            return await api(request)
+        async with pool:
+            if emu.latency:
+                await asyncio.sleep(emu.latency)
+            return await api(request)
+
     for prefix in ("/apirest.php", "/api", "/api.php/v1"):
-        app.router.add_route("*", prefix + "/{path:.*}", api)
+        app.router.add_route("*", prefix + "/{path:.*}", pooled)
     return app
 
 
@@ -1003,12 +1026,16 @@ def main() -> None:
     parser.add_argument("--session-ttl", type=float, default=1440.0)
     parser.add_argument("--certfile", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--keyfile", help="... and this private key (PEM)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds each API request takes, e.g. 0.05")
+    parser.add_argument("--capacity", type=int, default=0, help="API requests served at once (php-fpm), e.g. 16")
     args = parser.parse_args()
     emu = Emulator(
         app_tokens={args.app_token},
         user_tokens={args.user_token: 2},
         glpi11=args.glpi11,
         session_ttl=args.session_ttl,
+        latency=args.latency,
+        capacity=args.capacity,
     )
     context = None
     if args.certfile:

@@ -238,10 +238,14 @@ class KafkaBroker:
 class EmulatorProcess:
     """``python -m tests.glpi_emulator`` on a free port, with a small sync client for its test endpoints."""
 
-    def __init__(self, workdir: Path, *, session_ttl: float = 1440.0, tls: Any = None) -> None:
+    def __init__(
+        self, workdir: Path, *, session_ttl: float = 1440.0, tls: Any = None, latency: float = 0.0, capacity: int = 0
+    ) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.session_ttl = session_ttl
+        self.latency = latency
+        self.capacity = capacity
         self.tls = tls  # tests.certs.Certificates: serve HTTPS
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -264,6 +268,10 @@ class EmulatorProcess:
                 str(self.port),
                 "--session-ttl",
                 str(self.session_ttl),
+                "--latency",
+                str(self.latency),
+                "--capacity",
+                str(self.capacity),
                 *(["--certfile", str(self.tls.cert), "--keyfile", str(self.tls.key)] if self.tls else []),
             ],
             cwd=ROOT,

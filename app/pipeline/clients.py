@@ -107,14 +107,14 @@ class HookClients:
         """
         return self._entry(hook).client
 
-    async def probe(self, hook: HookRecord) -> HookUnavailable | None:
-        """Whether the hook as a whole works (cached for :data:`PROBE_TTL` seconds)."""
+    async def probe(self, hook: HookRecord, fresh: bool = False) -> HookUnavailable | None:
+        """Whether the hook as a whole works (cached for :data:`PROBE_TTL` seconds unless ``fresh``)."""
         try:
             entry = self._entry(hook)
         except HookConfigError as exc:
             return HookUnavailable("auth", str(exc))
         now = time.monotonic()
-        if now - entry.probed_at > PROBE_TTL:
+        if fresh or now - entry.probed_at > PROBE_TTL:
             entry.probe = await probe_hook(entry.client, hook.settings)
             entry.probed_at = time.monotonic()
         return entry.probe

@@ -29,6 +29,9 @@ from app.sync.state import SELF_HEALING_PAUSES, ContactRecord, ConversationRecor
 if TYPE_CHECKING:
     from app.pipeline.records import Pipeline
 
+#: Commands that act between two retries of the hook's running events (``app/pipeline/locks.py``).
+INTERRUPTING_COMMANDS = frozenset({"hook_skip", "hook_pause", "hook_disable"})
+
 log = logging.getLogger("cwglpi.worker")
 
 
@@ -39,7 +42,11 @@ class AdminCommands:
 
     async def apply(self, record: SourceRecord, command: ControlCommand, started: float) -> None:
         """Apply ``command`` to its hook and log its outcome (with the reason an operator reads)."""
-        outcome, reason = await self._apply(record, command)
+        try:
+            outcome, reason = await self._apply(record, command)
+        finally:
+            if command.event in INTERRUPTING_COMMANDS:
+                self.pipeline.interrupts.applied(command.hook_id)
         self.pipeline.outcomes.finish(record, command, outcome, reason, started)
         self.pipeline.remember(command.event_id, outcome, reason)
 
@@ -98,9 +105,16 @@ class AdminCommands:
 
     async def _resume(self, hook: HookRecord, command: ControlCommand, who: str) -> tuple[str, str]:
         if command.event == "hook_retry":
+            self.pipeline.retry_applied(hook.hook_id)
             self_healing = hook.pause is not None and hook.pause.kind in SELF_HEALING_PAUSES
             if not self_healing and not (hook.pause is None and hook.parked > 0):
                 return "skipped", "nothing to retry"
+            if self_healing and hook.status == "enabled":
+                # One cheap look before replaying anything: while GLPI is still down, the parked head would only
+                # spend its whole retry budget again, holding every event of the hook behind this command.
+                problem = await self.pipeline.clients.probe(hook, fresh=True)
+                if problem is not None:
+                    return "skipped", f"still paused: {problem.reason}"
         if hook.pause is not None:
             hook = hook.model_copy(update={"pause": None})
             await self.store.save_slot(hook)
@@ -119,7 +133,10 @@ class AdminCommands:
             reason = f"skipped by operator {command.payload.requested_by or '?'}: {command.payload.reason or '-'}"
             await self.pipeline.dead_letters.send(head, "operator-skip", "SkippedByOperator", reason)
         await self.pipeline.parking.pop_head(hook.model_copy(update={"head_failures": 0}))
-        return "synced", f"parked event #{seq} moved to the dead-letter topic"
+        done = f"parked event #{seq} moved to the dead-letter topic"
+        if hook.pause is None and hook.status == "enabled" and hook.parked > 1:
+            done += "; " + await self.pipeline.drain(hook.hook_id)  # what waited behind it goes on
+        return "synced", done
 
     async def _set_mapping(self, record: SourceRecord, hook: HookRecord, command: ControlCommand) -> tuple[str, str]:
         """Point a contact or conversation at a GLPI id (after a manual merge), or clear the mapping."""

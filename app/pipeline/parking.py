@@ -62,8 +62,11 @@ class ParkingQueue:
 
     def head(self, slot: AnyHook) -> SourceRecord | None:
         """The oldest parked record of ``slot``'s hook (None if its entry is missing: it is then skipped)."""
-        seq = slot.parked_first
-        key = parked_key(slot.hook_id, seq)
+        return self.read(slot.hook_id, slot.parked_first)
+
+    def read(self, hook_id: int, seq: int) -> SourceRecord | None:
+        """Parked record ``seq`` of the hook (None if its entry is missing: done already, or lost)."""
+        key = parked_key(hook_id, seq)
         entry = self.store.parked.get(key)
         if not isinstance(entry, dict):
             return None
@@ -88,6 +91,25 @@ class ParkingQueue:
             headers,
             parked_seq=seq,
         )
+
+    def discard(self, hook_id: int, seq: int) -> None:
+        """Remove parked record ``seq`` (finished out of order); the counters pass over it later (:meth:`advance`)."""
+        key = parked_key(hook_id, seq)
+        entry = self.store.parked.pop(key, None)
+        if isinstance(entry, dict):
+            for index in range(int(entry.get("chunks") or 0)):
+                self.store.parked.pop(f"{key}:{index}", None)
+
+    async def advance(self, slot: AnyHook) -> AnyHook:
+        """Move ``parked_first`` past the records already removed at the head of the queue."""
+        first = slot.parked_first
+        while first < slot.parked_next and parked_key(slot.hook_id, first) not in self.store.parked:
+            first += 1
+        if first == slot.parked_first:
+            return slot
+        moved = slot.model_copy(update={"parked_first": first})
+        await self.store.save_slot(moved)
+        return moved
 
     async def pop_head(self, slot: AnyHook) -> AnyHook:
         """Remove the oldest parked record; returns the slot with ``parked_first`` moved."""

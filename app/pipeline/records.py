@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -43,11 +44,20 @@ from app.events import (
     UnknownEvent,
     parse_envelope,
 )
-from app.execute import EventRejected, EventResult, GlpiExecutor, HookUnavailable, RetryPolicy, sync_event
+from app.execute import (
+    EventRejected,
+    EventResult,
+    GlpiExecutor,
+    HookUnavailable,
+    OperatorInterrupt,
+    RetryPolicy,
+    sync_event,
+)
 from app.metrics import Metrics
 from app.pipeline.clients import HookClients
-from app.pipeline.commands import AdminCommands
+from app.pipeline.commands import INTERRUPTING_COMMANDS, AdminCommands
 from app.pipeline.dead_letters import DeadLetters
+from app.pipeline.locks import Interrupts, KeyedLocks
 from app.pipeline.outcomes import OutcomeLog
 from app.pipeline.parking import ParkingQueue
 from app.pipeline.source import SourceRecord
@@ -56,6 +66,7 @@ from app.secrets import HookConfigError, hook_policy, token_vault
 from app.settings import WorkerSettings
 from app.sync.admission import admit
 from app.sync.decide import apply_hook_event
+from app.sync.ordering import LaneKey, contact_of, lane_of
 from app.sync.state import (
     SELF_HEALING_PAUSES,
     AnyHook,
@@ -74,11 +85,23 @@ RESULTS_KEPT = 1000
 #: partition's commit keeps moving and liveness stays honest however long the queue.
 DRAIN_BATCH = 100
 DRAIN_SECONDS = 20.0
+#: A queued ``hook_retry`` not applied after this long (lost with a worker) is queued again.
+RETRY_PENDING_SECONDS = 300.0
 #: The resume timer re-requests a drain of a hook with parked events and no pause at most this often.
 DRAIN_NUDGE_SECONDS = 60.0
 
 #: ``done``: the record reached a final outcome. ``paused``: a parked record stays at its queue's head.
 Disposition = Literal["done", "paused"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A record parsed once at dispatch: its envelope (or why it is not one) and its lane inside its hook."""
+
+    record: SourceRecord
+    parsed: KnownEvent | UnknownEvent | None
+    error: InvalidEnvelopeError | None
+    lane: LaneKey | None
 
 
 def _now() -> str:
@@ -118,7 +141,14 @@ class Pipeline:
         )
         self.outcomes = OutcomeLog(metrics, settings.per_hook_metrics_limit, self.store)
         self.commands = AdminCommands(self)
+        #: Concurrent lanes of one hook share its slot and its contacts' records (``app/pipeline/locks.py``).
+        self.hook_locks = KeyedLocks()
+        self.contact_locks = KeyedLocks()
+        self.interrupts = Interrupts()
         self._drain_requested: dict[int, float] = {}
+        #: Hooks whose ``hook_retry`` is queued and not applied yet: the timer queues no second one meanwhile
+        #: (a retry waits behind the hook's events; piling them up would starve those events).
+        self._retry_pending: dict[int, float] = {}
         #: How the latest commands ended, by event id, for ``--wait`` in the CLI (bounded, this worker's only).
         self.results: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
@@ -131,18 +161,46 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------- one record
 
-    async def handle(self, event: EventT[Any]) -> None:
-        """Process one Kafka record to a final outcome. Never raises."""
-        await self.process(SourceRecord.from_event(event))
+    def prepare(self, event: EventT[Any]) -> Prepared:
+        """Parse a record as it is dispatched and say which lane of its hook it runs in (``None``: a barrier).
 
-    async def process(self, record: SourceRecord) -> Disposition:
-        started = time.monotonic()
+        An interrupting command (``hook skip``...) raises its hook's interrupt here, before it waits for the
+        hook's running events: a retry sleeping for that hook gives up, and the command applies between two retries.
+        """
+        record = SourceRecord.from_event(event)
         try:
             parsed = parse_envelope(record.value)
         except InvalidEnvelopeError as exc:
-            await self.dead_letters.send(record, "parse", "InvalidEnvelopeError", exc.reason)
-            self.outcomes.finish(record, None, "dead_lettered", exc.reason, started)
+            return Prepared(record, None, exc, None)
+        if (
+            isinstance(parsed, ControlCommand)
+            and parsed.event in INTERRUPTING_COMMANDS
+            and record.topic == self.settings.control_topic
+            and record.key == str(parsed.hook_id).encode()
+        ):
+            self.interrupts.raise_for(parsed.hook_id)
+        return Prepared(record, parsed, None, lane_of(parsed))
+
+    async def handle(self, event: EventT[Any], prepared: Prepared | None = None) -> None:
+        """Process one Kafka record to a final outcome. Never raises."""
+        prepared = prepared or self.prepare(event)
+        await self.process(prepared.record, prepared)
+
+    async def process(self, record: SourceRecord, prepared: Prepared | None = None) -> Disposition:
+        started = time.monotonic()
+        if prepared is None:
+            try:
+                parsed = parse_envelope(record.value)
+            except InvalidEnvelopeError as exc:
+                prepared = Prepared(record, None, exc, None)
+            else:
+                prepared = Prepared(record, parsed, None, None)
+        if prepared.parsed is None:
+            reason = prepared.error.reason if prepared.error else "not an envelope"
+            await self.dead_letters.send(record, "parse", "InvalidEnvelopeError", reason)
+            self.outcomes.finish(record, None, "dead_lettered", reason, started)
             return "done"
+        parsed = prepared.parsed
         for attempt in range(1, INTERNAL_ATTEMPTS + 1):
             try:
                 return await self._route(record, parsed, started)
@@ -199,6 +257,22 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------- admission
 
     async def _event(self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, started: float) -> Disposition:
+        async with self.hook_locks.hold(parsed.hook_id):
+            admitted = await self._admit(record, parsed, started)
+        if admitted is None:
+            return "done"
+        if admitted == "paused":
+            return "paused"
+        return await self._sync(record, parsed, admitted, started)
+
+    async def _admit(
+        self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, started: float
+    ) -> HookRecord | Literal["paused"] | None:
+        """Admission, under the hook's lock.
+
+        Returns the hook to sync with, ``"paused"`` (a drained head stays), or None when the event already reached
+        its outcome (skipped, set aside, parked).
+        """
         slot = self.store.slot(parsed.hook_id)
         draining = record.parked_seq is not None
         if slot is not None and slot.partition != record.partition and not draining:
@@ -215,10 +289,10 @@ class Pipeline:
         )
         if admission.action == "skip":
             self.outcomes.finish(record, parsed, "skipped", admission.reason, started)
-            return "done"
+            return None
         if admission.action == "set_aside":
             await self.set_aside(record, parsed, slot, admission.reason, started)
-            return "done"
+            return None
         if admission.action == "park":
             if draining:
                 return "paused"  # the hook stopped being syncable mid-drain: the record stays at the head
@@ -226,9 +300,9 @@ class Pipeline:
             await self.parking.append(slot, record)
             self.metrics.parked.labels(admission.kind).inc()
             self.outcomes.finish(record, parsed, "parked", admission.reason, started)
-            return "done"
+            return None
         assert isinstance(slot, HookRecord)
-        return await self._sync(record, parsed, slot, started)
+        return slot
 
     async def set_aside(
         self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, slot: AnyHook | None, reason: str, started: float
@@ -244,6 +318,15 @@ class Pipeline:
     async def _sync(
         self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, hook: HookRecord, started: float
     ) -> Disposition:
+        contact = contact_of(parsed)
+        if contact is None:
+            return await self._sync_locked(record, parsed, hook, started)
+        async with self.contact_locks.hold((hook.hook_id, contact)):
+            return await self._sync_locked(record, parsed, hook, started)
+
+    async def _sync_locked(
+        self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, hook: HookRecord, started: float
+    ) -> Disposition:
         view = self.store.load_view(parsed, record.partition)
         state = {"view": view}
 
@@ -257,6 +340,7 @@ class Pipeline:
                 self.policy,
                 on_retry=lambda code: self.metrics.retries.labels(code).inc(),
                 on_duplicate_removed=lambda itemtype: self.metrics.duplicates_removed.labels(itemtype).inc(),
+                interrupt=self.interrupts.flag(hook.hook_id),
             )
 
         try:
@@ -265,11 +349,27 @@ class Pipeline:
             return await self._unavailable(record, parsed, HookUnavailable("auth", str(exc)), started)
         except HookUnavailable as exc:
             return await self._unavailable(record, parsed, exc, started)
+        except OperatorInterrupt:
+            return await self._held(record, parsed, started)
         except EventRejected as exc:
             await self.dead_letters.send(record, "execute", exc.error_class, exc.reason, exc.code, exc.status)
             self.outcomes.finish(record, parsed, "dead_lettered", exc.reason, started)
             return "done"
         self.outcomes.finish(record, parsed, result.outcome, _reason(result), started, result)
+        return "done"
+
+    async def _held(self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, started: float) -> Disposition:
+        """An operator command interrupted the event's retries: park it (a drained one stays at its queue's head)."""
+        reason = "held between two retries for an operator command of the hook (skip, pause or disable)"
+        if record.parked_seq is not None:
+            self.outcomes.finish(record, parsed, "parked", f"still parked: {reason}", started)
+            return "paused"
+        async with self.hook_locks.hold(parsed.hook_id):
+            hook = self.store.hook(parsed.hook_id)
+            assert hook is not None  # only a configured hook reaches GLPI
+            await self.parking.append(hook, record)
+        self.metrics.parked.labels("operator").inc()
+        self.outcomes.finish(record, parsed, "parked", reason, started)
         return "done"
 
     async def _unavailable(
@@ -280,6 +380,12 @@ class Pipeline:
         A parked event that keeps failing on its own while GLPI answers other requests is dead-lettered after
         ``GLPI_SYNC_MAX_EVENT_FAILURES`` drains, so that one event never holds its hook forever.
         """
+        async with self.hook_locks.hold(parsed.hook_id):
+            return await self._pause_and_park(record, parsed, exc, started)
+
+    async def _pause_and_park(
+        self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, exc: HookUnavailable, started: float
+    ) -> Disposition:
         hook = self.store.hook(parsed.hook_id)
         assert hook is not None  # only a configured hook reaches GLPI
         if record.parked_seq is not None and exc.request_specific:
@@ -358,10 +464,14 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------- draining
 
     async def drain(self, hook_id: int) -> str:
-        """Sync the hook's parked events in order, a batch at a time; returns a summary for the operator.
+        """Sync the hook's parked events, a window at a time; returns a summary for the operator.
 
-        Stops when the queue is empty, the hook pauses again or is disabled; after :data:`DRAIN_BATCH` events or
-        :data:`DRAIN_SECONDS` it queues its own continuation (``hook_retry``) and returns.
+        A window is the next parked events (up to four per concurrency slot): their conversations run side by
+        side as on the topic (``app/sync/ordering.py``), each conversation in order and stopping at its first event
+        that cannot go on. Finished events leave the queue even when an earlier one stays (the queue skips the
+        gaps), so nothing is synced twice by a later drain. Stops when the queue is empty, the hook pauses again or
+        is disabled; after :data:`DRAIN_BATCH` events or :data:`DRAIN_SECONDS` it queues its own continuation
+        (``hook_retry``) and returns.
         """
         started = time.monotonic()
         drained = 0
@@ -374,18 +484,61 @@ class Pipeline:
                 await self.request_drain(hook, "continue draining")
                 summary = f"; {hook.parked} more will follow"
                 break
-            head = self.parking.head(hook)
-            if head is not None and await self.process(head) == "paused":
+            window = min(hook.parked, 4 * self.settings.hook_concurrency, DRAIN_BATCH - drained)
+            finished, stuck = await self._drain_window(hook, window)
+            drained += finished
+            if stuck:
                 break
-            hook = self.store.hook(hook_id)
-            if hook is None:
-                break
-            await self.parking.pop_head(hook.model_copy(update={"head_failures": 0}))
-            drained += 1
         if drained:
             log.info("hook %s: drained %d parked event(s)%s", hook_id, drained, summary, extra={"hook_id": hook_id})
         self.refresh_gauges()
         return f"drained {drained} parked event(s){summary}"
+
+    async def _drain_window(self, hook: HookRecord, size: int) -> tuple[int, bool]:
+        """Run the next ``size`` parked events by lane; returns how many finished and whether one stays stuck."""
+        lanes: dict[LaneKey | None, list[tuple[int, SourceRecord]]] = {}
+        finished: list[int] = []
+        for seq in range(hook.parked_first, hook.parked_first + size):
+            record = self.parking.read(hook.hook_id, seq)
+            if record is None:
+                finished.append(seq)  # removed already (finished out of order, or lost): the queue skips it
+                continue
+            try:
+                lane = lane_of(parse_envelope(record.value))
+            except InvalidEnvelopeError:
+                lane = None
+            lanes.setdefault(lane, []).append((seq, record))
+        slots = asyncio.Semaphore(self.settings.hook_concurrency)
+        stuck = False
+
+        async def run_lane(items: list[tuple[int, SourceRecord]]) -> None:
+            nonlocal stuck
+            for seq, record in items:
+                async with slots:
+                    disposition = await self.process(record)
+                if disposition == "paused":
+                    stuck = True
+                    return  # the rest of this conversation waits behind it
+                finished.append(seq)
+
+        await asyncio.gather(*(run_lane(items) for items in lanes.values()))
+        for seq in finished:
+            self.parking.discard(hook.hook_id, seq)
+        current = self.store.hook(hook.hook_id)
+        if current is not None:
+            moved = await self.parking.advance(current)
+            if moved.parked_first != current.parked_first and current.head_failures:
+                await self.store.save_slot(moved.model_copy(update={"head_failures": 0}))
+        return len(finished), stuck
+
+    def lanes_stopped(self) -> None:
+        """After a revoke every unfinished record is delivered again: forget what was counted for the old ones."""
+        self.interrupts.reset()
+        self._retry_pending.clear()
+
+    def retry_applied(self, hook_id: int) -> None:
+        """The hook's queued ``hook_retry`` ran: the timer may queue the next one."""
+        self._retry_pending.pop(hook_id, None)
 
     async def request_drain(self, hook: HookRecord, why: str) -> None:
         """Queue a ``hook_retry`` for ``hook`` on its control partition (ordered with its events)."""
@@ -395,6 +548,7 @@ class Pipeline:
         )
         await sent
         self._drain_requested[hook.hook_id] = time.monotonic()
+        self._retry_pending[hook.hook_id] = time.monotonic()
 
     def hooks_to_retry(self) -> list[HookRecord]:
         """Local hooks the resume timer should nudge: self-healing pauses, and parked queues no drain is on."""
@@ -402,6 +556,9 @@ class Pipeline:
         due = []
         for hook in self.store.slots():
             if not isinstance(hook, HookRecord) or hook.partition is None or hook.status != "enabled":
+                continue
+            queued = self._retry_pending.get(hook.hook_id)
+            if queued is not None and now - queued < RETRY_PENDING_SECONDS:
                 continue
             if (hook.pause is not None and hook.pause.kind in SELF_HEALING_PAUSES) or (
                 hook.pause is None

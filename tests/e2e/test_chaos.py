@@ -16,6 +16,7 @@ from tests.chaos import (
     scenario_kill9,
     scenario_late_commits,
     scenario_rebalance_and_broker_restart,
+    scenario_shared_contacts,
 )
 from tests.harness import KafkaBroker
 
@@ -72,3 +73,11 @@ def test_closed_tickets_restricted_profile_and_big_messages(
     figures = scenario_closed_tickets_and_big_messages(kafka, tmp_path)
     assert figures["_closed"] > 0 and figures["_links"] == figures["_closed"]
     _check("closed tickets, restricted profile, 950 kB messages (short)", figures, capsys)
+
+
+def test_many_conversations_of_one_contact_at_once(
+    kafka: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    figures = scenario_shared_contacts(kafka, tmp_path)
+    assert figures["parked during the outage"] >= 5
+    _check("many conversations of one contact at once (short)", figures, capsys)

@@ -49,8 +49,9 @@ def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator:
             "emulator-app-token",
             "--user-token",
             "emulator-user-token",
+            "--wait",  # the configuration is on the control topic: applied before the story is published
         ],
-        env={**os.environ, **sync_env.env},
+        env={**os.environ, **sync_env.env, "GLPI_SYNC_WORKER_URL": f"http://127.0.0.1:{worker.http_port}"},
         capture_output=True,
         text=True,
         check=False,

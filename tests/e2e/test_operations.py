@@ -269,7 +269,7 @@ def test_doctor_green_and_every_red_line(sync_env: SyncEnv, emulator: EmulatorPr
         }
         human = cli(sync_env, worker, "doctor", "--hook-id", "26", check=False).stdout
         assert "✘ hook 26 user token valid: ERROR_GLPI_LOGIN_USER_TOKEN" in human
-        assert "fix: regenerate it in GLPI" in human
+        assert "fix: regenerate the user's API token" in human and "glpi-sync hook set --hook-id 26" in human
         assert "wrong-user-token" not in human
 
         here = f"http://127.0.0.1:{worker.http_port}"

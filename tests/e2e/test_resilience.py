@@ -162,7 +162,7 @@ def test_dlq_list_and_replay(sync_env: SyncEnv, emulator: EmulatorProcess) -> No
     assert (entry["hook_id"], entry["event"], entry["stage"]) == (7, "message_created", "execute")
     assert entry["error_class"] == "GlpiRejectedError" and entry["glpi_code"] == "ERROR_SQL"
     human = subprocess.run([WORKER_BIN, "dlq", "list"], env=env, capture_output=True, text=True, check=True)
-    assert "hook 7  message_created" in human.stdout and "GlpiRejectedError" in human.stdout
+    assert "hook 7  message_created" in human.stdout and "execute: GLPI refused the data: ERROR_SQL" in human.stdout
     for _ in range(2):  # replaying twice is safe
         subprocess.run([WORKER_BIN, "dlq", "replay", "--all"], env=env, capture_output=True, text=True, check=True)
     wait_until(lambda: len(outcomes(sync_env)) == 6, 60, what="replayed outcomes")

@@ -6,9 +6,10 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.structs import TopicPartition
 from faust.types import TP
 
-from app.lanes import LaneDispatcher
+from app.lanes import LaneDispatcher, Placement
 
 TP0 = TP("events", 0)
 
@@ -43,13 +44,19 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.paused: set[TP] = set()
         self.calls: list[tuple[str, TP]] = []
+        self.not_faust_tps: list[Any] = []
 
     def pause_partitions(self, tps: Any) -> None:
         for tp in tps:
             self.paused.add(tp)
             self.calls.append(("pause", tp))
 
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.calls.append(("seek", tp, offset))  # type: ignore[arg-type]
+
     def resume_partitions(self, tps: Any) -> None:
+        # faust adds these to its active set as given, and its fetcher asserts they are faust TPs.
+        self.not_faust_tps.extend(tp for tp in tps if type(tp) is not TP)
         for tp in tps:
             self.paused.discard(tp)
             self.calls.append(("resume", tp))
@@ -78,7 +85,7 @@ async def test_a_slow_key_does_not_delay_others_and_acks_stay_in_offset_order() 
     finished: list[tuple[str, int]] = []
     release_slow = asyncio.Event()
 
-    async def handler(event: Any) -> None:
+    async def handler(event: Any, _prepared: Any = None) -> None:
         if event.message.key == b"A":
             await release_slow.wait()
         finished.append((event.message.key.decode(), event.message.offset))
@@ -102,7 +109,7 @@ async def test_a_slow_key_does_not_delay_others_and_acks_stay_in_offset_order() 
 async def test_stop_cancels_and_never_acks_unfinished_work() -> None:
     acks: list[int] = []
 
-    async def handler(event: Any) -> None:
+    async def handler(event: Any, _prepared: Any = None) -> None:
         if event.message.key == b"A":
             await asyncio.sleep(3600)
 
@@ -119,7 +126,7 @@ async def test_events_of_an_older_generation_are_dropped_unacked() -> None:
     acks: list[int] = []
     handled: list[int] = []
 
-    async def handler(event: Any) -> None:
+    async def handler(event: Any, _prepared: Any = None) -> None:
         handled.append(event.message.offset)
 
     lanes = LaneDispatcher(FakeApp(), handler)  # type: ignore[arg-type]
@@ -136,7 +143,7 @@ async def test_the_inflight_cap_makes_the_dispatcher_wait() -> None:
     acks: list[int] = []
     gate = asyncio.Event()
 
-    async def handler(event: Any) -> None:
+    async def handler(event: Any, _prepared: Any = None) -> None:
         await gate.wait()
 
     lanes = LaneDispatcher(FakeApp(), handler, max_inflight=2)  # type: ignore[arg-type]
@@ -161,7 +168,7 @@ async def test_a_slow_head_pauses_only_its_own_partition() -> None:
     other: list[int] = []
     slow = asyncio.Event()
 
-    async def handler(event: Any) -> None:
+    async def handler(event: Any, _prepared: Any = None) -> None:
         if event.message.key == b"S":
             await slow.wait()
         if event.message.tp == tp1:
@@ -170,10 +177,13 @@ async def test_a_slow_head_pauses_only_its_own_partition() -> None:
     app = FakeApp()
     lanes = LaneDispatcher(app, handler, max_inflight=1000, per_partition=4)  # type: ignore[arg-type]
     for event in events("SBBBB", acks):  # partition 0: a slow head, then four quick events of another hook
+        event.message.tp = TopicPartition("events", 0)  # as faust delivers it
         await lanes.dispatch(event)
     assert app.consumer.paused == {TP0}  # the cap of 4 was reached on partition 0 only
     for offset in range(10):
-        await lanes.dispatch(FakeEvent(FakeMessage(b"C", offset, tp=tp1), acked=[]))
+        # As faust delivers them: with aiokafka's TopicPartition, not faust's TP.
+        message = FakeMessage(b"C", offset, tp=TopicPartition("events", 1))  # type: ignore[arg-type]
+        await lanes.dispatch(FakeEvent(message, acked=[]))
     await asyncio.sleep(0.05)
     assert other == list(range(10))  # partition 1 flowed meanwhile
     assert acks == []  # nothing of partition 0 is acknowledged past its unfinished head
@@ -181,5 +191,130 @@ async def test_a_slow_head_pauses_only_its_own_partition() -> None:
     await asyncio.sleep(0.05)
     assert acks == [0, 1, 2, 3, 4]
     assert app.consumer.paused == set()
-    assert [call for call in app.consumer.calls if call[1] == TP0] == [("pause", TP0), ("resume", TP0)]
+    # Resuming reads on after the last dispatched record (faust dropped what it fetched while paused).
+    assert [call for call in app.consumer.calls if call[1] == TP0] == [
+        ("pause", TP0),
+        ("seek", TP0, 5),
+        ("resume", TP0),
+    ]
+    assert app.consumer.not_faust_tps == []
+    await lanes.stop()
+
+
+def placed(spec: str) -> Any:
+    """A place function from ``"A:x A:y A:- B:x"`` style keys: group A lane x, group A barrier, ..."""
+
+    def place(event: Any) -> Placement:
+        group, lane = event.message.key.decode().split(":")
+        return Placement(group.encode(), None if lane == "-" else lane, prepared=event.message.offset)
+
+    return place
+
+
+def keyed(keys: list[str], acks: list[int]) -> list[Any]:
+    made = []
+    for offset, key in enumerate(keys):
+        event = FakeEvent(FakeMessage(key.encode(), offset))
+        event.acked = acks
+        made.append(event)
+    return made
+
+
+async def test_lanes_of_one_group_run_side_by_side_and_each_lane_in_order() -> None:
+    acks: list[int] = []
+    started: list[int] = []
+    gates = {offset: asyncio.Event() for offset in range(4)}
+
+    async def handler(event: Any, prepared: Any) -> None:
+        assert prepared == event.message.offset  # what place() prepared reaches the handler
+        started.append(event.message.offset)
+        await gates[event.message.offset].wait()
+
+    lanes = LaneDispatcher(FakeApp(), handler, place=placed(""))  # type: ignore[arg-type]
+    for event in keyed(["A:x", "A:y", "A:x", "A:z"], acks):
+        await lanes.dispatch(event)
+    await asyncio.sleep(0.05)
+    assert started == [0, 1, 3]  # x, y and z at once; the second x waits for the first
+    gates[3].set()
+    gates[1].set()
+    await asyncio.sleep(0.05)
+    assert acks == []  # offsets 1 and 3 are done but 0 is not: nothing acknowledged past it
+    gates[0].set()
+    await asyncio.sleep(0.05)
+    assert started == [0, 1, 3, 2] and acks == [0, 1]
+    gates[2].set()
+    await asyncio.sleep(0.05)
+    assert acks == [0, 1, 2, 3]
+    await lanes.stop()
+
+
+async def test_a_barrier_waits_for_its_group_and_holds_back_what_follows() -> None:
+    acks: list[int] = []
+    log: list[str] = []
+    release = asyncio.Event()
+
+    async def handler(event: Any, prepared: Any) -> None:
+        log.append(f"start {prepared}")
+        if prepared == 0:
+            await release.wait()
+        await asyncio.sleep(0)
+        log.append(f"end {prepared}")
+
+    lanes = LaneDispatcher(FakeApp(), handler, place=placed(""))  # type: ignore[arg-type]
+    for event in keyed(["A:x", "A:-", "A:y", "B:x"], acks):
+        await lanes.dispatch(event)
+    await asyncio.sleep(0.05)
+    # The barrier (1) waits for lane x (0); lane y (2) waits for the barrier; group B is not held.
+    assert log == ["start 0", "start 3", "end 3"]
+    release.set()
+    await asyncio.sleep(0.05)
+    assert log[3:] == ["end 0", "start 1", "end 1", "start 2", "end 2"]
+    assert acks == [0, 1, 2, 3]
+    await lanes.stop()
+
+
+async def test_a_group_runs_at_most_its_concurrency() -> None:
+    acks: list[int] = []
+    running = 0
+    peak = 0
+    gate = asyncio.Event()
+
+    async def handler(event: Any, prepared: Any) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await gate.wait()
+        running -= 1
+
+    lanes = LaneDispatcher(FakeApp(), handler, place=placed(""), group_concurrency=3)  # type: ignore[arg-type]
+    for event in keyed([f"A:{n}" for n in range(10)] + ["B:0"], acks):
+        await lanes.dispatch(event)
+    await asyncio.sleep(0.05)
+    assert peak == 4  # three of group A, plus group B's own slot
+    gate.set()
+    await asyncio.sleep(0.05)
+    assert acks == list(range(11)) and lanes.lane_count() == 0
+    await lanes.stop()
+
+
+async def test_a_window_that_empties_during_a_rebalance_resumes_after_it() -> None:
+    acks: list[int] = []
+    gate = asyncio.Event()
+
+    async def handler(event: Any, _prepared: Any = None) -> None:
+        await gate.wait()
+
+    app = FakeApp()
+    lanes = LaneDispatcher(app, handler, per_partition=2)  # type: ignore[arg-type]
+    for event in events("AB", acks):
+        await lanes.dispatch(event)
+    assert app.consumer.paused == {TP0}
+    app.rebalancing = True
+    gate.set()
+    await asyncio.sleep(0.05)
+    assert acks == [0, 1] and app.consumer.paused == {TP0}  # not resumed while faust rebalances
+    app.rebalancing = False
+    lanes.resume_drained()
+    await asyncio.sleep(0.01)
+    assert app.consumer.paused == set()
     await lanes.stop()

@@ -6,6 +6,7 @@ run in the end-to-end suite.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,43 @@ def test_rebuilt_partitions_stay_cautious_across_restarts(tmp_path: Path) -> Non
     assert 3 in CautiousPartitions(tmp_path)  # read back from the data directory by the next worker
     CautiousPartitions(tmp_path).mark(1, now=0.0)  # marked long ago: expired
     assert 1 not in CautiousPartitions(tmp_path) and 3 in CautiousPartitions(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- locks and interrupts
+
+
+async def test_keyed_locks_serialise_one_key_and_are_dropped_when_free() -> None:
+    from app.pipeline.locks import KeyedLocks
+
+    locks = KeyedLocks()
+    order: list[str] = []
+
+    async def work(key: str, name: str) -> None:
+        async with locks.hold(key):
+            order.append(f"{name} in")
+            await asyncio.sleep(0.01)
+            order.append(f"{name} out")
+
+    await asyncio.gather(work("c1", "a"), work("c1", "b"), work("c2", "c"))
+    assert order.index("a out") < order.index("b in")  # one contact: one at a time
+    assert order.index("c in") < order.index("a out")  # another contact: side by side
+    assert len(locks) == 0
+
+
+async def test_an_interrupt_cuts_a_retry_wait_and_drops_with_the_last_command() -> None:
+    from app.execute import GlpiExecutor, OperatorInterrupt
+    from app.pipeline.locks import Interrupts
+
+    interrupts = Interrupts()
+    executor = GlpiExecutor(client=None, interrupt=interrupts.flag(7))  # type: ignore[arg-type]
+    waiting = asyncio.ensure_future(executor._wait(3600))
+    await asyncio.sleep(0.01)
+    interrupts.raise_for(7)
+    interrupts.raise_for(7)
+    with pytest.raises(OperatorInterrupt):
+        await asyncio.wait_for(waiting, 1)
+    interrupts.applied(7)
+    assert interrupts.flag(7).is_set()  # a second command still waits
+    interrupts.applied(7)
+    assert not interrupts.flag(7).is_set()
+    await asyncio.wait_for(executor._wait(0.01), 1)  # no command waiting: a plain sleep
