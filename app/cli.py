@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import sys
 import time
 import uuid
@@ -728,6 +729,102 @@ def cmd_worker(args: argparse.Namespace, env: ToolSettings) -> int:
     return run_worker(worker_env)
 
 
+def _backfill_account(env: ToolSettings, args: argparse.Namespace) -> int:
+    if args.account_id is not None:
+        return int(args.account_id)
+    try:
+        status, body = worker_get(env, f"/state/hook/{args.hook_id}")
+    except CliError:
+        status, body = 0, None
+    account = body.get("account_id") if status == 200 and isinstance(body, dict) else None
+    if not isinstance(account, int):
+        raise CliError(
+            f"cannot learn hook {args.hook_id}'s Chatwoot account from a worker (is the hook configured, the worker "
+            "reachable at GLPI_SYNC_WORKER_URL with GLPI_SYNC_ADMIN_TOKEN?): pass --account-id"
+        )
+    return account
+
+
+def _backfill_token(args: argparse.Namespace) -> str:
+    if args.api_token_file:
+        try:
+            token = Path(args.api_token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CliError(f"cannot read --api-token-file {args.api_token_file}: {exc.strerror}") from None
+    else:
+        token = os.environ.get(args.api_token_env, "").strip()
+        if not token:
+            raise CliError(f"environment variable {args.api_token_env} (--api-token-env) is not set or empty")
+    if not token:
+        raise CliError(f"--api-token-file {args.api_token_file} is empty")
+    return token
+
+
+def cmd_backfill(args: argparse.Namespace, env: ToolSettings) -> int:
+    from app.backfill.run import Checkpoint, Scope, Summary, backfill
+    from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootRefusedError
+    from app.kafka_io import open_publisher
+
+    if not args.chatwoot_url.startswith(("https://", "http://")):
+        raise CliError(f"--chatwoot-url must start with https:// (got {args.chatwoot_url!r})")
+    token = _backfill_token(args)
+    account = _backfill_account(env, args)
+    since = _since(args.since)
+    scope = Scope(status=args.status, since=since, conversation=args.conversation)
+    path = None if args.dry_run else Path(args.checkpoint or f"glpi-sync-backfill-{args.hook_id}.json")
+    if path is not None and args.fresh and path.exists():
+        path.unlink()
+    checkpoint = Checkpoint(path)
+    conn = kafka(env)
+
+    def progress(done: int, total: int | None) -> None:
+        if sys.stderr.isatty():
+            shown = f"{done}/{total}" if total else str(done)
+            width, filled = 30, int(30 * done / total) if total else 0
+            sys.stderr.write(f"\rbackfill [{'#' * filled}{'.' * (width - filled)}] {shown} conversations")
+            sys.stderr.flush()
+
+    async def go() -> Summary:
+        async with ChatwootClient(args.chatwoot_url, account, token, rate=args.rate) as client:
+            if args.dry_run:
+                return await backfill(client, args.hook_id, scope, checkpoint, None, progress)
+            await require_topic(conn, env.topic, "input")
+            async with open_publisher(conn, env.topic) as send:
+                return await backfill(client, args.hook_id, scope, checkpoint, send, progress)
+
+    try:
+        summary = run(go())
+    except ChatwootRefusedError as exc:
+        raise CliError(str(exc), EXIT_REFUSED) from None
+    except ChatwootError as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from None
+    finally:
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+    if args.json:
+        _print_json(summary.as_json())
+    else:
+        print(summary.line())
+        for detail in summary.error_details[:20]:
+            print(f"  error: {detail}")
+        if path is not None and summary.errors:
+            print(f"  run the same command again to retry them (checkpoint {path})")
+    return EXIT_PROBLEMS if summary.errors else 0
+
+
+def cmd_ingress(args: argparse.Namespace, env: ToolSettings) -> int:
+    from app import logs
+    from app.ingress.server import run_ingress
+    from app.settings import IngressSettings
+
+    try:
+        ingress_env = load(IngressSettings)
+    except SettingsError as exc:
+        raise CliError("invalid configuration:\n  " + "\n  ".join(exc.lines)) from None
+    logs.configure(ingress_env.log_level, ingress_env.log_format)
+    return run_ingress(ingress_env, args.port)
+
+
 def cmd_demo(args: argparse.Namespace, env: ToolSettings) -> int:
     from app.demo import main as demo_main
 
@@ -747,6 +844,15 @@ WORKER_ENVIRONMENT = """environment (see README "Configuration" for all of them)
   GLPI_SYNC_ADMIN_TOKEN[_FILE]   bearer token for /state and admin endpoints (off without one)
   GLPI_SYNC_HOOK_SECRET_*        tokens hooks may reference; GLPI_SYNC_HOOK_SECRETS_DIR for files
   GLPI_SYNC_LOG_LEVEL, GLPI_SYNC_LOG_FORMAT   info|debug|warning, json|text
+"""
+
+INGRESS_ENVIRONMENT = """environment (see README "Connecting a stock Chatwoot"):
+  KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*   as for the worker
+  GLPI_SYNC_TOPIC                      input topic (default chatwoot.events)
+  GLPI_SYNC_INGRESS_HOST, _PORT        bind address (default 0.0.0.0:8080)
+  GLPI_SYNC_WEBHOOK_SECRET_<HOOK_ID>   the Chatwoot webhook's secret (or a file <hook id> in the directory below)
+  GLPI_SYNC_WEBHOOK_SECRETS_DIR        default /run/secrets/glpi-sync-webhooks
+  GLPI_SYNC_WEBHOOK_URL_TOKEN_<ID>     unsigned deliveries (Chatwoot < 4.11.2) at /webhooks/chatwoot/<id>/<token>
 """
 
 
@@ -774,7 +880,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glpi-sync",
         description="Chatwoot → GLPI sync: the worker and its tools.",
-        epilog="exit status: 0 done, 1 problems found, 2 invalid input, 3 a service unreachable, 4 GLPI refused",
+        epilog=(
+            "exit status: 0 done, 1 problems found, 2 invalid input, 3 a service unreachable, "
+            "4 GLPI (or Chatwoot) refused"
+        ),
     )
     parser.add_argument("--version", action="version", version=f"glpi-sync {product_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -786,6 +895,37 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     worker.set_defaults(func=cmd_worker)
+
+    ingress = sub.add_parser(
+        "ingress",
+        help="receive Chatwoot's signed webhooks and produce them to the input topic (stateless, scale out)",
+        epilog=INGRESS_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ingress.add_argument(
+        "--port", type=int, help="listen port (default GLPI_SYNC_INGRESS_PORT, 8080), e.g. --port 8080"
+    )
+    ingress.set_defaults(func=cmd_ingress)
+
+    bf = sub.add_parser(
+        "backfill",
+        help="import conversations that existed before the hook (or were missed) through Chatwoot's API",
+    )
+    _hook_id(bf)
+    bf.add_argument("--chatwoot-url", required=True, help="e.g. --chatwoot-url https://chat.example.com")
+    token = bf.add_mutually_exclusive_group(required=True)
+    token.add_argument("--api-token-env", help="variable holding an agent's api_access_token, e.g. CHATWOOT_TOKEN")
+    token.add_argument("--api-token-file", help="file holding the api_access_token, e.g. /run/secrets/chatwoot")
+    bf.add_argument("--account-id", type=int, help="Chatwoot account (default: the hook's, from a worker)")
+    bf.add_argument("--since", help="only conversations active since, e.g. --since 2026-11-01T00:00:00Z")
+    bf.add_argument("--status", choices=("open", "all"), default="open", help="which conversations (default open)")
+    bf.add_argument("--conversation", type=int, help="just this conversation (display id), e.g. --conversation 57")
+    bf.add_argument("--dry-run", action="store_true", help="count what would be published, publish nothing")
+    bf.add_argument("--rate", type=float, default=5.0, help="Chatwoot requests per second (default 5)")
+    bf.add_argument("--checkpoint", help="checkpoint file (default ./glpi-sync-backfill-<hook id>.json)")
+    bf.add_argument("--fresh", action="store_true", help="ignore the checkpoint: start from the first conversation")
+    bf.add_argument("--json", action="store_true", help="print the summary as JSON")
+    bf.set_defaults(func=cmd_backfill)
 
     demo = sub.add_parser("demo", help="embedded broker + GLPI emulator + worker + a demo conversation (make run)")
     demo.add_argument("--once", action="store_true", help="exit after printing the result, e.g. glpi-sync demo --once")

@@ -263,9 +263,18 @@ class HookConfiguredPayload(_Model):
 
 class _Envelope(_Model):
     hook_id: int = Field(ge=0)
-    account_id: int = Field(ge=0)
+    #: Chatwoot's conversation webhooks carry no account (chatwoot-events.md §6.2): an envelope without one takes
+    #: its hook's account when the worker admits it.
+    account_id: int | None = Field(None, ge=0)
     event_id: str | None = None
     occurred_at: UtcTime = None
+
+    @property
+    def account(self) -> int:
+        """The account id; only read after admission, which fills a missing one from the hook's configuration."""
+        if self.account_id is None:
+            raise ValueError(f"{type(self).__name__} of hook {self.hook_id} has no account id yet")
+        return self.account_id
 
 
 class ContactEvent(_Envelope):
@@ -285,6 +294,7 @@ class MessageEvent(_Envelope):
 
 class HookConfigured(_Envelope):
     event: Literal["hook_configured"]
+    account_id: int = Field(ge=0)
     payload: HookConfiguredPayload
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -208,9 +208,11 @@ def _producer(conn: KafkaConnection, **options: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**conn.kwargs(), acks="all", **options)
 
 
-async def publish_raw(
-    target: Target, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
-) -> int:
+#: One record to produce: key, value, headers.
+Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+async def publish_raw(target: Target, topic: str, records: Iterable[Record]) -> int:
     """Send ``(key, value, headers)`` records in order (acks=all); returns how many were acknowledged."""
     conn = connection(target)
     count = 0
@@ -219,6 +221,25 @@ async def publish_raw(
             await producer.send_and_wait(topic, value, key=key, headers=headers)
             count += 1
     return count
+
+
+@contextlib.asynccontextmanager
+async def open_publisher(target: Target, topic: str) -> AsyncIterator[Callable[[list[Record]], Awaitable[int]]]:
+    """A producer kept open across calls (acks=all, idempotent).
+
+    ``await send(records)`` sends ``(key, value, headers)`` records in order and returns once the broker
+    acknowledged every one of them.
+    """
+    conn = connection(target)
+    async with _started(_producer(conn, enable_idempotence=True, linger_ms=5), conn) as producer:
+
+        async def send(records: list[Record]) -> int:
+            futures = [await producer.send(topic, value, key=key, headers=headers) for key, value, headers in records]
+            for future in futures:
+                await future
+            return len(futures)
+
+        yield send
 
 
 async def publish(target: Target, topic: str, envelopes: Iterable[dict[str, Any]], *, batch_size: int = 1) -> int:

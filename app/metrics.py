@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from app.chatwoot.webhooks import IGNORED_EVENTS
 from app.events import CHATWOOT_EVENTS, CONTROL_COMMANDS, CONTROL_EVENTS
 
 # No ``*_created`` series: they double every counter's lines on /metrics and no alert or panel uses them.
@@ -126,6 +127,11 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.redeliveries = Counter(
+            "cwglpi_redeliveries_skipped",
+            "Events skipped because their event_id was handled already for the hook (a retried webhook, a re-run).",
+            registry=registry,
+        )
         self.duplicates_removed = Counter(
             "cwglpi_duplicates_removed",
             "Objects GLPI committed late after an uncertain create, removed because the retry made them again.",
@@ -179,3 +185,54 @@ def skip_reason_class(reason: str) -> str:
         if reason.startswith(prefix):
             return label
     return "already_synced"
+
+
+#: Request latency of the ingress: a delivery is answered after the broker acknowledged it (acks=all).
+INGRESS_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def ingress_event_label(name: str) -> str:
+    """Closed set for ignored events: Chatwoot's known noise by name, anything else ``other``."""
+    return name if name in IGNORED_EVENTS else "other"
+
+
+class IngressMetrics:
+    """The ``cwglpi_ingress_`` metrics of ``glpi-sync ingress`` (its own process, its own registry)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "cwglpi_ingress_requests",
+            "Webhook deliveries answered, by HTTP status (200 produced or ignored, 401, 404, 413, 400, 503).",
+            ["status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "cwglpi_ingress_request_seconds",
+            "Time from a delivery's arrival to its answer (includes the broker's acknowledgement).",
+            buckets=INGRESS_BUCKETS,
+            registry=registry,
+        )
+        self.produce_errors = Counter(
+            "cwglpi_ingress_produce_errors",
+            "Deliveries answered 503 because Kafka did not acknowledge them in time (timeout, broker error).",
+            ["reason"],
+            registry=registry,
+        )
+        self.signature_failures = Counter(
+            "cwglpi_ingress_signature_failures",
+            "Deliveries refused with 401 (missing_signature, bad_signature, stale_timestamp, bad_url_token, ...).",
+            ["reason"],
+            registry=registry,
+        )
+        self.ignored = Counter(
+            "cwglpi_ingress_ignored_events",
+            "Deliveries answered 200 and not produced: events the sync never uses (typing, widget, inbox).",
+            ["event"],
+            registry=registry,
+        )
+        self.producer_up = Gauge(
+            "cwglpi_ingress_producer_up",
+            "1 when the Kafka producer is connected and the input topic exists (the ingress is ready).",
+            registry=registry,
+        )

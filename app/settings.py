@@ -137,6 +137,9 @@ class WorkerSettings(ToolSettings):
     #: Drains in a row in which one parked event fails on its own (GLPI answers others) before it is dead-lettered.
     max_event_failures: int = Field(5, ge=1)
     per_hook_metrics_limit: int = Field(200, ge=0)
+    #: Hours an envelope's ``event_id`` is remembered per hook: a record with the same id in that window is a
+    #: redelivery (a webhook retried by Chatwoot, a backfill run twice) and is skipped. 0 turns the check off.
+    redelivery_window_hours: float = Field(72.0, ge=0)
     #: RocksDB memory per table partition (faust's defaults are a 2 GiB block cache and 3 x 64 MiB write buffers
     #: for *each* partition of *each* table; our tables are small).
     rocksdb_block_cache_mb: int = Field(8, ge=1)
@@ -162,6 +165,24 @@ class WorkerSettings(ToolSettings):
     @classmethod
     def _lower_inline(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+
+class IngressSettings(ToolSettings):
+    """What only ``glpi-sync ingress`` uses, on top of :class:`ToolSettings`."""
+
+    ingress_host: str = "0.0.0.0"
+    ingress_port: int = Field(8080, ge=0, le=65535)
+    #: Files ``<hook id>`` (signing secrets) and ``<hook id>.url-token`` (unsigned deliveries); environment
+    #: variables ``GLPI_SYNC_WEBHOOK_SECRET_<ID>`` and ``GLPI_SYNC_WEBHOOK_URL_TOKEN_<ID>`` win.
+    webhook_secrets_dir: Path = Path("/run/secrets/glpi-sync-webhooks")
+    #: Bodies above this are answered 413 (a Chatwoot delivery is a few kB; the envelope must stay under 1 MB).
+    ingress_max_body_bytes: int = Field(900_000, ge=1024, le=990_000)
+    #: Seconds a delivery may wait for the broker's acknowledgement before it is answered 503 (Chatwoot retries).
+    ingress_produce_timeout: float = Field(10.0, gt=0, le=120)
+    #: ``Retry-After`` seconds sent with a 503.
+    ingress_retry_after: int = Field(30, ge=1)
+    #: Seconds a SIGTERM waits for requests in flight before the producer is flushed and the process exits.
+    ingress_shutdown_timeout: float = Field(20.0, ge=0)
 
 
 class SettingsError(Exception):

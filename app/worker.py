@@ -19,6 +19,7 @@ import functools
 import logging
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -179,6 +180,12 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
             )
 
     cast(Any, app).timer(interval=5.0)(_contained(sample_progress))
+
+    async def forget_old_deliveries() -> None:
+        if settings.redelivery_window_hours > 0 and not app.rebalancing:
+            pipeline.store.forget_deliveries(time.time() - settings.redelivery_window_hours * 3600)
+
+    cast(Any, app).timer(interval=600.0)(_contained(forget_old_deliveries))
 
     admin_token = settings.admin_secret()
 

@@ -214,6 +214,10 @@ class KafkaBroker:
 
     def restart(self) -> None:
         self.stop()
+        self.relaunch()
+
+    def relaunch(self) -> None:
+        """Start the broker again after :meth:`stop`, with its data and its port."""
         log = self.log_path.open("ab")
         config = self.workdir / "server.properties"
         self.proc = subprocess.Popen(
@@ -422,3 +426,106 @@ def running(*procs: Any) -> Iterator[None]:
         for proc in reversed(procs):
             with contextlib.suppress(Exception):
                 proc.stop()
+
+
+class ChatwootEmulatorProcess:
+    """``python -m tests.chatwoot_emulator`` on a free port, with a small sync client for its test endpoints."""
+
+    def __init__(self, workdir: Path, token: str = "agent-token-5c1d", account_id: int = 7) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.token = token
+        self.account_id = account_id
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = (self.workdir / f"chatwoot-{self.port}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "tests.chatwoot_emulator", "--port", str(self.port), "--token", self.token]
+            + ["--account-id", str(self.account_id)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port, 30, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        async def go() -> Any:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.request(method, f"{self.base}/_emulator/{path}", json=body) as resp,
+            ):
+                return await resp.json()
+
+        return asyncio.run(go())
+
+    def deliveries(self) -> list[dict[str, Any]]:
+        return list(self.call("GET", "deliveries"))
+
+
+class IngressProcess:
+    """A ``glpi-sync ingress`` subprocess on a free port."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], name: str = "i1") -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env, "GLPI_SYNC_LOG_FORMAT": "json"}
+        self.log_path = workdir / f"ingress-{name}-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [WORKER_BIN, "ingress", "--port", str(self.port)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_port(self.port, 30, self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        code = None
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                code = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                code = self.proc.wait(10)
+        self.proc = None
+        return code
+
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+        async def go() -> tuple[int, dict[str, str], Any]:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(f"{self.base}{path}", data=body, headers=headers or {}) as resp,
+            ):
+                raw = await resp.read()
+                return resp.status, dict(resp.headers), orjson.loads(raw) if raw[:1] in (b"{", b"[") else raw
+
+        return asyncio.run(go())
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        async def go() -> tuple[int, bytes]:
+            async with aiohttp.ClientSession() as http, http.get(f"{self.base}{path}") as resp:
+                return resp.status, await resp.read()
+
+        return asyncio.run(go())
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

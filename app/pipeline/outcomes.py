@@ -54,8 +54,14 @@ class OutcomeLog:
             if current is None:
                 return
         else:
-            current = self.store.conversation(parsed.account_id, conversation) or ConversationRecord(
-                account_id=parsed.account_id, conversation_id=conversation
+            account = parsed.account_id
+            if account is None:  # not admitted yet (parked before its hook was configured): the hook's account
+                hook = self.store.hook(parsed.hook_id)
+                if hook is None:
+                    return
+                account = hook.account_id
+            current = self.store.conversation(account, conversation) or ConversationRecord(
+                account_id=account, conversation_id=conversation
             )
         entry = TraceEntry(
             at=datetime.now(tz=UTC).isoformat(timespec="seconds"),

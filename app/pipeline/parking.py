@@ -36,7 +36,14 @@ class ParkingQueue:
         self.store = store
 
     async def append(self, slot: AnyHook, record: SourceRecord) -> AnyHook:
-        """Park ``record`` at the end of ``slot``'s queue, durably; returns the slot with its counter moved."""
+        """Park ``record`` at the end of ``slot``'s queue, durably; returns the slot with its counter moved.
+
+        A source record at or below the slot's ``parked_through`` offset for its partition was parked before a crash
+        (redelivered because its offset was not committed yet): it is not parked again and the slot is returned as is.
+        """
+        source = f"{record.topic}:{record.partition}"
+        if record.offset <= slot.parked_through.get(source, -1):
+            return slot
         seq = slot.parked_next
         key = parked_key(slot.hook_id, seq)
         value = record.value
@@ -56,7 +63,9 @@ class ParkingQueue:
         else:
             entry["value"] = _b64(value)
         await self.store.parked.put_durable(key, entry)
-        moved = slot.model_copy(update={"parked_next": seq + 1})
+        moved = slot.model_copy(
+            update={"parked_next": seq + 1, "parked_through": {**slot.parked_through, source: record.offset}}
+        )
         await self.store.save_slot(moved)
         return moved
 

@@ -64,7 +64,7 @@ from app.pipeline.source import SourceRecord
 from app.pipeline.store import SyncStore
 from app.secrets import HookConfigError, hook_policy, token_vault
 from app.settings import WorkerSettings
-from app.sync.admission import admit
+from app.sync.admission import admit, with_hook_account
 from app.sync.decide import apply_hook_event
 from app.sync.ordering import LaneKey, contact_of, lane_of
 from app.sync.state import (
@@ -257,7 +257,15 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------- admission
 
     async def _event(self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, started: float) -> Disposition:
+        if parsed.event_id and self.settings.redelivery_window_hours > 0:
+            first = self.store.delivery(parsed.hook_id, parsed.event_id)
+            if first is not None:
+                reason = f"redelivery of {parsed.event_id} (handled already, from {first.get('source')})"
+                self.metrics.redeliveries.inc()
+                self.outcomes.finish(record, parsed, "skipped", reason, started)
+                return "done"
         async with self.hook_locks.hold(parsed.hook_id):
+            parsed = with_hook_account(self.store.slot(parsed.hook_id), parsed)
             admitted = await self._admit(record, parsed, started)
         if admitted is None:
             return "done"
@@ -355,6 +363,8 @@ class Pipeline:
             await self.dead_letters.send(record, "execute", exc.error_class, exc.reason, exc.code, exc.status)
             self.outcomes.finish(record, parsed, "dead_lettered", exc.reason, started)
             return "done"
+        if parsed.event_id and self.settings.redelivery_window_hours > 0:
+            self.store.remember_delivery(parsed.hook_id, parsed.event_id, record.origin)
         self.outcomes.finish(record, parsed, result.outcome, _reason(result), started, result)
         return "done"
 

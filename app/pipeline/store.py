@@ -6,7 +6,7 @@
   RocksDB is *ahead* of its changelog (the changelog was recreated, or records were lost on the broker): faust would
   otherwise raise ``ConsistencyError`` and crash-loop. The changelog is the truth; the rebuilt partition is marked
   *cautious* so that creates look in GLPI first and adopt what exists.
-- :class:`SyncStore` holds the five tables and knows the record types and keys: hook slots, the view one event
+- :class:`SyncStore` holds the six tables and knows the record types and keys: hook slots, the view one event
   reads, the records it writes back.
 """
 
@@ -152,7 +152,7 @@ class CautiousPartitions:
 
 
 class SyncStore:
-    """The five tables and the records in them. Reads and writes follow the current event's partition."""
+    """The six tables and the records in them. Reads and writes follow the current event's partition."""
 
     def __init__(self, app: faust.App, settings: WorkerSettings, metrics: Metrics) -> None:
         self.settings = settings
@@ -164,6 +164,7 @@ class SyncStore:
         self.conversations = tables["conversations"]  # account:conversation → ConversationRecord
         self.messages = tables["messages"]  # account:message → MessageRecord
         self.parked = tables["parked"]  # hook:seq[:chunk] → parked record (app/pipeline/parking.py)
+        self.deliveries = tables["deliveries"]  # hook:event_id → where it was first handled (redelivery window)
 
     def _table(self, app: faust.App, name: str) -> DurableTable:
         schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
@@ -219,11 +220,35 @@ class SyncStore:
     def unconfigured_with_events(self) -> int:
         return sum(1 for slot in self.slots() if isinstance(slot, UnconfiguredHook) and slot.parked)
 
+    # ------------------------------------------------------------------------------------------- deliveries
+
+    @staticmethod
+    def _delivery_key(hook_id: int, event_id: str) -> str:
+        return f"{hook_id}:{event_id[:200]}"
+
+    def delivery(self, hook_id: int, event_id: str) -> dict[str, Any] | None:
+        """Where delivery ``event_id`` of the hook was first handled (``at``, ``source``), if within the window."""
+        raw = self.deliveries.get(self._delivery_key(hook_id, event_id))
+        return raw if isinstance(raw, dict) else None
+
+    def remember_delivery(self, hook_id: int, event_id: str, source: str) -> None:
+        """Note that delivery ``event_id`` reached its outcome (not awaited: a lost note only costs a re-check)."""
+        self.deliveries.put_buffered(self._delivery_key(hook_id, event_id), {"at": time.time(), "source": source})
+
+    def forget_deliveries(self, older_than: float) -> int:
+        """Drop delivery notes taken before ``older_than`` (epoch seconds); returns how many went."""
+        old = [k for k, v in list(self.deliveries.items()) if not isinstance(v, dict) or v.get("at", 0) < older_than]
+        for key in old:
+            self.deliveries.pop(key, None)
+        return len(old)
+
     # ------------------------------------------------------------------------------------------- sync records
 
     def load_view(self, event: KnownEvent | UnknownEvent, partition: int) -> SyncView:
         contact_id, conversation_id, message_id = record_ids(event)
         account = event.account_id
+        if account is None:
+            raise ValueError(f"{event.event} of hook {event.hook_id} has no account id (admission fills it in)")
         contact_raw = self.contacts.get(contact_key(account, contact_id)) if contact_id is not None else None
         conv_raw = (
             self.conversations.get(conversation_key(account, conversation_id)) if conversation_id is not None else None

@@ -34,6 +34,17 @@ class Admission:
     kind: str = ""
 
 
+def with_hook_account(slot: AnyHook | None, event: KnownEvent | UnknownEvent) -> KnownEvent | UnknownEvent:
+    """``event`` with its hook's account id when the envelope has none.
+
+    Chatwoot's conversation webhooks carry none (chatwoot-events.md §6.2). Unchanged when it has one, or when the
+    hook is not configured: it is then parked, and filled in when drained.
+    """
+    if event.account_id is not None or not isinstance(slot, HookRecord):
+        return event
+    return event.model_copy(update={"account_id": slot.account_id})
+
+
 def admit(
     slot: AnyHook | None,
     event: KnownEvent | UnknownEvent,

@@ -160,6 +160,7 @@ def apply_hook_event(
                 partition=current.partition,
                 parked_first=current.parked_first,
                 parked_next=current.parked_next,
+                parked_through=current.parked_through,
                 status="removed",
             ),
             [],
@@ -182,6 +183,7 @@ def apply_hook_event(
             pause=keep_pause,
             parked_first=current.parked_first if current else 0,
             parked_next=current.parked_next if current else 0,
+            parked_through=current.parked_through if current else {},
             partition=current.partition if current else None,
             rebuilding=configured.rebuilding if configured else False,
             set_aside=configured.set_aside if configured else 0,
@@ -401,7 +403,7 @@ def _decide_contact(view: SyncView, event: ContactEvent, settings: HookSettings,
     name, email, phone = _identity(contact, settings)
     if not (name or email or phone):
         return Finished("skipped", "contact not identifiable (no name, email or phone)")
-    step = _contact_sync_step(view, event.account_id, contact, settings, ctx, update=True) or _requester_step(
+    step = _contact_sync_step(view, event.account, contact, settings, ctx, update=True) or _requester_step(
         view, contact, settings
     )
     if step is not None:
@@ -565,7 +567,7 @@ def _decide_conversation(view: SyncView, event: ConversationEvent, settings: Hoo
     if event.event == "conversation_updated" and not is_status_change:
         changed = ", ".join(sorted(conv.changed_keys())) or "nothing"
         return Finished("skipped", f"noise: conversation_updated changed {changed}")
-    step = _conversation_prelude(view, event.account_id, conv, settings, ctx)
+    step = _conversation_prelude(view, event.account, conv, settings, ctx)
     if step is not None:
         return step
     record = view.conversation
@@ -619,7 +621,7 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
         return Finished("skipped", "message_updated without deletion")
     if msg.message_type == "activity":
         return Finished("skipped", "activity messages are not synced")
-    step = _conversation_prelude(view, event.account_id, conv, settings, ctx)
+    step = _conversation_prelude(view, event.account, conv, settings, ctx)
     if step is not None:
         return step
     conversation = view.conversation
@@ -663,7 +665,7 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
         conversation.ticket_id,
         followup,
         marker,
-        event.account_id,
+        event.account,
         conv.id,
         msg.id,
         lookup_first=below_cursor or _rebuilding(view) or earlier,

@@ -62,6 +62,9 @@ class HookSlot(_Record):
     partition: int | None = None
     parked_first: int = 0
     parked_next: int = 0
+    #: Per ``"<topic>:<partition>"``, the offset of the last source record parked: a record redelivered after a
+    #: crash (its offset not yet committed) is recognised and not parked twice.
+    parked_through: dict[str, int] = {}
 
     @property
     def parked(self) -> int:

@@ -72,6 +72,22 @@ async def test_a_missing_entry_reads_as_none_so_the_drain_skips_it() -> None:
     assert queue.head(slot) is None
 
 
+async def test_a_record_redelivered_after_a_crash_is_not_parked_twice() -> None:
+    store = FakeStore()
+    queue = ParkingQueue(store)  # type: ignore[arg-type]
+    slot: AnyHook = UnconfiguredHook(hook_id=7)
+    for offset in (5, 6, 7):
+        slot = await queue.append(slot, record(b"x", offset))
+    # kill -9 before the offsets were committed: the same three come again, then a new one.
+    for offset in (5, 6, 7, 8):
+        slot = await queue.append(slot, record(b"x", offset))
+    assert slot.parked == 4
+    assert [queue.read(7, seq).offset for seq in range(4)] == [5, 6, 7, 8]  # type: ignore[union-attr]
+    # Another partition's offsets are counted on their own.
+    other = SourceRecord("events", 3, 1, 1.5, b"7", b"x", ())
+    assert (await queue.append(slot, other)).parked == 5
+
+
 class FakeTopic:
     def __init__(self, refuse_above: int | None = None) -> None:
         self.sent: list[dict[str, Any]] = []

@@ -1,0 +1,1 @@
+"""``glpi-sync backfill``: conversations that existed before the hook (or were missed), through Chatwoot's API."""

@@ -1,0 +1,1 @@
+"""Chatwoot's side of the product: its signed webhooks (pure) and its application API (an aiohttp client)."""

@@ -1,0 +1,152 @@
+"""A small client of Chatwoot's application API, for backfill: conversations, their messages, contacts.
+
+The ``api_access_token`` (an agent's or agent bot's) goes in a header, to the configured Chatwoot only: redirects
+are not followed. Requests are spaced to ``rate`` per second; a 429 (rack-attack) waits ``Retry-After`` when given,
+else backs off exponentially; 5xx and connection errors are retried a few times. Errors::
+
+    ChatwootError                 one line, safe to print (never the token)
+    ├── ChatwootRefusedError      401/403: the token is wrong or lacks access to the account
+    ├── ChatwootNotFoundError     404: no such account, conversation or contact
+    └── ChatwootUnreachableError  connection refused, DNS, timeouts, 5xx or 429 past the retries
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+#: Attempts per request (429, 5xx, connection errors) before the request fails.
+ATTEMPTS = 8
+MAX_BACKOFF_SECONDS = 60.0
+#: Chatwoot's page sizes: conversations per list page, messages per cursor page.
+PAGE_SIZE = 25
+MESSAGES_PAGE_SIZE = 20
+
+
+class ChatwootError(Exception):
+    """A Chatwoot API call failed; the message says what and where (never the token)."""
+
+
+class ChatwootRefusedError(ChatwootError):
+    pass
+
+
+class ChatwootNotFoundError(ChatwootError):
+    pass
+
+
+class ChatwootUnreachableError(ChatwootError):
+    pass
+
+
+class ChatwootClient:
+    """One account of one Chatwoot, reached with one access token."""
+
+    def __init__(self, base_url: str, account_id: int, token: str, *, rate: float = 5.0, timeout: float = 30.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.account_id = account_id
+        self._token = token
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._next_at = 0.0
+        self._http: aiohttp.ClientSession | None = None
+        self.requests = 0
+        self.throttled = 0
+
+    async def __aenter__(self) -> ChatwootClient:
+        self._http = aiohttp.ClientSession(timeout=self.timeout, headers={"api_access_token": self._token})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    async def _pace(self) -> None:
+        now = time.monotonic()
+        if now < self._next_at:
+            await asyncio.sleep(self._next_at - now)
+        self._next_at = max(now, self._next_at) + self.interval
+
+    async def get(self, path: str, **params: Any) -> Any:
+        """GET ``/api/v1/accounts/{account}/{path}`` as JSON, paced and retried as the module says."""
+        assert self._http is not None, "use the client as an async context manager"
+        url = f"{self.base}/api/v1/accounts/{self.account_id}/{path}"
+        where = f"{self.base} ({path.split('?')[0]})"
+        backoff = 1.0
+        problem = ""
+        for _ in range(ATTEMPTS):
+            await self._pace()
+            self.requests += 1
+            wait = backoff
+            try:
+                async with self._http.get(
+                    url, params={k: str(v) for k, v in params.items()}, allow_redirects=False
+                ) as resp:
+                    body = await resp.read()
+                    if resp.status == 200:
+                        return orjson.loads(body)
+                    if resp.status in (401, 403):
+                        raise ChatwootRefusedError(
+                            f"Chatwoot at {self.base} refused the access token (HTTP {resp.status}) for account "
+                            f"{self.account_id}: use an agent's or agent bot's api_access_token of that account"
+                        )
+                    if resp.status == 404:
+                        raise ChatwootNotFoundError(f"Chatwoot at {where}: not found (HTTP 404)")
+                    if resp.status == 429:
+                        self.throttled += 1
+                        problem = "rate limited (HTTP 429)"
+                        retry_after = resp.headers.get("Retry-After", "")
+                        wait = float(retry_after) if retry_after.isdigit() else backoff
+                    elif resp.status >= 500:
+                        problem = f"HTTP {resp.status}"
+                    else:
+                        raise ChatwootError(f"Chatwoot at {where} answered HTTP {resp.status}")
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"[:200]
+            except orjson.JSONDecodeError:
+                raise ChatwootError(f"Chatwoot at {where} did not answer JSON (is this the Chatwoot URL?)") from None
+            await asyncio.sleep(min(wait, MAX_BACKOFF_SECONDS))
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        raise ChatwootUnreachableError(f"Chatwoot at {where}: {problem} after {ATTEMPTS} attempts")
+
+    async def conversations_page(self, status: str, page: int) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of conversations (newest activity first) and the total count when Chatwoot gives it."""
+        body = await self.get("conversations", status=status, page=page)
+        data = body.get("data", {}) if isinstance(body, dict) else {}
+        payload = data.get("payload") if isinstance(data, dict) else None
+        meta = data.get("meta", {}) if isinstance(data, dict) else {}
+        total = meta.get("all_count") if isinstance(meta, dict) else None
+        return (payload if isinstance(payload, list) else []), (total if isinstance(total, int) else None)
+
+    async def conversation(self, display_id: int) -> dict[str, Any]:
+        body = await self.get(f"conversations/{display_id}")
+        return body if isinstance(body, dict) else {}
+
+    async def messages(self, display_id: int) -> list[dict[str, Any]]:
+        """Every message of a conversation, oldest first (cursor-paged backwards with ``before``)."""
+        collected: list[dict[str, Any]] = []
+        before: int | None = None
+        while True:
+            params = {"before": before} if before is not None else {}
+            body = await self.get(f"conversations/{display_id}/messages", **params)
+            page = body.get("payload") if isinstance(body, dict) else None
+            page = [m for m in page or [] if isinstance(m, dict) and isinstance(m.get("id"), int)]
+            if not page:
+                break
+            collected = page + collected
+            if len(page) < MESSAGES_PAGE_SIZE:
+                break
+            oldest = min(m["id"] for m in page)
+            if before is not None and oldest >= before:
+                break  # a server that ignores the cursor: stop rather than loop
+            before = oldest
+        return list({m["id"]: m for m in sorted(collected, key=lambda m: m["id"])}.values())
+
+    async def contact(self, contact_id: int) -> dict[str, Any]:
+        body = await self.get(f"contacts/{contact_id}")
+        payload = body.get("payload") if isinstance(body, dict) else None
+        return payload if isinstance(payload, dict) else {}

@@ -1,0 +1,84 @@
+"""Where the ingress finds each hook's webhook secret and, for unsigned deliveries, its URL token.
+
+A hook's secret comes from ``GLPI_SYNC_WEBHOOK_SECRET_<HOOK_ID>`` or the file ``<secrets dir>/<HOOK_ID>``; a URL
+token (for a Chatwoot older than v4.11.2, which cannot sign) from ``GLPI_SYNC_WEBHOOK_URL_TOKEN_<HOOK_ID>`` or
+``<secrets dir>/<HOOK_ID>.url-token``. Several secrets may be given at once (comma- or newline-separated) so that a
+rotation needs no downtime: any one of them verifies. Files are re-read every few seconds (a rotated Kubernetes
+Secret takes effect without a restart). Every value is registered for log redaction.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from app.logs import register_secret
+
+SECRET_PREFIX = "GLPI_SYNC_WEBHOOK_SECRET_"
+URL_TOKEN_PREFIX = "GLPI_SYNC_WEBHOOK_URL_TOKEN_"
+#: A URL token shorter than this is refused at start-up: it is the only thing standing between the internet and
+#: the topic.
+MIN_URL_TOKEN_CHARS = 32
+FILE_TTL_SECONDS = 5.0
+
+
+def _values(text: str | None) -> list[str]:
+    return [v.strip() for v in (text or "").replace("\n", ",").split(",") if v.strip()]
+
+
+class WebhookSecrets:
+    """Per-hook secrets and URL tokens, from the ingress's environment and its secrets directory."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None, directory: Path | None = None) -> None:
+        self.environ = dict(os.environ if environ is None else environ)
+        self.directory = directory
+        self._files: dict[str, tuple[float, list[str]]] = {}
+
+    def _file(self, name: str) -> list[str]:
+        if self.directory is None:
+            return []
+        cached = self._files.get(name)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < FILE_TTL_SECONDS:
+            return cached[1]
+        path = self.directory / name
+        try:
+            values = _values(path.read_text(encoding="utf-8")) if path.is_file() else []
+        except OSError:
+            values = []
+        for value in values:
+            register_secret(value)
+        self._files[name] = (now, values)
+        return values
+
+    def secrets_for(self, hook_id: int) -> list[str]:
+        """The hook's signing secrets (empty: the hook takes no signed deliveries)."""
+        values = _values(self.environ.get(f"{SECRET_PREFIX}{hook_id}")) or self._file(str(hook_id))
+        for value in values:
+            register_secret(value)
+        return values
+
+    def url_token_for(self, hook_id: int) -> str | None:
+        """The hook's URL token for unsigned deliveries, if it has one."""
+        values = _values(self.environ.get(f"{URL_TOKEN_PREFIX}{hook_id}")) or self._file(f"{hook_id}.url-token")
+        if values:
+            register_secret(values[0])
+        return values[0] if values else None
+
+    def problems(self) -> list[str]:
+        """Configuration mistakes to refuse at start-up (URL tokens too short to be secret, names without an id)."""
+        found = []
+        for name, value in self.environ.items():
+            for prefix in (SECRET_PREFIX, URL_TOKEN_PREFIX):
+                if name.startswith(prefix):
+                    suffix = name.removeprefix(prefix)
+                    if not suffix.isdigit():
+                        found.append(f"{name}: the name must end in the hook id (for example {prefix}7)")
+                    elif prefix == URL_TOKEN_PREFIX and len(value.strip()) < MIN_URL_TOKEN_CHARS:
+                        found.append(
+                            f"{name}: a URL token needs at least {MIN_URL_TOKEN_CHARS} random characters "
+                            "(for example: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                        )
+        return found

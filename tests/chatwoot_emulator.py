@@ -1,0 +1,489 @@
+"""A Chatwoot v4 emulator for what the product uses: signed account webhooks and the application API.
+
+Facts it follows are in ``tests/chatwoot_emulator.md`` (with where each was checked). Runnable on its own::
+
+    python -m tests.chatwoot_emulator --port 3000 --token agent-token \\
+        --webhook-url http://127.0.0.1:8080/webhooks/chatwoot/7 --secret whsec
+
+Test endpoints under ``/_emulator/``:
+
+- ``POST webhook`` ``{"url", "secret", "signed"}``: where account webhooks go (signed unless ``signed`` is false);
+- ``POST conversation`` ``{"contact": {...}, "content"}``: a visitor opens a conversation (``contact_created``,
+  ``conversation_created``, ``message_created`` webhooks); ``POST message``, ``POST status`` likewise;
+- ``POST noise`` ``{"conversation_id"}``: a ``conversation_typing_on`` webhook;
+- ``POST seed`` ``{"conversations", "messages"}``: history made without webhooks (what backfill is for);
+- ``POST config`` ``{"rate_limit", "retry_after"}``: requests per second per token before 429 (0: none), and
+  whether a 429 carries ``Retry-After`` (rack-attack's default response does not);
+- ``GET deliveries``: every webhook delivery with its attempts; ``GET requests``: API calls by route.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import itertools
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+ACCOUNT = {"id": 7, "name": "Northwind Support"}
+INBOX = {"id": 12, "name": "Website"}
+CONVERSATIONS_PER_PAGE = 25
+MESSAGES_PER_PAGE = 20
+MESSAGE_TYPES = {"incoming": 0, "outgoing": 1, "activity": 2, "template": 3}
+#: Delays between the attempts of one delivery (Sidekiq retries with the same delivery id); short for tests.
+RETRY_DELAYS = (0.3, 0.6, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 10.0, 10.0, 10.0)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Chatwoot:
+    """One account's contacts, conversations and messages, its webhook, and its deliveries."""
+
+    def __init__(self, token: str, account_id: int = ACCOUNT["id"]) -> None:  # type: ignore[assignment]
+        self.token = token
+        self.account = {**ACCOUNT, "id": account_id}
+        self.contacts: dict[int, dict[str, Any]] = {}
+        self.conversations: dict[int, dict[str, Any]] = {}
+        self.messages: dict[int, list[dict[str, Any]]] = {}
+        self._contact_ids = itertools.count(300)
+        self._conversation_ids = itertools.count(1)
+        self._message_ids = itertools.count(4000)
+        self.webhook: dict[str, Any] = {}
+        self.deliveries: list[dict[str, Any]] = []
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.rate_limit = 0.0
+        self.retry_after = False
+        self._window: dict[str, list[float]] = {}
+        self.requests: Counter[str] = Counter()
+        self.clock = time.time
+
+    # ------------------------------------------------------------------------------------------- model
+
+    def add_contact(self, name: str | None, email: str | None, phone: str | None) -> dict[str, Any]:
+        for contact in self.contacts.values():
+            if email and contact["email"] == email:
+                return contact
+        contact_id = next(self._contact_ids)
+        now = self.clock()
+        contact = {
+            "id": contact_id,
+            "name": name or f"visitor-{contact_id}",
+            "email": email,
+            "phone_number": phone,
+            "identifier": None,
+            "thumbnail": "",
+            "additional_attributes": {},
+            "custom_attributes": {},
+            "blocked": False,
+            "created_at": int(now),
+            "last_activity_at": int(now),
+        }
+        self.contacts[contact_id] = contact
+        return contact
+
+    def add_conversation(self, contact: dict[str, Any], status: str = "open") -> dict[str, Any]:
+        display_id = next(self._conversation_ids)
+        now = self.clock()
+        conversation = {
+            "id": display_id,
+            "uuid": str(uuid.uuid4()),
+            "inbox_id": INBOX["id"],
+            "contact_id": contact["id"],
+            "status": status,
+            "created_at": now,
+            "last_activity_at": now,
+        }
+        self.conversations[display_id] = conversation
+        self.messages[display_id] = []
+        return conversation
+
+    def add_message(
+        self, display_id: int, content: str, message_type: str = "incoming", private: bool = False
+    ) -> dict[str, Any]:
+        conversation = self.conversations[display_id]
+        now = self.clock()
+        message = {
+            "id": next(self._message_ids),
+            "content": content,
+            "message_type": message_type,
+            "private": private,
+            "created_at": now,
+            "sender_contact": conversation["contact_id"] if message_type == "incoming" else None,
+        }
+        self.messages[display_id].append(message)
+        conversation["last_activity_at"] = now
+        return message
+
+    # ------------------------------------------------------------------------------------------- shapes
+
+    def _contact_push(self, contact: dict[str, Any]) -> dict[str, Any]:
+        keys = ("additional_attributes", "custom_attributes", "email", "id", "identifier", "name", "phone_number")
+        return {**{k: contact[k] for k in keys}, "thumbnail": "", "blocked": False, "type": "contact"}
+
+    def _agent(self) -> dict[str, Any]:
+        return {"id": 1, "name": "Ana Agent", "available_name": "Ana Agent", "avatar_url": "", "type": "user"}
+
+    def _nested_message(self, display_id: int, message: dict[str, Any]) -> dict[str, Any]:
+        """``conversation.messages[]`` in webhooks and API lists: integer type, epoch seconds."""
+        contact_id = message["sender_contact"]
+        sender = self._contact_push(self.contacts[contact_id]) if contact_id else self._agent()
+        return {
+            "id": message["id"],
+            "content": message["content"],
+            "account_id": self.account["id"],
+            "inbox_id": INBOX["id"],
+            "conversation_id": display_id,
+            "message_type": MESSAGE_TYPES[message["message_type"]],
+            "created_at": int(message["created_at"]),
+            "updated_at": _iso(message["created_at"]),
+            "private": message["private"],
+            "status": "sent",
+            "source_id": None,
+            "content_type": "text",
+            "content_attributes": {},
+            "sender_type": "Contact" if contact_id else "User",
+            "sender_id": contact_id or 1,
+            "sender": sender,
+        }
+
+    def _conversation_push(self, display_id: int, with_last_message: bool = True) -> dict[str, Any]:
+        """``Conversation#push_event_data``: the webhook shape (no account id) and the API list item's core."""
+        conversation = self.conversations[display_id]
+        contact = self.contacts[conversation["contact_id"]]
+        messages = self.messages[display_id]
+        nested = [self._nested_message(display_id, messages[-1])] if messages and with_last_message else []
+        return {
+            "additional_attributes": {},
+            "can_reply": True,
+            "channel": "Channel::WebWidget",
+            "contact_inbox": {"contact_id": contact["id"], "inbox_id": INBOX["id"], "source_id": conversation["uuid"]},
+            "id": display_id,
+            "inbox_id": INBOX["id"],
+            "messages": nested,
+            "labels": [],
+            "meta": {"sender": self._contact_push(contact), "assignee": None, "team": None, "hmac_verified": False},
+            "status": conversation["status"],
+            "custom_attributes": {},
+            "snoozed_until": None,
+            "unread_count": 0,
+            "first_reply_created_at": None,
+            "priority": None,
+            "waiting_since": int(conversation["last_activity_at"]),
+            "agent_last_seen_at": 0,
+            "contact_last_seen_at": 0,
+            "last_activity_at": int(conversation["last_activity_at"]),
+            "timestamp": int(conversation["last_activity_at"]),
+            "created_at": int(conversation["created_at"]),
+            "updated_at": conversation["last_activity_at"],
+        }
+
+    def api_conversation(self, display_id: int) -> dict[str, Any]:
+        """An item of ``GET /conversations``: the push data plus ``account_id``, ``uuid`` and ``muted``."""
+        conversation = self.conversations[display_id]
+        return {
+            **self._conversation_push(display_id),
+            "account_id": self.account["id"],
+            "uuid": conversation["uuid"],
+            "muted": False,
+        }
+
+    def api_message(self, display_id: int, message: dict[str, Any]) -> dict[str, Any]:
+        nested = self._nested_message(display_id, message)
+        nested.pop("account_id")
+        return nested
+
+    def webhook_message(self, display_id: int, message: dict[str, Any], event: str) -> dict[str, Any]:
+        """A ``message_*`` webhook body: string type, ISO time, the whole conversation, ``account``."""
+        contact_id = message["sender_contact"]
+        sender = self._contact_push(self.contacts[contact_id]) if contact_id else self._agent()
+        return {
+            "event": event,
+            "id": message["id"],
+            "content": message["content"],
+            "created_at": _iso(message["created_at"]),
+            "message_type": message["message_type"],
+            "content_type": "text",
+            "content_attributes": {},
+            "source_id": None,
+            "additional_attributes": {},
+            "private": message["private"],
+            "sender": sender,
+            "account": dict(self.account),
+            "conversation": self._conversation_push(display_id),
+            "inbox": dict(INBOX),
+        }
+
+    def webhook_contact(self, contact: dict[str, Any], event: str) -> dict[str, Any]:
+        body = {"event": event, "account": dict(self.account), **self._contact_push(contact)}
+        body.pop("type")
+        return body
+
+    # ------------------------------------------------------------------------------------------- webhooks
+
+    def deliver(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Queue one webhook delivery (one delivery id for all its attempts)."""
+        delivery = {"delivery_id": str(uuid.uuid4()), "event": body["event"], "body": orjson.dumps(body)}
+        delivery.update(attempts=[], delivered=False)
+        self.deliveries.append(delivery)
+        self.queue.put_nowait(delivery)
+        return delivery
+
+    def _headers(self, body: bytes, delivery_id: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": "rest-client/2.1.0"}
+        if self.webhook.get("signed", True) and self.webhook.get("secret"):
+            timestamp = str(int(self.clock()))
+            digest = hmac.new(self.webhook["secret"].encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+            headers.update(
+                {
+                    "X-Chatwoot-Signature": f"sha256={digest.hexdigest()}",
+                    "X-Chatwoot-Timestamp": timestamp,
+                    "X-Chatwoot-Delivery": delivery_id,
+                }
+            )
+        return headers
+
+    async def run_deliveries(self) -> None:
+        """Send queued deliveries one at a time, each retried on non-2xx with the same delivery id."""
+        timeout = aiohttp.ClientTimeout(total=5)  # WebhookJob's 5 s timeout
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                delivery = await self.queue.get()
+                for attempt, delay in enumerate((0.0, *RETRY_DELAYS)):
+                    await asyncio.sleep(delay)
+                    url = self.webhook.get("url")
+                    if not url:
+                        delivery["attempts"].append("no webhook url")
+                        break
+                    try:
+                        headers = self._headers(delivery["body"], delivery["delivery_id"])
+                        async with http.post(url, data=delivery["body"], headers=headers) as resp:
+                            await resp.read()
+                            delivery["attempts"].append(resp.status)
+                            if 200 <= resp.status < 300:
+                                delivery["delivered"] = True
+                                break
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        delivery["attempts"].append(type(exc).__name__)
+                    delivery["retries"] = attempt + 1
+
+    # ------------------------------------------------------------------------------------------- API guard
+
+    def guard(self, request: web.Request, route: str) -> web.Response | None:
+        """401 without the right ``api_access_token``; 429 past the rate limit (rack-attack's plain-text body)."""
+        self.requests[route] += 1
+        token = request.headers.get("api_access_token") or request.query.get("api_access_token")
+        if token != self.token:
+            return web.json_response({"error": "You need to sign in or sign up before continuing."}, status=401)
+        if self.rate_limit > 0:
+            now = time.monotonic()
+            window = [t for t in self._window.get(token, []) if now - t < 1.0]
+            if len(window) >= self.rate_limit:
+                self._window[token] = window
+                self.requests["429"] += 1
+                headers = {"Retry-After": "1"} if self.retry_after else {}
+                return web.Response(status=429, text="Retry later\n", headers=headers)
+            window.append(now)
+            self._window[token] = window
+        return None
+
+
+NOT_FOUND = {"error": "Resource could not be found"}
+
+
+def build_app(chatwoot: Chatwoot) -> web.Application:
+    app = web.Application()
+    routes = web.RouteTableDef()
+
+    def account_ok(request: web.Request) -> bool:
+        return request.match_info["account_id"] == str(chatwoot.account["id"])
+
+    @routes.get("/api/v1/accounts/{account_id}/conversations")
+    async def conversations(request: web.Request) -> web.Response:
+        refused = chatwoot.guard(request, "conversations")
+        if refused is not None:
+            return refused
+        if not account_ok(request):
+            return web.json_response(NOT_FOUND, status=404)
+        status = request.query.get("status", "open")
+        try:
+            page = max(1, int(request.query.get("page", "1")))
+        except ValueError:
+            page = 1
+        chosen = [c for c in chatwoot.conversations.values() if status == "all" or c["status"] == status]
+        chosen.sort(key=lambda c: (c["last_activity_at"], c["id"]), reverse=True)
+        items = chosen[(page - 1) * CONVERSATIONS_PER_PAGE : page * CONVERSATIONS_PER_PAGE]
+        meta = {"mine_count": 0, "assigned_count": 0, "unassigned_count": len(chosen), "all_count": len(chosen)}
+        payload = [chatwoot.api_conversation(c["id"]) for c in items]
+        return web.json_response({"data": {"meta": meta, "payload": payload}})
+
+    @routes.get("/api/v1/accounts/{account_id}/conversations/{display_id}")
+    async def conversation(request: web.Request) -> web.Response:
+        refused = chatwoot.guard(request, "conversation")
+        if refused is not None:
+            return refused
+        display_id = int(request.match_info["display_id"]) if request.match_info["display_id"].isdigit() else -1
+        if not account_ok(request) or display_id not in chatwoot.conversations:
+            return web.json_response(NOT_FOUND, status=404)
+        return web.json_response(chatwoot.api_conversation(display_id))
+
+    @routes.get("/api/v1/accounts/{account_id}/conversations/{display_id}/messages")
+    async def messages(request: web.Request) -> web.Response:
+        refused = chatwoot.guard(request, "messages")
+        if refused is not None:
+            return refused
+        display_id = int(request.match_info["display_id"]) if request.match_info["display_id"].isdigit() else -1
+        if not account_ok(request) or display_id not in chatwoot.conversations:
+            return web.json_response(NOT_FOUND, status=404)
+        every = chatwoot.messages[display_id]
+        before = request.query.get("before")
+        if before and before.isdigit():
+            every = [m for m in every if m["id"] < int(before)]
+        page = every[-MESSAGES_PER_PAGE:]  # the newest ones before the cursor, oldest first
+        conv = chatwoot.conversations[display_id]
+        meta = {
+            "labels": [],
+            "additional_attributes": {},
+            "contact": chatwoot._contact_push(chatwoot.contacts[conv["contact_id"]]),
+            "assignee": None,
+            "agent_last_seen_at": None,
+            "assignee_last_seen_at": None,
+        }
+        return web.json_response({"meta": meta, "payload": [chatwoot.api_message(display_id, m) for m in page]})
+
+    @routes.get("/api/v1/accounts/{account_id}/contacts/{contact_id}")
+    async def contact(request: web.Request) -> web.Response:
+        refused = chatwoot.guard(request, "contact")
+        if refused is not None:
+            return refused
+        contact_id = int(request.match_info["contact_id"]) if request.match_info["contact_id"].isdigit() else -1
+        if not account_ok(request) or contact_id not in chatwoot.contacts:
+            return web.json_response(NOT_FOUND, status=404)
+        found = chatwoot.contacts[contact_id]
+        return web.json_response({"payload": {**found, "availability_status": "offline", "contact_inboxes": []}})
+
+    # ------------------------------------------------------------------------------------------- test side
+
+    @routes.post("/_emulator/webhook")
+    async def set_webhook(request: web.Request) -> web.Response:
+        chatwoot.webhook = await request.json()
+        return web.json_response({"ok": True})
+
+    @routes.post("/_emulator/config")
+    async def set_config(request: web.Request) -> web.Response:
+        body = await request.json()
+        chatwoot.rate_limit = float(body.get("rate_limit", chatwoot.rate_limit))
+        chatwoot.retry_after = bool(body.get("retry_after", chatwoot.retry_after))
+        return web.json_response({"ok": True})
+
+    @routes.post("/_emulator/conversation")
+    async def open_conversation(request: web.Request) -> web.Response:
+        body = await request.json()
+        person = body.get("contact", {})
+        known = len(chatwoot.contacts)
+        contact = chatwoot.add_contact(person.get("name"), person.get("email"), person.get("phone_number"))
+        if len(chatwoot.contacts) > known:
+            chatwoot.deliver(chatwoot.webhook_contact(contact, "contact_created"))
+        conversation = chatwoot.add_conversation(contact)
+        message = chatwoot.add_message(conversation["id"], body.get("content", "Hello"))
+        chatwoot.deliver({**chatwoot._conversation_push(conversation["id"]), "event": "conversation_created"})
+        chatwoot.deliver(chatwoot.webhook_message(conversation["id"], message, "message_created"))
+        return web.json_response({"conversation_id": conversation["id"], "contact_id": contact["id"]})
+
+    @routes.post("/_emulator/message")
+    async def post_message(request: web.Request) -> web.Response:
+        body = await request.json()
+        display_id = int(body["conversation_id"])
+        message = chatwoot.add_message(
+            display_id, body.get("content", ""), body.get("message_type", "incoming"), bool(body.get("private"))
+        )
+        chatwoot.deliver(chatwoot.webhook_message(display_id, message, "message_created"))
+        return web.json_response({"message_id": message["id"]})
+
+    @routes.post("/_emulator/status")
+    async def set_status(request: web.Request) -> web.Response:
+        body = await request.json()
+        display_id = int(body["conversation_id"])
+        before = chatwoot.conversations[display_id]["status"]
+        chatwoot.conversations[display_id]["status"] = body["status"]
+        push = chatwoot._conversation_push(display_id)
+        chatwoot.deliver({**push, "event": "conversation_status_changed", "changed_attributes": None})
+        changed = [{"status": {"previous_value": before, "current_value": body["status"]}}]
+        chatwoot.deliver({**push, "event": "conversation_updated", "changed_attributes": changed})
+        return web.json_response({"ok": True})
+
+    @routes.post("/_emulator/noise")
+    async def noise(request: web.Request) -> web.Response:
+        body = await request.json()
+        display_id = int(body["conversation_id"])
+        push = chatwoot._conversation_push(display_id)
+        chatwoot.deliver({"event": "conversation_typing_on", "conversation": push, "user": chatwoot._agent()})
+        return web.json_response({"ok": True})
+
+    @routes.post("/_emulator/seed")
+    async def seed(request: web.Request) -> web.Response:
+        body = await request.json()
+        statuses = body.get("statuses", ["open"])
+        start = chatwoot.clock() - 86400 * 30
+        created = []
+        for index in range(int(body.get("conversations", 1))):
+            chatwoot.clock = lambda t=start + index * 60: t  # history: a minute apart, a month ago
+            contact = chatwoot.add_contact(f"Customer {index}", f"customer{index}@example.org", None)
+            conversation = chatwoot.add_conversation(contact, statuses[index % len(statuses)])
+            for number in range(int(body.get("messages", 3))):
+                chatwoot.clock = lambda t=start + index * 60 + number + 1: t
+                kind = "incoming" if number % 2 == 0 else "outgoing"
+                chatwoot.add_message(conversation["id"], f"conversation {conversation['id']} message {number}", kind)
+            created.append(conversation["id"])
+        chatwoot.clock = time.time
+        return web.json_response({"conversations": created})
+
+    @routes.get("/_emulator/deliveries")
+    async def deliveries(_: web.Request) -> web.Response:
+        shown = [{k: v for k, v in d.items() if k != "body"} for d in chatwoot.deliveries]
+        return web.json_response(shown)
+
+    @routes.get("/_emulator/requests")
+    async def requests(_: web.Request) -> web.Response:
+        return web.json_response(dict(chatwoot.requests))
+
+    app.add_routes(routes)
+
+    async def start_deliveries(app: web.Application) -> Any:
+        task = asyncio.create_task(chatwoot.run_deliveries())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(start_deliveries)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Chatwoot v4 emulator (webhooks and application API)")
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--token", default="agent-token", help="the api_access_token the API accepts")
+    parser.add_argument("--account-id", type=int, default=ACCOUNT["id"])
+    parser.add_argument("--webhook-url", help="where account webhooks go")
+    parser.add_argument("--secret", help="the webhook's signing secret (unsigned without one)")
+    args = parser.parse_args()
+    chatwoot = Chatwoot(args.token, args.account_id)
+    if args.webhook_url:
+        chatwoot.webhook = {"url": args.webhook_url, "secret": args.secret, "signed": bool(args.secret)}
+    web.run_app(build_app(chatwoot), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
