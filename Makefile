@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KAFKA_LIBS := .cache/kafka/libs
 
-.PHONY: bench chaos run test check static fmt fmt-check lint typecheck imports schemas kafka test-unit test-integration \
+.PHONY: bench bench-ingress chaos run test check static fmt fmt-check lint typecheck imports schemas kafka test-unit test-integration \
         test-e2e venv clean
 
 # PYTHONWARNINGS: setuptools prints a banner about editable installs that says nothing to a newcomer.
@@ -47,6 +47,10 @@ chaos: venv kafka
 # Throughput against the GLPI emulator (50 ms, 16 slots); numbers into docs/bench.md. Not a test.
 bench: venv kafka
 	$(PY) -m tests.bench --write docs/bench.md
+
+# Signed webhooks per second through glpi-sync ingress into the test Kafka; numbers into docs/bench.md. Not a test.
+bench-ingress: venv kafka
+	$(PY) -m tests.bench_ingress --write docs/bench.md
 
 fmt: venv
 	$(VENV)/bin/ruff format app tests

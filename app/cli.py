@@ -707,7 +707,8 @@ def _wait_for(
 def cmd_doctor(args: argparse.Namespace, env: ToolSettings) -> int:
     from app import doctor
 
-    lines = asyncio.run(doctor.run(env, args.worker or env.worker_url, args.hook_id or None))
+    ingress = args.ingress or [u.strip() for u in env.ingress_url.split(",") if u.strip()]
+    lines = asyncio.run(doctor.run(env, args.worker or env.worker_url, args.hook_id or None, ingress))
     failed = sum(line.level == "fail" for line in lines)
     if args.json:
         _print_json({"ok": not failed, "checks": doctor.as_json(lines)})
@@ -1025,6 +1026,9 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="the whole health checklist: broker, topics, group, workers, hooks, GLPI")
     doc.add_argument("--hook-id", type=int, action="append", default=[], help="only these hooks, e.g. --hook-id 7")
     _worker_url(doc)
+    doc.add_argument(
+        "--ingress", action="append", default=[], help="a webhook ingress to check, e.g. --ingress http://ingress:8080"
+    )
     doc.add_argument("--json", action="store_true", help="machine-readable output")
     doc.set_defaults(func=cmd_doctor)
 

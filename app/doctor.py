@@ -17,6 +17,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from app.kafka_io import KafkaConnection, committed_offsets
 from app.settings import ToolSettings
@@ -103,7 +104,10 @@ async def kafka_lines(env: ToolSettings) -> list[Line]:
                             "set cleanup.policy=compact (time retention loses state)",
                         )
                     )
-        groups = await admin.describe_consumer_groups([env.app_id])
+        try:
+            groups = await admin.describe_consumer_groups([env.app_id])
+        except KafkaError:  # no coordinator for a group nobody ever joined
+            groups = []
         group = groups[0].groups[0] if groups and groups[0].groups else None
         state = group[2] if group else "unknown"
         members = len(group[5]) if group else 0
@@ -116,7 +120,10 @@ async def kafka_lines(env: ToolSettings) -> list[Line]:
                 "start the workers (kubectl get pods -l app.kubernetes.io/name=chatwoot-glpi-sync)",
             )
         )
-        lag = await _lag(env)
+        try:
+            lag = await _lag(env)
+        except KafkaError:
+            lag = await _topic_size(env, env.topic)  # no committed offsets yet: everything is behind
         lines.append(
             Line(
                 "consumer lag",
@@ -256,11 +263,56 @@ async def worker_lines(env: ToolSettings, worker_url: str, hook_ids: list[int] |
     return lines
 
 
-async def run(env: ToolSettings, worker_url: str, hook_ids: list[int] | None) -> list[Line]:
+def _counters(text: str, name: str) -> dict[str, float]:
+    """``{label value: count}`` of one single-label counter in Prometheus text."""
+    found: dict[str, float] = {}
+    for match in re.finditer(rf'^{name}_total{{\w+="([^"]*)"}} (\S+)$', text, re.M):
+        found[match.group(1)] = float(match.group(2))
+    return found
+
+
+async def ingress_lines(ingress_urls: list[str]) -> list[Line]:
+    """Each ingress: ready (producer connected, topic there), and the deliveries it refused since it started."""
+    if not ingress_urls:
+        fix = "glpi-sync doctor --ingress http://<ingress>:8080 (or GLPI_SYNC_INGRESS_URL)"
+        return [Line("webhook ingress", "skip", "not checked (no ingress URL given)", fix)]
+    lines: list[Line] = []
+    async with aiohttp.ClientSession() as http:
+        for url in (u.rstrip("/") for u in ingress_urls):
+            try:
+                status, body = await _get(http, f"{url}/health/ready")
+                _, metrics = await _get(http, f"{url}/metrics")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                fix = f"start glpi-sync ingress there, or check the URL ({type(exc).__name__})"
+                lines.append(Line(f"ingress {url}", "fail", "not reachable", fix))
+                continue
+            if status != 200:
+                reason = body.get("reason", body) if isinstance(body, dict) else body
+                lines.append(Line(f"ingress {url}", "fail", f"not ready: {reason}", "see the ingress's log"))
+                continue
+            lines.append(Line(f"ingress {url}", "ok", f"ready, producing to {body.get('topic')}"))
+            text = metrics if isinstance(metrics, str) else ""
+            refused = _counters(text, "cwglpi_ingress_signature_failures")
+            if any(refused.values()):
+                shown = ", ".join(f"{k} ×{int(v)}" for k, v in sorted(refused.items()) if v)
+                fix = 'a rotated webhook secret? see docs/troubleshooting.md "Webhook ingress"'
+                lines.append(Line(f"ingress {url} deliveries", "warn", f"refused since start: {shown}", fix))
+            errors = _counters(text, "cwglpi_ingress_produce_errors")
+            if any(errors.values()):
+                shown = ", ".join(f"{k} ×{int(v)}" for k, v in sorted(errors.items()) if v)
+                fix = "Kafka was unavailable to the ingress (503s; Chatwoot retries them)"
+                lines.append(Line(f"ingress {url} produce", "warn", f"503 answers since start: {shown}", fix))
+    return lines
+
+
+async def run(
+    env: ToolSettings, worker_url: str, hook_ids: list[int] | None, ingress_urls: list[str] | None = None
+) -> list[Line]:
     lines = await kafka_lines(env)
     if lines and lines[0].check == "broker reachable" and lines[0].level == "fail":
         return lines
-    return lines + await worker_lines(env, worker_url.rstrip("/"), hook_ids)
+    lines += await worker_lines(env, worker_url.rstrip("/"), hook_ids)
+    return lines + await ingress_lines(ingress_urls or [])
 
 
 def as_json(lines: list[Line]) -> list[dict[str, Any]]:

@@ -53,6 +53,8 @@ class ToolSettings(BaseSettings):
     glpi_ca_file: Path | None = None
     #: Where the CLI reaches a worker (inspect, doctor, hook test, reset); any worker of the group will do.
     worker_url: str = "http://127.0.0.1:6066"
+    #: Webhook ingresses ``glpi-sync doctor`` checks (comma-separated base URLs); empty: not checked.
+    ingress_url: str = ""
     admin_token: str | None = Field(None, repr=False)
     admin_token_file: Path | None = None
     #: Token references a hook may name: environment variables with this prefix, files under this directory.

@@ -445,8 +445,10 @@ class ChatwootEmulatorProcess:
     def start(self) -> None:
         log = (self.workdir / f"chatwoot-{self.port}.log").open("wb")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "tests.chatwoot_emulator", "--port", str(self.port), "--token", self.token]
-            + ["--account-id", str(self.account_id)],
+            [
+                *(PYTHON, "-m", "tests.chatwoot_emulator", "--port", str(self.port)),
+                *("--token", self.token, "--account-id", str(self.account_id)),
+            ],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -94,11 +94,14 @@ class Ingress:
         log.info("ingress stopped")
 
     def _new_producer(self) -> AIOKafkaProducer:
+        # The demo's embedded broker (Tansu) takes one record per batch and no idempotent producer.
+        embedded = self.settings.embedded_broker
         return AIOKafkaProducer(
             **self.connection.kwargs(),
             acks="all",
-            enable_idempotence=True,
-            linger_ms=2,
+            enable_idempotence=not embedded,
+            linger_ms=0 if embedded else 2,
+            max_batch_size=1024 if embedded else 16384,
             max_request_size=1_048_576,
             request_timeout_ms=int(self.settings.ingress_produce_timeout * 1000),
         )

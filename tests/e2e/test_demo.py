@@ -14,6 +14,7 @@ def test_demo_once_on_the_embedded_broker_creates_ticket_and_followups() -> None
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "embedded Kafka-protocol broker (Tansu)" in out
+    assert "posted 7 signed Chatwoot webhooks to the ingress" in out
     assert "Ticket #100: Chat #57: Hello, the VPN client keeps disconnecting every few minutes  (status 5)" in out
     assert "Followup #1: Marta Silva" in out
     assert "Followup #2 [private]: Leo Costa (agent)" in out

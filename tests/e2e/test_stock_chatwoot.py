@@ -214,6 +214,18 @@ def test_bad_deliveries_are_refused_with_their_status_and_nothing_is_produced(
         assert dict(signed_record.headers)["chatwoot-delivery"] == good["X-Chatwoot-Delivery"].encode()
         assert orjson.loads(unsigned_record.value)["hook_id"] == 8
         assert SECRET not in ingress.log_text() and URL_TOKEN not in ingress.log_text()
+        doctor = subprocess.run(
+            [WORKER_BIN, "doctor", "--ingress", ingress.base, "--json"],
+            env={**os.environ, **sync_env.env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert doctor.stdout, doctor.stderr
+        checks = {c["check"]: c for c in orjson.loads(doctor.stdout)["checks"]}
+        assert checks[f"ingress {ingress.base}"]["level"] == "ok"
+        refused = checks[f"ingress {ingress.base} deliveries"]
+        assert refused["level"] == "warn" and "bad_signature ×2" in refused["detail"]
     finally:
         assert ingress.stop() == 0  # SIGTERM: a clean exit
 
@@ -231,7 +243,7 @@ def test_broker_down_answers_503_and_chatwoots_retry_delivers(
             chatwoot.call("POST", "conversation", {"contact": {"email": "x@example.org"}, "content": "while down"})
             wait_until(lambda: 503 in chatwoot.deliveries()[0]["attempts"], 30, what="a 503")
             wait_until(lambda: ingress.get("/health/ready")[0] == 503, 30, what="not ready")
-            status, headers, _ = ingress.post("/webhooks/chatwoot/7", b"{}", signed(b"{}"))
+            status, _, _ = ingress.post("/webhooks/chatwoot/7", b"{}", signed(b"{}"))
             assert status == 400  # a bad body is refused before Kafka matters
         finally:
             kafka.relaunch()
@@ -249,8 +261,10 @@ def test_broker_down_answers_503_and_chatwoots_retry_delivers(
 
 def run_backfill(env: SyncEnv, chatwoot: ChatwootEmulatorProcess, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [WORKER_BIN, "backfill", "--hook-id", "7", "--account-id", "7", "--chatwoot-url", chatwoot.base]
-        + ["--api-token-env", "CHATWOOT_TOKEN", "--status", "all", "--rate", "0", "--json", *extra],
+        [
+            *(WORKER_BIN, "backfill", "--hook-id", "7", "--account-id", "7", "--chatwoot-url", chatwoot.base),
+            *("--api-token-env", "CHATWOOT_TOKEN", "--status", "all", "--rate", "0", "--json", *extra),
+        ],
         env={**os.environ, **env.env, "CHATWOOT_TOKEN": chatwoot.token},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -15,7 +15,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from app.metrics import Metrics
-from app.settings import WorkerSettings
+from app.settings import IngressSettings, WorkerSettings
 from app.topology import TABLES, plan_layout, topic_specs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +140,26 @@ def test_topics_match_what_the_worker_uses() -> None:
     # The worker started against exactly these topics (GLPI_SYNC_CREATE_TOPICS=false) accepts them.
     existing = {name: spec["partitions"] for name, spec in declared.items()}
     assert plan_layout(existing, settings).problems == []
+
+
+def test_the_ingress_deployment_reads_its_webhook_secrets_where_it_looks_and_drains_on_sigterm() -> None:
+    (deployment,) = [d for d in of_kind("Deployment") if d["metadata"]["name"].endswith("ingress")]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["ingress"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["webhook-secrets"] == env["GLPI_SYNC_WEBHOOK_SECRETS_DIR"]
+    secret_names = {s["metadata"]["name"] for s in of_kind("Secret")}
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "webhook-secrets"]
+    assert volume["secret"]["secretName"] in secret_names
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert pod["terminationGracePeriodSeconds"] > IngressSettings().ingress_shutdown_timeout
+    (service,) = [s for s in of_kind("Service") if s["metadata"]["name"] == deployment["metadata"]["name"]]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    (ingress,) = of_kind("Ingress")
+    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["path"] == "/webhooks/chatwoot/" and path["backend"]["service"]["name"] == service["metadata"]["name"]
 
 
 def test_statefulset_probes_grace_and_security() -> None:
