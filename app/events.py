@@ -43,9 +43,13 @@ CHATWOOT_EVENTS = (
     "message_updated",
 )
 CONTROL_EVENTS = ("hook_configured", "hook_removed")
+#: The ``content_attributes`` key of a Chatwoot message the two-way sync posted (its value names the GLPI item):
+#: the message's own ``message_created`` webhook is recognised by it and never becomes a GLPI followup.
+ECHO_ATTRIBUTE = "cwglpi"
 #: Commands accepted only from the control topic (never from the producers' topic).
 ControlCommandName = Literal[
     "hook_retry",
+    "hook_poll",
     "hook_pause",
     "hook_resume",
     "hook_enable",
@@ -248,6 +252,16 @@ class HookSettings(_Model):
     #: Find an existing GLPI User or Contact by phone when no email matches. Two people sharing a number (a
     #: switchboard, a family phone) then become one GLPI user: turn it off where that happens.
     match_by_phone: Annotated[bool, BeforeValidator(_text_to_bool), WithJsonSchema(_BOOL_OR_TEXT)] = True
+    #: Two-way sync (README "Two-way sync"): what technicians write in GLPI on our tickets goes back to the
+    #: conversation through Chatwoot's API. Off by default.
+    two_way: Annotated[bool, BeforeValidator(_text_to_bool), WithJsonSchema(_BOOL_OR_TEXT)] = False
+    #: Chatwoot's base URL and an agent's (or agent bot's) api_access_token, a granted reference like GLPI's tokens.
+    chatwoot_url: Annotated[str | None, BeforeValidator(_blank_to_none)] = None
+    chatwoot_token: TokenRef | None = None
+    #: A private GLPI followup is ``skip``ped, or posted as a private ``note`` in the conversation.
+    two_way_private_followups: Literal["skip", "note"] = "skip"
+    #: A GLPI solution is posted to the customer and, with this on, resolves the conversation.
+    two_way_resolve_on_solution: Annotated[bool, BeforeValidator(_text_to_bool), WithJsonSchema(_BOOL_OR_TEXT)] = True
 
     def __repr__(self) -> str:
         return f"HookSettings(api_url={self.api_url!r}, entity_id={self.entity_id}, sync_type={self.sync_type!r})"
@@ -324,6 +338,35 @@ class ControlCommand(_Model):
     payload: ControlCommandPayload = Field(default_factory=ControlCommandPayload)
 
 
+GlpiChangeName = Literal["glpi_followup_added", "glpi_solution_added", "glpi_status_changed"]
+GLPI_CHANGES: tuple[str, ...] = get_args(GlpiChangeName)
+
+
+class GlpiChangePayload(_Model):
+    """One change a technician made in GLPI on a ticket we own (found by the worker's poll)."""
+
+    itemtype: Literal["ITILFollowup", "ITILSolution", "Ticket"]
+    item_id: int
+    ticket_id: int
+    conversation_id: int
+    content: str = ""
+    is_private: bool = False
+    author: str | None = None
+    status: int | None = None
+    date: str | None = None
+
+
+class GlpiChange(_Model):
+    """A GLPI change for Chatwoot, on the control topic only (a producer could otherwise message customers)."""
+
+    event: GlpiChangeName
+    hook_id: int = Field(ge=0)
+    account_id: int = Field(0, ge=0)
+    event_id: str | None = None
+    occurred_at: UtcTime = None
+    payload: GlpiChangePayload
+
+
 class UnknownEvent(_Envelope):
     """A well-formed envelope whose event we do not sync (e.g. ``conversation_typing_on``)."""
 
@@ -332,11 +375,13 @@ class UnknownEvent(_Envelope):
 
 
 Event = Annotated[
-    ContactEvent | ConversationEvent | MessageEvent | HookConfigured | HookRemoved | ControlCommand,
+    ContactEvent | ConversationEvent | MessageEvent | HookConfigured | HookRemoved | ControlCommand | GlpiChange,
     Field(discriminator="event"),
 ]
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-KnownEvent = ContactEvent | ConversationEvent | MessageEvent | HookConfigured | HookRemoved | ControlCommand
+KnownEvent = (
+    ContactEvent | ConversationEvent | MessageEvent | HookConfigured | HookRemoved | ControlCommand | GlpiChange
+)
 
 
 def _describe(exc: ValidationError) -> str:
@@ -369,7 +414,7 @@ def parse_envelope(raw: bytes | None) -> KnownEvent | UnknownEvent:
     if not isinstance(name, str) or not name:
         raise InvalidEnvelopeError("envelope has no 'event' name")
     try:
-        if name in CHATWOOT_EVENTS or name in CONTROL_EVENTS or name in CONTROL_COMMANDS:
+        if name in CHATWOOT_EVENTS or name in CONTROL_EVENTS or name in CONTROL_COMMANDS or name in GLPI_CHANGES:
             return _EVENT_ADAPTER.validate_python(data)
         return UnknownEvent.model_validate(data)
     except ValidationError as exc:

@@ -127,6 +127,18 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.twoway = Counter(
+            "cwglpi_twoway_applied",
+            "GLPI changes applied to Chatwoot by the two-way sync (glpi_followup_added, glpi_solution_added, ...).",
+            ["kind"],
+            registry=registry,
+        )
+        self.twoway_lag = Histogram(
+            "cwglpi_twoway_lag_seconds",
+            "Two-way: from the GLPI followup's or solution's date to the message posted in Chatwoot.",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
         self.redeliveries = Counter(
             "cwglpi_redeliveries_skipped",
             "Events skipped because their event_id was handled already for the hook (a retried webhook, a re-run).",

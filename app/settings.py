@@ -139,6 +139,8 @@ class WorkerSettings(ToolSettings):
     #: Drains in a row in which one parked event fails on its own (GLPI answers others) before it is dead-lettered.
     max_event_failures: int = Field(5, ge=1)
     per_hook_metrics_limit: int = Field(200, ge=0)
+    #: Seconds between two-way polls of each two-way hook's GLPI (a few GET requests each).
+    two_way_poll_seconds: float = Field(30.0, ge=1)
     #: Hours an envelope's ``event_id`` is remembered per hook: a record with the same id in that window is a
     #: redelivery (a webhook retried by Chatwoot, a backfill run twice) and is skipped. 0 turns the check off.
     redelivery_window_hours: float = Field(72.0, ge=0)

@@ -181,6 +181,14 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
 
     cast(Any, app).timer(interval=5.0)(_contained(sample_progress))
 
+    async def poll_two_way_hooks() -> None:
+        if app.rebalancing:
+            return
+        for hook in pipeline.hooks_to_poll():
+            await pipeline.request_poll(hook)
+
+    cast(Any, app).timer(interval=settings.two_way_poll_seconds)(_contained(poll_two_way_hooks))
+
     async def forget_old_deliveries() -> None:
         if settings.redelivery_window_hours > 0 and not app.rebalancing:
             pipeline.store.forget_deliveries(time.time() - settings.redelivery_window_hours * 3600)

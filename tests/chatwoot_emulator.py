@@ -68,6 +68,9 @@ class Chatwoot:
         self._window: dict[str, list[float]] = {}
         self.requests: Counter[str] = Counter()
         self.clock = time.time
+        #: Faults of the message-post endpoint: ``{"hold_after": s}`` answers only ``s`` seconds after the message
+        #: was created (the caller times out although it landed); ``{"hold_before": s}`` creates it only then.
+        self.post_faults: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------- model
 
@@ -110,7 +113,12 @@ class Chatwoot:
         return conversation
 
     def add_message(
-        self, display_id: int, content: str, message_type: str = "incoming", private: bool = False
+        self,
+        display_id: int,
+        content: str,
+        message_type: str = "incoming",
+        private: bool = False,
+        content_attributes: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         conversation = self.conversations[display_id]
         now = self.clock()
@@ -121,6 +129,7 @@ class Chatwoot:
             "private": private,
             "created_at": now,
             "sender_contact": conversation["contact_id"] if message_type == "incoming" else None,
+            "content_attributes": dict(content_attributes or {}),
         }
         self.messages[display_id].append(message)
         conversation["last_activity_at"] = now
@@ -152,7 +161,7 @@ class Chatwoot:
             "status": "sent",
             "source_id": None,
             "content_type": "text",
-            "content_attributes": {},
+            "content_attributes": message.get("content_attributes", {}),
             "sender_type": "Contact" if contact_id else "User",
             "sender_id": contact_id or 1,
             "sender": sender,
@@ -215,7 +224,7 @@ class Chatwoot:
             "created_at": _iso(message["created_at"]),
             "message_type": message["message_type"],
             "content_type": "text",
-            "content_attributes": {},
+            "content_attributes": message.get("content_attributes", {}),
             "source_id": None,
             "additional_attributes": {},
             "private": message["private"],
@@ -362,6 +371,60 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
         }
         return web.json_response({"meta": meta, "payload": [chatwoot.api_message(display_id, m) for m in page]})
 
+    @routes.post("/api/v1/accounts/{account_id}/conversations/{display_id}/messages")
+    async def create_message(request: web.Request) -> web.Response:
+        """What an agent (bot) posts: an outgoing message or a private note, then its ``message_created`` webhook."""
+        refused = chatwoot.guard(request, "post_message")
+        if refused is not None:
+            return refused
+        display_id = int(request.match_info["display_id"]) if request.match_info["display_id"].isdigit() else -1
+        if not account_ok(request) or display_id not in chatwoot.conversations:
+            return web.json_response(NOT_FOUND, status=404)
+        body = await request.json()
+        if not str(body.get("content") or "").strip():
+            return web.json_response({"error": "Content can't be blank"}, status=422)
+        hold_before = chatwoot.post_faults.pop("hold_before", 0.0)
+        if hold_before:
+            await asyncio.sleep(hold_before)
+        attributes = body.get("content_attributes") if isinstance(body.get("content_attributes"), dict) else {}
+        message = chatwoot.add_message(
+            display_id,
+            str(body["content"]),
+            str(body.get("message_type", "outgoing")),
+            bool(body.get("private")),
+            attributes,
+        )
+        chatwoot.deliver(chatwoot.webhook_message(display_id, message, "message_created"))
+        hold_after = chatwoot.post_faults.pop("hold_after", 0.0)
+        if hold_after:
+            await asyncio.sleep(hold_after)
+        return web.json_response(chatwoot.api_message(display_id, message))
+
+    @routes.post("/api/v1/accounts/{account_id}/conversations/{display_id}/toggle_status")
+    async def toggle_status(request: web.Request) -> web.Response:
+        refused = chatwoot.guard(request, "toggle_status")
+        if refused is not None:
+            return refused
+        display_id = int(request.match_info["display_id"]) if request.match_info["display_id"].isdigit() else -1
+        if not account_ok(request) or display_id not in chatwoot.conversations:
+            return web.json_response(NOT_FOUND, status=404)
+        body = await request.json()
+        conversation = chatwoot.conversations[display_id]
+        before = conversation["status"]
+        wanted = body.get("status") or ("open" if before == "resolved" else "resolved")
+        if wanted != before:
+            conversation["status"] = wanted
+            push = chatwoot._conversation_push(display_id)
+            chatwoot.deliver({**push, "event": "conversation_status_changed", "changed_attributes": None})
+        return web.json_response({"meta": {}, "payload": {"success": True, "current_status": wanted}})
+
+    @routes.get("/api/v1/profile")
+    async def profile(request: web.Request) -> web.Response:
+        refused = chatwoot.guard(request, "profile")
+        if refused is not None:
+            return refused
+        return web.json_response({"id": 1, "name": "Ana Agent", "accounts": [{"id": chatwoot.account["id"]}]})
+
     @routes.get("/api/v1/accounts/{account_id}/contacts/{contact_id}")
     async def contact(request: web.Request) -> web.Response:
         refused = chatwoot.guard(request, "contact")
@@ -378,6 +441,18 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
     @routes.post("/_emulator/webhook")
     async def set_webhook(request: web.Request) -> web.Response:
         chatwoot.webhook = await request.json()
+        return web.json_response({"ok": True})
+
+    @routes.get("/_emulator/conversation/{display_id}")
+    async def show_conversation(request: web.Request) -> web.Response:
+        display_id = int(request.match_info["display_id"])
+        conversation = chatwoot.conversations[display_id]
+        messages = [{k: v for k, v in m.items()} for m in chatwoot.messages[display_id]]
+        return web.json_response({"status": conversation["status"], "messages": messages})
+
+    @routes.post("/_emulator/post_faults")
+    async def set_post_faults(request: web.Request) -> web.Response:
+        chatwoot.post_faults = {k: float(v) for k, v in (await request.json()).items()}
         return web.json_response({"ok": True})
 
     @routes.post("/_emulator/config")

@@ -481,13 +481,18 @@ class Emulator:
         if fields.get("itemtype") != "Ticket" or tid not in self.items["Ticket"]:
             raise ApiError(400, "ERROR_GLPI_ADD", "")
         new = self.new_id("ITILSolution")
+        now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         self.items["ITILSolution"][new] = {
             "id": new,
             "itemtype": "Ticket",
             "items_id": tid,
             "content": self.encode(str(fields.get("content", ""))),
+            "users_id": fields.get("users_id", session["user_id"]),
+            "date_creation": now,
+            "date_mod": now,
         }
         self.items["Ticket"][tid]["status"] = 5
+        self.items["Ticket"][tid]["date_mod"] = now
         return new
 
     def update(self, itemtype: str, item_id: int, fields: Any) -> None:
@@ -995,7 +1000,18 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
 
 
 def _list(emu: Emulator, itemtype: str, rows: list[dict[str, Any]], request: web.Request, decode: bool) -> web.Response:
-    rows = sorted(rows, key=lambda r: r["id"])
+    column = request.query.get("sort", "id")
+    if rows and column not in rows[0]:
+        raise ApiError(400, "ERROR", f"sort param is not a field of glpi_{itemtype.lower()}s", True)
+    order = request.query.get("order", "ASC")
+    if order not in ("ASC", "DESC"):
+        raise ApiError(400, "ERROR", "order must be DESC or ASC", True)
+    rows = sorted(rows, key=lambda r: (str(r.get(column, "")) if column != "id" else r["id"], r["id"]))
+    if order == "DESC":
+        rows.reverse()
+    if request.query.get("expand_dropdowns") in ("true", "1"):
+        users = emu.items["User"]
+        rows = [{**r, "users_id": users[r["users_id"]]["name"]} if r.get("users_id") in users else r for r in rows]
     total = len(rows)
     rng = request.query.get("range")
     if rng:

@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from app.events import ECHO_ATTRIBUTE
+
 #: Attempts per request (429, 5xx, connection errors) before the request fails.
 ATTEMPTS = 8
 MAX_BACKOFF_SECONDS = 60.0
@@ -73,6 +75,16 @@ class ChatwootClient:
 
     async def get(self, path: str, **params: Any) -> Any:
         """GET ``/api/v1/accounts/{account}/{path}`` as JSON, paced and retried as the module says."""
+        return await self.request("GET", path, params=params)
+
+    async def request(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None, retry: bool = True
+    ) -> Any:
+        """One API call as JSON.
+
+        With ``retry=False`` (a POST that creates something) a timeout, a dropped connection or a 5xx is not
+        repeated here but raised as :class:`ChatwootUnreachableError`, since it may have landed.
+        """
         assert self._http is not None, "use the client as an async context manager"
         url = f"{self.base}/api/v1/accounts/{self.account_id}/{path}"
         where = f"{self.base} ({path.split('?')[0]})"
@@ -83,12 +95,16 @@ class ChatwootClient:
             self.requests += 1
             wait = backoff
             try:
-                async with self._http.get(
-                    url, params={k: str(v) for k, v in params.items()}, allow_redirects=False
+                async with self._http.request(
+                    method,
+                    url,
+                    params={k: str(v) for k, v in (params or {}).items()},
+                    json=body,
+                    allow_redirects=False,
                 ) as resp:
-                    body = await resp.read()
+                    answer = await resp.read()
                     if resp.status == 200:
-                        return orjson.loads(body)
+                        return orjson.loads(answer)
                     if resp.status in (401, 403):
                         raise ChatwootRefusedError(
                             f"Chatwoot at {self.base} refused the access token (HTTP {resp.status}) for account "
@@ -103,10 +119,14 @@ class ChatwootClient:
                         wait = float(retry_after) if retry_after.isdigit() else backoff
                     elif resp.status >= 500:
                         problem = f"HTTP {resp.status}"
+                        if not retry:
+                            raise ChatwootUnreachableError(f"Chatwoot at {where}: {problem} (it may have landed)")
                     else:
                         raise ChatwootError(f"Chatwoot at {where} answered HTTP {resp.status}")
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"[:200]
+                if not retry:
+                    raise ChatwootUnreachableError(f"Chatwoot at {where}: {problem} (it may have landed)") from None
             except orjson.JSONDecodeError:
                 raise ChatwootError(f"Chatwoot at {where} did not answer JSON (is this the Chatwoot URL?)") from None
             await asyncio.sleep(min(wait, MAX_BACKOFF_SECONDS))
@@ -150,3 +170,45 @@ class ChatwootClient:
         body = await self.get(f"contacts/{contact_id}")
         payload = body.get("payload") if isinstance(body, dict) else None
         return payload if isinstance(payload, dict) else {}
+
+    async def post_message(self, display_id: int, content: str, *, private: bool, ref: str) -> dict[str, Any]:
+        """Post an outgoing message (or a private note) marked with ``content_attributes.cwglpi = ref``.
+
+        Not retried: an unknown outcome raises, and the caller looks for the marker before posting again.
+        """
+        body = {
+            "content": content,
+            "message_type": "outgoing",
+            "private": private,
+            "content_attributes": {ECHO_ATTRIBUTE: ref},
+        }
+        answer = await self.request("POST", f"conversations/{display_id}/messages", body=body, retry=False)
+        return answer if isinstance(answer, dict) else {}
+
+    async def find_marked(self, display_id: int, ref: str) -> dict[str, Any] | None:
+        """The conversation's message we posted for ``ref``, if one exists (the newest pages are read first)."""
+        for message in reversed(await self.messages(display_id)):
+            attributes = message.get("content_attributes")
+            if isinstance(attributes, dict) and attributes.get(ECHO_ATTRIBUTE) == ref:
+                return dict(message)
+        return None
+
+    async def set_status(self, display_id: int, status: str) -> None:
+        """Resolve or reopen a conversation (``toggle_status`` with an explicit status: safe to repeat)."""
+        await self.request("POST", f"conversations/{display_id}/toggle_status", body={"status": status})
+
+    async def profile(self) -> dict[str, Any]:
+        """``GET /api/v1/profile``: who the token belongs to, and its accounts (``hook set`` checks it)."""
+        assert self._http is not None, "use the client as an async context manager"
+        async with self._http.get(f"{self.base}/api/v1/profile", allow_redirects=False) as resp:
+            if resp.status in (401, 403):
+                raise ChatwootRefusedError(f"Chatwoot at {self.base} refused the access token (HTTP {resp.status})")
+            if resp.status != 200:
+                raise ChatwootError(f"Chatwoot at {self.base}/api/v1/profile answered HTTP {resp.status}")
+            try:
+                body = orjson.loads(await resp.read())
+            except orjson.JSONDecodeError:
+                raise ChatwootError(
+                    f"Chatwoot at {self.base} did not answer JSON (is this the Chatwoot URL?)"
+                ) from None
+            return body if isinstance(body, dict) else {}

@@ -319,6 +319,24 @@ class GlpiClient:
                 return rows
             start += len(page)
 
+    async def recent_items(self, itemtype: str, *, start: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+        """Rows of ``GET /{itemtype}`` by ``date_mod``, newest first, from ``start``.
+
+        Foreign keys come as names (``expand_dropdowns``: ``users_id`` is the author's name).
+        """
+        status, body, headers = await self._array(
+            itemtype,
+            "GET",
+            itemtype,
+            params=[
+                ("sort", "date_mod"),
+                ("order", "DESC"),
+                ("range", f"{start}-{start + limit - 1}"),
+                ("expand_dropdowns", "true"),
+            ],
+        )
+        return [row for row in body if isinstance(row, dict)]
+
     async def create(self, itemtype: str, fields: dict[str, Any]) -> int:
         """``POST /{itemtype}``: the new id (the ``Location`` header is ignored)."""
         status, body, headers = await self._call(itemtype, "POST", itemtype, body={"input": fields})

@@ -11,6 +11,7 @@
 | ``hook_reset``/``hook_rebuilt`` | forget the hook's mappings and adopt what GLPI holds while replaying       |
 | ``set_*_mapping``               | point a contact or conversation at a GLPI id, or clear it                  |
 | ``resync_*``                    | check GLPI against the state and recreate what is missing                  |
+| ``hook_poll``                   | the worker's own (two-way): look in GLPI for technicians' changes          |
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class AdminCommands:
                     return "skipped", f"resync failed: {exc}"[:300]
             case "hook_retry" | "hook_resume":
                 return await self._resume(hook, command, who)
+            case "hook_poll":
+                self.pipeline.poll_applied(hook.hook_id)
+                return await self.pipeline.twoway.poll(hook)
 
     async def _enable(self, hook: HookRecord, who: str) -> str:
         enabled = hook.model_copy(update={"status": "enabled", "set_aside": 0})

@@ -5,12 +5,15 @@ The queue lives in the ``parked`` table under ``<hook>:<seq>`` keys; the hook's 
 ``<hook>:<seq>:<n>`` keys when it is large, so that every record the parser accepts (up to 1 MiB) can be parked:
 one table record must fit in one Kafka record of the changelog. Pieces are written before the entry that names
 them, and the entry before the slot's counter moves, so a crash in between leaves at most unreferenced pieces that
-the next append of the same sequence number overwrites.
+the next append of the same sequence number overwrites. An index entry ``<hook>:src:<topic>:<partition>:<offset>``
+per parked record lets a record redelivered after a crash be recognised: it is not parked twice. (A high-water
+offset would not do: lanes admit a partition's records out of offset order.)
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 from typing import Any
 
 from app.pipeline.source import SourceRecord
@@ -19,6 +22,11 @@ from app.sync.state import AnyHook, parked_key
 
 #: Raw bytes per stored piece (base64 makes it 400 kB, well below a 1 MB Kafka record).
 CHUNK_BYTES = 300_000
+
+
+def _source_key(hook_id: int, topic: str, partition: int, offset: int) -> str:
+    """The index entry of a parked source record (``<hook>:src:<topic>:<partition>:<offset>``)."""
+    return f"{hook_id}:src:{topic}:{partition}:{offset}"
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -38,11 +46,11 @@ class ParkingQueue:
     async def append(self, slot: AnyHook, record: SourceRecord) -> AnyHook:
         """Park ``record`` at the end of ``slot``'s queue, durably; returns the slot with its counter moved.
 
-        A source record at or below the slot's ``parked_through`` offset for its partition was parked before a crash
-        (redelivered because its offset was not committed yet): it is not parked again and the slot is returned as is.
+        A source record parked already (redelivered after a crash, its offset not committed yet) is found by its
+        source index entry and not parked twice: the slot is returned as is.
         """
-        source = f"{record.topic}:{record.partition}"
-        if record.offset <= slot.parked_through.get(source, -1):
+        source = _source_key(slot.hook_id, record.topic, record.partition, record.offset)
+        if source in self.store.parked:
             return slot
         seq = slot.parked_next
         key = parked_key(slot.hook_id, seq)
@@ -63,9 +71,8 @@ class ParkingQueue:
         else:
             entry["value"] = _b64(value)
         await self.store.parked.put_durable(key, entry)
-        moved = slot.model_copy(
-            update={"parked_next": seq + 1, "parked_through": {**slot.parked_through, source: record.offset}}
-        )
+        await self.store.parked.put_durable(source, {"seq": seq})
+        moved = slot.model_copy(update={"parked_next": seq + 1})
         await self.store.save_slot(moved)
         return moved
 
@@ -103,11 +110,17 @@ class ParkingQueue:
 
     def discard(self, hook_id: int, seq: int) -> None:
         """Remove parked record ``seq`` (finished out of order); the counters pass over it later (:meth:`advance`)."""
+        self._remove(hook_id, seq)
+
+    def _remove(self, hook_id: int, seq: int) -> None:
         key = parked_key(hook_id, seq)
         entry = self.store.parked.pop(key, None)
         if isinstance(entry, dict):
             for index in range(int(entry.get("chunks") or 0)):
                 self.store.parked.pop(f"{key}:{index}", None)
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                source = _source_key(hook_id, str(entry["topic"]), int(entry["partition"]), int(entry["offset"]))
+                self.store.parked.pop(source, None)
 
     async def advance(self, slot: AnyHook) -> AnyHook:
         """Move ``parked_first`` past the records already removed at the head of the queue."""
@@ -123,11 +136,7 @@ class ParkingQueue:
     async def pop_head(self, slot: AnyHook) -> AnyHook:
         """Remove the oldest parked record; returns the slot with ``parked_first`` moved."""
         seq = slot.parked_first
-        key = parked_key(slot.hook_id, seq)
-        entry = self.store.parked.pop(key, None)
-        if isinstance(entry, dict):
-            for index in range(int(entry.get("chunks") or 0)):
-                self.store.parked.pop(f"{key}:{index}", None)
+        self._remove(slot.hook_id, seq)
         moved = slot.model_copy(update={"parked_first": seq + 1})
         await self.store.save_slot(moved)
         return moved

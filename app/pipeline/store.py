@@ -6,7 +6,7 @@
   RocksDB is *ahead* of its changelog (the changelog was recreated, or records were lost on the broker): faust would
   otherwise raise ``ConsistencyError`` and crash-loop. The changelog is the truth; the rebuilt partition is marked
   *cautious* so that creates look in GLPI first and adopt what exists.
-- :class:`SyncStore` holds the six tables and knows the record types and keys: hook slots, the view one event
+- :class:`SyncStore` holds the seven tables and knows the record types and keys: hook slots, the view one event
   reads, the records it writes back.
 """
 
@@ -152,7 +152,7 @@ class CautiousPartitions:
 
 
 class SyncStore:
-    """The six tables and the records in them. Reads and writes follow the current event's partition."""
+    """The seven tables and the records in them. Reads and writes follow the current event's partition."""
 
     def __init__(self, app: faust.App, settings: WorkerSettings, metrics: Metrics) -> None:
         self.settings = settings
@@ -165,6 +165,7 @@ class SyncStore:
         self.messages = tables["messages"]  # account:message → MessageRecord
         self.parked = tables["parked"]  # hook:seq[:chunk] → parked record (app/pipeline/parking.py)
         self.deliveries = tables["deliveries"]  # hook:event_id → where it was first handled (redelivery window)
+        self.replies = tables["replies"]  # account:itemtype:id → the Chatwoot message posted for it (two-way)
 
     def _table(self, app: faust.App, name: str) -> DurableTable:
         schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")

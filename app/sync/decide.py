@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app.events import (
+    ECHO_ATTRIBUTE,
     Contact,
     ContactEvent,
     Conversation,
@@ -160,7 +161,6 @@ def apply_hook_event(
                 partition=current.partition,
                 parked_first=current.parked_first,
                 parked_next=current.parked_next,
-                parked_through=current.parked_through,
                 status="removed",
             ),
             [],
@@ -183,9 +183,9 @@ def apply_hook_event(
             pause=keep_pause,
             parked_first=current.parked_first if current else 0,
             parked_next=current.parked_next if current else 0,
-            parked_through=current.parked_through if current else {},
             partition=current.partition if current else None,
             rebuilding=configured.rebuilding if configured else False,
+            glpi_cursors=configured.glpi_cursors if configured else {},
             set_aside=configured.set_aside if configured else 0,
         ),
         [],
@@ -621,6 +621,8 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
         return Finished("skipped", "message_updated without deletion")
     if msg.message_type == "activity":
         return Finished("skipped", "activity messages are not synced")
+    if ECHO_ATTRIBUTE in msg.content_attributes:
+        return Finished("skipped", "posted by the two-way sync from GLPI (it is in GLPI already)")
     step = _conversation_prelude(view, event.account, conv, settings, ctx)
     if step is not None:
         return step

@@ -7,6 +7,7 @@ Chatwoot's order matters **within a conversation** (followups in order, a status
 |-----------------------------------------------------|--------------------------------|
 | ``conversation_*``, ``message_*``                   | ``("conversation", id)``       |
 | ``contact_*``                                       | ``("contact", id)``            |
+| ``glpi_*`` (two-way: a GLPI change for Chatwoot)    | ``("conversation", id)``       |
 | an event name we never sync (skipped)               | ``("unsynced", 0)``            |
 | ``hook_configured``, ``hook_removed``, every command | none: a **barrier** of the hook |
 
@@ -17,7 +18,7 @@ contact (:func:`contact_of`) so that two new conversations of a new contact stil
 
 from __future__ import annotations
 
-from app.events import ContactEvent, ConversationEvent, KnownEvent, MessageEvent, UnknownEvent
+from app.events import ContactEvent, ConversationEvent, GlpiChange, KnownEvent, MessageEvent, UnknownEvent
 from app.sync.decide import record_ids
 
 LaneKey = tuple[str, int]
@@ -32,6 +33,8 @@ def lane_of(event: KnownEvent | UnknownEvent) -> LaneKey | None:
             return ("conversation", event.payload.conversation.id)
         case ContactEvent():
             return ("contact", event.payload.id)
+        case GlpiChange():  # a technician's change goes back after the conversation's own events
+            return ("conversation", event.payload.conversation_id)
         case UnknownEvent():
             return ("unsynced", 0)
         case _:

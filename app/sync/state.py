@@ -62,9 +62,6 @@ class HookSlot(_Record):
     partition: int | None = None
     parked_first: int = 0
     parked_next: int = 0
-    #: Per ``"<topic>:<partition>"``, the offset of the last source record parked: a record redelivered after a
-    #: crash (its offset not yet committed) is recognised and not parked twice.
-    parked_through: dict[str, int] = {}
 
     @property
     def parked(self) -> int:
@@ -94,6 +91,8 @@ class HookRecord(HookSlot):
     set_aside: int = 0
     #: Drains in a row in which the queue's head failed on its own while GLPI answered other requests.
     head_failures: int = 0
+    #: Two-way polls: per GLPI itemtype, the ``(date_mod, id)`` of the newest row seen.
+    glpi_cursors: dict[str, tuple[str, int]] = {}
 
     @property
     def parking(self) -> bool:

@@ -76,16 +76,19 @@ async def test_a_record_redelivered_after_a_crash_is_not_parked_twice() -> None:
     store = FakeStore()
     queue = ParkingQueue(store)  # type: ignore[arg-type]
     slot: AnyHook = UnconfiguredHook(hook_id=7)
-    for offset in (5, 6, 7):
+    for offset in (7, 5, 6):  # lanes admit a partition's records out of offset order: each is parked
         slot = await queue.append(slot, record(b"x", offset))
     # kill -9 before the offsets were committed: the same three come again, then a new one.
     for offset in (5, 6, 7, 8):
         slot = await queue.append(slot, record(b"x", offset))
     assert slot.parked == 4
-    assert [queue.read(7, seq).offset for seq in range(4)] == [5, 6, 7, 8]  # type: ignore[union-attr]
+    assert [queue.read(7, seq).offset for seq in range(4)] == [7, 5, 6, 8]  # type: ignore[union-attr]
+    # Once drained, the index entry goes with its record.
+    slot = await queue.pop_head(slot)
+    assert "7:src:events:2:7" not in store.parked and "7:src:events:2:5" in store.parked
     # Another partition's offsets are counted on their own.
     other = SourceRecord("events", 3, 1, 1.5, b"7", b"x", ())
-    assert (await queue.append(slot, other)).parked == 5
+    assert (await queue.append(slot, other)).parked == 4
 
 
 class FakeTopic:

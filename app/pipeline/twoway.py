@@ -1,0 +1,237 @@
+"""Two-way sync's I/O: poll GLPI for technicians' changes on our tickets, and apply them to Chatwoot.
+
+**Poll** (``hook_poll``, queued by the worker's timer on the hook's control partition, so it runs on the worker
+that owns the hook): list the most recently modified followups, solutions and tickets (``GET /{itemtype}`` sorted
+by ``date_mod``, a few requests per poll), keep what is newer than the hook's cursors, turn it into ``glpi_*``
+events (``app/twoway/plan.py``), publish them to the control topic keyed by hook, then move the cursors. A crash in
+between publishes them again; the events' stable ids and the ``replies`` table make that harmless. The first poll
+of a hook only sets its cursors: turning two-way on does not replay a ticket's history into the conversation.
+
+**Apply** (a ``glpi_*`` event, in its conversation's lane): post the message through Chatwoot's API with the
+intent protocol of the other direction. Before the POST, ``replies[<account>:<ref>]`` gets ``pending_at``
+(awaited on the changelog); after it, the Chatwoot message id. A POST whose outcome is unknown (timeout, dropped
+connection, 5xx, a crash) is never repeated blindly: the next attempt reads the conversation's messages and adopts
+the one carrying our marker (``content_attributes.cwglpi``) before posting again. A status is set with an explicit
+``toggle_status`` (safe to repeat), after the conversation record says so, so Chatwoot's echo of it changes nothing
+in GLPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from app.chatwoot.api import (
+    ChatwootClient,
+    ChatwootError,
+    ChatwootNotFoundError,
+    ChatwootRefusedError,
+    ChatwootUnreachableError,
+)
+from app.events import GlpiChange
+from app.glpi import GlpiError
+from app.pipeline.source import SourceRecord
+from app.secrets import HookConfigError, resolve_token
+from app.sync.state import HookRecord, SyncView
+from app.twoway.plan import Cursor, action_for, change_events, glpi_epoch, newer_rows, status_events
+
+if TYPE_CHECKING:
+    from app.glpi.client import GlpiClient
+    from app.pipeline.records import Pipeline
+
+log = logging.getLogger("cwglpi.worker")
+#: Rows read per itemtype and page, and pages per poll (a busier GLPI is caught up over the next polls).
+POLL_PAGE = 50
+POLL_PAGES = 4
+#: Attempts of one Chatwoot action whose outcome stays unknown, and the pause between them.
+APPLY_ATTEMPTS = 4
+APPLY_PAUSE_SECONDS = 2.0
+
+
+class TwoWay:
+    """Poll and apply for the hooks with ``two_way`` on."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.store = pipeline.store
+
+    # ------------------------------------------------------------------------------------------- poll
+
+    def _tickets(self, account_id: int) -> tuple[dict[int, int], dict[int, str | None]]:
+        """Our tickets of the account: ticket → conversation, and ticket → the conversation's last status."""
+        conversations: dict[int, int] = {}
+        statuses: dict[int, str | None] = {}
+        for value in list(self.store.conversations.values()):
+            if isinstance(value, dict) and value.get("account_id") == account_id and value.get("ticket_id"):
+                conversations[int(value["ticket_id"])] = int(value["conversation_id"])
+                statuses[int(value["ticket_id"])] = value.get("status")
+        return conversations, statuses
+
+    async def _recent(self, client: GlpiClient, itemtype: str, cursor: Cursor | None) -> list[dict[str, Any]]:
+        """Rows newest first, page after page while a whole page is newer than ``cursor``."""
+        rows: list[dict[str, Any]] = []
+        for page in range(POLL_PAGES):
+            try:
+                batch = await client.recent_items(itemtype, start=page * POLL_PAGE, limit=POLL_PAGE)
+            except GlpiError as exc:
+                if exc.code == "ERROR_RANGE_EXCEED_TOTAL":
+                    break  # no (more) rows
+                raise
+            rows += batch
+            oldest = batch[-1] if batch else None
+            if (
+                cursor is None
+                or len(batch) < POLL_PAGE
+                or oldest is None
+                or not cursor.before(str(oldest.get("date_mod") or ""), int(oldest.get("id") or 0))
+            ):
+                break
+        return rows
+
+    async def poll(self, hook: HookRecord) -> tuple[str, str]:
+        """One poll of the hook's GLPI; returns the outcome and reason for the ``hook_poll`` command."""
+        if not hook.settings.two_way:
+            return "skipped", "two-way sync is off for this hook"
+        if hook.pause is not None or hook.status != "enabled":
+            return "skipped", f"hook {hook.status}{' and paused' if hook.pause else ''}: not polled"
+        tickets, statuses = self._tickets(hook.account_id)
+        client = self.pipeline.clients.client_for(hook)
+        events: list[dict[str, Any]] = []
+        cursors = dict(hook.glpi_cursors)
+        first = not cursors
+        try:
+            for kind, itemtype in (("glpi_followup_added", "ITILFollowup"), ("glpi_solution_added", "ITILSolution")):
+                known = cursors.get(itemtype)
+                cursor = Cursor(*known) if known else None
+                rows = await self._recent(client, itemtype, cursor)
+                fresh, moved = newer_rows(rows, cursor or Cursor())
+                cursors[itemtype] = (moved.date_mod, moved.item_id)
+                if cursor is not None:
+                    events += change_events(kind, fresh, tickets, hook.hook_id, hook.account_id)  # type: ignore[arg-type]
+            if not first:
+                ticket_rows = await client.recent_items("Ticket", limit=POLL_PAGE)
+                events += status_events(ticket_rows, tickets, statuses, hook.hook_id, hook.account_id)
+        except (GlpiError, HookConfigError) as exc:
+            return "skipped", f"poll of GLPI failed, tried again at the next poll: {exc}"[:300]
+        for event in events:
+            sent = await self.pipeline.control.send(
+                key=str(hook.hook_id).encode(), value=orjson.dumps(event), partition=hook.partition
+            )
+            await sent
+        if cursors != hook.glpi_cursors:
+            current = self.store.hook(hook.hook_id) or hook
+            await self.store.save_slot(current.model_copy(update={"glpi_cursors": cursors}))
+        if first:
+            return "synced", "two-way: first poll, cursors set (earlier GLPI changes are not replayed)"
+        return "synced", f"two-way: {len(events)} GLPI change(s) queued for Chatwoot"
+
+    # ------------------------------------------------------------------------------------------- apply
+
+    def _client(self, hook: HookRecord) -> ChatwootClient:
+        settings = hook.settings
+        if not settings.chatwoot_url:
+            raise HookConfigError("two-way sync needs chatwoot_url in the hook's settings")
+        token = resolve_token(
+            settings.chatwoot_token, "chatwoot_token", self.pipeline.ctx.hook_policy, self.pipeline.vault
+        )
+        if not token:
+            raise HookConfigError("two-way sync needs chatwoot_token in the hook's settings")
+        return ChatwootClient(settings.chatwoot_url, hook.account_id, token, rate=0, timeout=15.0)
+
+    async def apply(self, record: SourceRecord, change: GlpiChange, started: float) -> None:
+        """Apply one GLPI change to its conversation and log its outcome."""
+        outcome, reason = await self._apply(record, change)
+        self.pipeline.outcomes.finish(record, change, outcome, reason, started)
+        if outcome == "synced":
+            self.pipeline.metrics.twoway.labels(change.event).inc()
+
+    async def _apply(self, record: SourceRecord, change: GlpiChange) -> tuple[str, str]:
+        hook = self.store.hook(change.hook_id)
+        if hook is None or not hook.settings.two_way or hook.status != "enabled":
+            return "skipped", "two-way sync is off for this hook"
+        settings = hook.settings
+        action = action_for(
+            change.event,
+            change.payload.model_dump(),
+            private_followups=settings.two_way_private_followups,
+            resolve_on_solution=settings.two_way_resolve_on_solution,
+        )
+        if isinstance(action, str):
+            return "skipped", action
+        key = f"{hook.account_id}:{action.ref}"
+        reply = self.store.replies.get(key)
+        reply = dict(reply) if isinstance(reply, dict) else {}
+        conversation_id = change.payload.conversation_id
+        try:
+            async with self._client(hook) as client:
+                done = []
+                if action.content is not None and not reply.get("message_id"):
+                    message_id = await self._post(client, key, reply, conversation_id, action.content, action)
+                    done.append(f"posted message {message_id}")
+                    since = glpi_epoch(change.payload.date, settings.timezone)
+                    if since is not None:
+                        self.pipeline.metrics.twoway_lag.observe(max(0.0, time.time() - since))
+                if action.status is not None and reply.get("status") != action.status:
+                    await self._set_status(hook, client, conversation_id, action.status)
+                    await self.store.replies.put_durable(
+                        key, {**(self.store.replies.get(key) or {}), "status": action.status}
+                    )
+                    done.append(f"{'resolved' if action.status == 'resolved' else 'reopened'} the conversation")
+        except HookConfigError as exc:
+            await self.pipeline.dead_letters.send(record, "chatwoot", "TwoWayNotConfigured", str(exc))
+            return "dead_lettered", str(exc)
+        except ChatwootNotFoundError as exc:
+            return "skipped", f"conversation {conversation_id} is gone from Chatwoot ({exc})"[:300]
+        except ChatwootRefusedError as exc:
+            await self.pipeline.dead_letters.send(record, "chatwoot", "ChatwootRefused", str(exc))
+            return "dead_lettered", f"{exc} (fix the token, then glpi-sync dlq replay --hook {hook.hook_id})"
+        except ChatwootError as exc:
+            await self.pipeline.dead_letters.send(record, "chatwoot", "ChatwootUnavailable", str(exc)[:300])
+            return "dead_lettered", f"{exc} (glpi-sync dlq replay --hook {hook.hook_id} posts it, never twice)"[:400]
+        if not done:
+            return "skipped", f"{action.ref} is in conversation {conversation_id} already"
+        return "synced", f"{action.ref}: " + ", ".join(done) + f" in conversation {conversation_id}"
+
+    async def _post(
+        self,
+        client: ChatwootClient,
+        key: str,
+        reply: dict[str, Any],
+        conversation_id: int,
+        content: str,
+        action: Any,
+    ) -> int:
+        """Post once: look for our marker first whenever an earlier attempt may have landed."""
+        for attempt in range(1, APPLY_ATTEMPTS + 1):
+            if reply.get("pending_at"):
+                found = await client.find_marked(conversation_id, action.ref)
+                if found is not None and isinstance(found.get("id"), int):
+                    await self.store.replies.put_durable(key, {"message_id": found["id"]})
+                    return int(found["id"])
+            reply = {"pending_at": time.time()}
+            await self.store.replies.put_durable(key, reply)  # the intent, before the POST
+            try:
+                posted = await client.post_message(conversation_id, content, private=action.private, ref=action.ref)
+            except ChatwootUnreachableError:
+                if attempt == APPLY_ATTEMPTS:
+                    raise
+                await asyncio.sleep(APPLY_PAUSE_SECONDS * attempt)
+                continue
+            message_id = posted.get("id")
+            if not isinstance(message_id, int):
+                raise ChatwootError("Chatwoot answered the message post without a message id")
+            await self.store.replies.put_durable(key, {"message_id": message_id})
+            return message_id
+        raise ChatwootError("unreachable")  # pragma: no cover
+
+    async def _set_status(self, hook: HookRecord, client: ChatwootClient, conversation_id: int, status: str) -> None:
+        """Record the status on the conversation first (its echo from Chatwoot then matches), then set it."""
+        current = self.store.conversation(hook.account_id, conversation_id)
+        if current is not None and current.status != status:
+            after = current.model_copy(update={"status": status})
+            await self.store.persist(SyncView(conversation=current), SyncView(conversation=after), True)
+        await client.set_status(conversation_id, status)
