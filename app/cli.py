@@ -268,6 +268,40 @@ def _resolve_here(env: ToolSettings, settings: HookSettings) -> tuple[str | None
     return app_token, user_token
 
 
+def _check_chatwoot(env: ToolSettings, settings: HookSettings, account_id: int) -> None:
+    """Two-way: the Chatwoot token works (``/api/v1/profile``) and belongs to a member of the hook's account."""
+    from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootRefusedError
+    from app.secrets import HookConfigError, hook_policy, resolve_token
+
+    try:
+        token = resolve_token(settings.chatwoot_token, "chatwoot_token", hook_policy(env))
+    except HookConfigError as exc:
+        raise CliError(f"{exc} (here, where the hook is tested; --no-test skips the test)") from None
+    url = settings.chatwoot_url or ""
+    if not token:
+        raise CliError("two-way needs a Chatwoot token (--chatwoot-token-env or --chatwoot-token-file)")
+
+    async def go() -> dict[str, Any]:
+        async with ChatwootClient(url, account_id, token) as client:
+            return await client.profile()
+
+    try:
+        profile = asyncio.run(go())
+    except ChatwootRefusedError as exc:
+        raise CliError(f"two-way: {exc}", EXIT_REFUSED) from None
+    except (ChatwootError, aiohttp.ClientError, OSError) as exc:
+        raise CliError(
+            f"two-way: Chatwoot at {settings.chatwoot_url} cannot be reached ({exc})", EXIT_UNREACHABLE
+        ) from None
+    accounts = [a.get("id") for a in profile.get("accounts", []) if isinstance(a, dict)]
+    if account_id not in accounts:
+        raise CliError(
+            f"two-way: the Chatwoot token's user ({profile.get('name')}) is not a member of account {account_id}",
+            EXIT_REFUSED,
+        )
+    print(f"Chatwoot token valid: {profile.get('name')}, member of account {account_id}")
+
+
 def cmd_hook_set(args: argparse.Namespace, env: ToolSettings) -> int:
     from app.glpi_checks import glpi_checks
     from app.secrets import hook_policy
@@ -284,6 +318,13 @@ def cmd_hook_set(args: argparse.Namespace, env: ToolSettings) -> int:
         "notify_requester": args.notify_requester,
         "phone_region": args.phone_region,
         "match_by_phone": args.match_by_phone,
+        "two_way": args.two_way,
+        "chatwoot_url": args.chatwoot_url,
+        "chatwoot_token": _token_ref(
+            env, args.chatwoot_token, args.chatwoot_token_env, args.chatwoot_token_file, "chatwoot-token"
+        ),
+        "two_way_private_followups": args.private_followups,
+        "two_way_resolve_on_solution": args.resolve_on_solution,
     }
     if not raw_settings["user_token"]:
         raise CliError("a user token is required (--user-token-env, --user-token-file or --user-token)")
@@ -311,6 +352,8 @@ def cmd_hook_set(args: argparse.Namespace, env: ToolSettings) -> int:
                 EXIT_UNREACHABLE if unreachable else EXIT_REFUSED,
             )
         print("GLPI connection successful")
+        if settings.two_way:
+            _check_chatwoot(env, settings, args.account_id)
     event_id = uuid.uuid4().hex
     envelope = {
         "event": "hook_configured",
@@ -993,6 +1036,20 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="find existing GLPI users by phone too (off where people share a number), e.g. --no-match-by-phone",
+    )
+    hs.add_argument("--two-way", action="store_true", help="technicians' GLPI answers go back to the conversation")
+    hs.add_argument("--chatwoot-url", help="two-way: Chatwoot's base URL, e.g. https://chat.example.com")
+    hs.add_argument("--chatwoot-token-env", metavar="VAR", help="two-way: variable with an agent's api_access_token")
+    hs.add_argument("--chatwoot-token-file", metavar="PATH", help="two-way: file with the api_access_token")
+    hs.add_argument("--chatwoot-token", help="two-way: the api_access_token itself (stored in Kafka: prefer -env)")
+    hs.add_argument(
+        "--private-followups", choices=["skip", "note"], default="skip", help="two-way: private GLPI followups"
+    )
+    hs.add_argument(
+        "--resolve-on-solution",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="two-way: a GLPI solution resolves the conversation, e.g. --no-resolve-on-solution",
     )
     hs.add_argument("--status", choices=["enabled", "disabled"], default="enabled", help="e.g. --status disabled")
     hs.add_argument("--features", default="crm_integration", help="account features, e.g. --features crm_integration")

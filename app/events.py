@@ -202,6 +202,11 @@ class TokenEncrypted(_Model):
 TokenRef = Annotated[str, Field(min_length=1)] | TokenFromEnv | TokenFromFile | TokenEncrypted
 
 
+#: Every hook setting that holds a token: references are checked against the grants, inline values encrypted at
+#: rest, hidden in state pages and dead letters, and redacted from logs once resolved.
+TOKEN_FIELDS = ("app_token", "user_token", "chatwoot_token")
+
+
 def _blank_to_none(value: Any) -> Any:
     return None if value in ("", None) else value
 

@@ -19,7 +19,7 @@ import aiohttp
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, AppT
 
-from app.events import TokenEncrypted, TokenFromEnv, TokenFromFile
+from app.events import TOKEN_FIELDS, TokenEncrypted, TokenFromEnv, TokenFromFile
 from app.glpi_checks import Check, glpi_checks
 from app.lanes import LaneDispatcher
 from app.metrics import Metrics
@@ -82,7 +82,7 @@ def hook_partition(hook_id: int, partitions: int) -> int:
 def public_settings(hook: HookRecord) -> dict[str, Any]:
     """Hook settings with inline token values hidden (references are not secrets)."""
     settings = hook.settings.model_dump(mode="json")
-    for name in ("app_token", "user_token"):
+    for name in TOKEN_FIELDS:
         if isinstance(settings.get(name), str):
             settings[name] = "***"
     return settings

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from app.events import HookSettings, TokenEncrypted, TokenFromEnv, TokenFromFile, TokenRef
+from app.events import TOKEN_FIELDS, HookSettings, TokenEncrypted, TokenFromEnv, TokenFromFile, TokenRef
 from app.settings import ToolSettings, WorkerSettings
 from app.sync.decide import token_reference_problem
 from app.sync.state import HookPolicy
@@ -52,7 +52,7 @@ class TokenVault:
             raise HookConfigError("inline tokens are to be encrypted but no token key is configured")
         update = {
             name: TokenEncrypted(encrypted=self._fernet.encrypt(value.encode()).decode())
-            for name in ("app_token", "user_token")
+            for name in TOKEN_FIELDS
             if isinstance(value := getattr(settings, name), str)
         }
         return settings.model_copy(update=update)

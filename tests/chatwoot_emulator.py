@@ -447,7 +447,7 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
     async def show_conversation(request: web.Request) -> web.Response:
         display_id = int(request.match_info["display_id"])
         conversation = chatwoot.conversations[display_id]
-        messages = [{k: v for k, v in m.items()} for m in chatwoot.messages[display_id]]
+        messages = [dict(m) for m in chatwoot.messages[display_id]]
         return web.json_response({"status": conversation["status"], "messages": messages})
 
     @routes.post("/_emulator/post_faults")

@@ -324,7 +324,7 @@ class GlpiClient:
 
         Foreign keys come as names (``expand_dropdowns``: ``users_id`` is the author's name).
         """
-        status, body, headers = await self._array(
+        _, body, _ = await self._array(
             itemtype,
             "GET",
             itemtype,

@@ -16,6 +16,7 @@ import orjson
 from aiokafka.errors import MessageSizeTooLargeError
 
 from app import logs
+from app.events import TOKEN_FIELDS
 from app.metrics import Metrics
 from app.pipeline.source import SourceRecord
 
@@ -49,7 +50,7 @@ def without_inline_tokens(value: bytes) -> tuple[bytes, bool]:
     if not isinstance(settings, dict):
         return value, False
     hidden = False
-    for name in ("app_token", "user_token"):
+    for name in TOKEN_FIELDS:
         if isinstance(settings.get(name), str) and settings[name]:
             settings[name] = "***"
             hidden = True

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from app import logs
 from app.chatwoot.api import (
     ChatwootClient,
     ChatwootError,
@@ -140,6 +141,7 @@ class TwoWay:
         )
         if not token:
             raise HookConfigError("two-way sync needs chatwoot_token in the hook's settings")
+        logs.register_secret(token)
         return ChatwootClient(settings.chatwoot_url, hook.account_id, token, rate=0, timeout=15.0)
 
     async def apply(self, record: SourceRecord, change: GlpiChange, started: float) -> None:

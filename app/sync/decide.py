@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from app.events import (
     ECHO_ATTRIBUTE,
+    TOKEN_FIELDS,
     Contact,
     ContactEvent,
     Conversation,
@@ -106,7 +107,7 @@ def host_problem(api_url: str, policy: HookPolicy) -> str | None:
 def grant_problems(settings: HookSettings, policy: HookPolicy) -> list[str]:
     """What ``settings`` ask for that the operators did not grant (token references, the GLPI host)."""
     found = [host_problem(settings.api_url, policy)]
-    found += [token_reference_problem(getattr(settings, name), name, policy) for name in ("app_token", "user_token")]
+    found += [token_reference_problem(getattr(settings, name), name, policy) for name in TOKEN_FIELDS]
     return [problem for problem in found if problem]
 
 
@@ -135,6 +136,14 @@ def validate_hook_settings(
         )
     if parts.query or parts.fragment:
         problems.append("api_url must not have a query string or fragment")
+    if settings.two_way:
+        chatwoot = urlsplit(settings.chatwoot_url or "")
+        if chatwoot.scheme not in ("http", "https") or not chatwoot.netloc:
+            problems.append("two_way needs chatwoot_url, Chatwoot's base URL (e.g. https://chat.example.com)")
+        elif chatwoot.scheme == "http" and not allow_http:
+            problems.append("chatwoot_url uses plain http; use https (the agent's token travels with every call)")
+        if settings.chatwoot_token is None:
+            problems.append("two_way needs chatwoot_token, an agent's or agent bot's api_access_token reference")
     if policy is not None:
         problems += grant_problems(settings, policy)
     try:

@@ -1,0 +1,191 @@
+"""Two-way sync end to end, GLPI 10 polling: a technician's followups and solution in the GLPI emulator reach the
+Chatwoot emulator's conversation exactly once, and the Chatwoot webhooks of those messages create nothing in GLPI.
+
+Chatwoot emulator → signed webhooks → ingress → Kafka → worker → GLPI emulator, and back: worker polls GLPI →
+``glpi_*`` events on the control topic → worker → Chatwoot API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import SyncEnv, hook_envelope
+from tests.e2e.test_stock_chatwoot import SECRET, ingress_for
+from tests.harness import ChatwootEmulatorProcess, EmulatorProcess, wait_until
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def chatwoot(tmp_path: Path) -> Iterator[ChatwootEmulatorProcess]:
+    process = ChatwootEmulatorProcess(tmp_path)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+class Technician:
+    """A GLPI user working tickets through the REST API (what a technician does in GLPI's UI)."""
+
+    def __init__(self, emulator: EmulatorProcess) -> None:
+        self.api = emulator.api_url
+        self.headers = {"App-Token": "emulator-app-token", "Authorization": "user_token emulator-user-token"}
+        self.user_id = self._call("POST", "User", {"input": {"name": "ana.tech", "realname": "Tech"}})["id"]
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        async def go() -> Any:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{self.api}/initSession", headers=self.headers) as resp:
+                    token = (await resp.json())["session_token"]
+                headers = {"App-Token": self.headers["App-Token"], "Session-Token": token}
+                async with http.request(method, f"{self.api}/{path}", json=body, headers=headers) as resp:
+                    return await resp.json()
+
+        return asyncio.run(go())
+
+    def followup(self, ticket: int, text: str, private: bool = False) -> int:
+        body = {"input": {"itemtype": "Ticket", "items_id": ticket, "content": f"<p>{text}</p>"}}
+        body["input"].update(users_id=self.user_id, is_private=int(private))
+        return int(self._call("POST", "ITILFollowup", body)["id"])
+
+    def solve(self, ticket: int, text: str) -> int:
+        body = {"input": {"itemtype": "Ticket", "items_id": ticket, "content": f"<p>{text}</p>"}}
+        body["input"]["users_id"] = self.user_id
+        return int(self._call("POST", "ITILSolution", body)["id"])
+
+
+def posted(chatwoot: ChatwootEmulatorProcess, conversation: int) -> list[dict[str, Any]]:
+    """The messages the two-way sync posted in the conversation (they carry our marker)."""
+    shown = chatwoot.call("GET", f"conversation/{conversation}")
+    return [m for m in shown["messages"] if "cwglpi" in (m.get("content_attributes") or {})]
+
+
+def outcome_with(sync_env: SyncEnv, text: str) -> int:
+    return sum(text in str(o.get("msg")) for w in sync_env.workers for o in w.outcomes())
+
+
+def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
+    sync_env: SyncEnv, emulator: EmulatorProcess, chatwoot: ChatwootEmulatorProcess, tmp_path: Path
+) -> None:
+    worker = sync_env.worker()
+    worker.env.update(GLPI_SYNC_TWO_WAY_POLL_SECONDS="1", GLPI_SYNC_HOOK_SECRET_CHATWOOT_7=chatwoot.token)
+    worker.start()
+    two_way = {
+        "two_way": "true",
+        "chatwoot_url": chatwoot.base,
+        "chatwoot_token": {"env": "GLPI_SYNC_HOOK_SECRET_CHATWOOT_7"},
+        "two_way_private_followups": "skip",
+    }
+    sync_env.publish([hook_envelope(emulator.api_url, **two_way), hook_envelope(emulator.api_url, hook_id=8)])
+    ingress = ingress_for(sync_env, tmp_path)
+    ingress.start()
+    try:
+        wait_until(lambda: ingress.get("/health/ready")[0] == 200, 60, what="ingress ready")
+        chatwoot.call("POST", "webhook", {"url": f"{ingress.base}/webhooks/chatwoot/7", "secret": SECRET})
+        opened = chatwoot.call(
+            "POST", "conversation", {"contact": {"name": "Marta", "email": "marta@example.org"}, "content": "VPN"}
+        )
+        conversation = opened["conversation_id"]
+        wait_until(lambda: len(emulator.state()["Ticket"]) == 1, 60, what="the ticket")
+        ticket = emulator.state()["Ticket"][0]["id"]
+        wait_until(lambda: outcome_with(sync_env, "first poll, cursors set") >= 1, 60, what="the first poll")
+        technician = Technician(emulator)
+
+        # A public followup: one outgoing message, signed with the technician's name.
+        public = technician.followup(ticket, "Please reinstall the VPN client")
+        wait_until(lambda: len(posted(chatwoot, conversation)) == 1, 60, what="the answer in Chatwoot")
+        (message,) = posted(chatwoot, conversation)
+        assert message["message_type"] == "outgoing" and not message["private"]
+        assert message["content"] == "Please reinstall the VPN client\n\n— ana.tech (GLPI)"
+        assert message["content_attributes"]["cwglpi"] == f"ITILFollowup:{public}"
+        # Its message_created webhook comes back through the ingress and creates nothing in GLPI.
+        wait_until(lambda: outcome_with(sync_env, "posted by the two-way sync") >= 1, 60, what="the echo")
+        assert len(emulator.state()["ITILFollowup"]) == 1  # the technician's, nothing of ours
+
+        # A private followup: skipped by this hook's setting.
+        technician.followup(ticket, "internal: check the gateway", private=True)
+        wait_until(lambda: outcome_with(sync_env, "private followup") >= 1, 60, what="the private one skipped")
+
+        # Chatwoot times out after the message landed: the retry finds it, nothing is posted twice.
+        chatwoot.call("POST", "post_faults", {"hold_after": 17})
+        technician.followup(ticket, "Did that help?")
+        wait_until(lambda: len(posted(chatwoot, conversation)) >= 2, 60, what="the second answer")
+        wait_until(lambda: outcome_with(sync_env, "Did that help") + outcome_with(sync_env, "posted message") >= 2, 90)
+        time.sleep(3)
+        assert [m["content"].split("\n")[0] for m in posted(chatwoot, conversation)] == [
+            "Please reinstall the VPN client",
+            "Did that help?",
+        ]
+
+        # kill -9 between the intent and the post (the post lands after the worker died): still once.
+        posts_before = chatwoot.call("GET", "requests").get("post_message", 0)
+        chatwoot.call("POST", "post_faults", {"hold_before": 6})
+        technician.followup(ticket, "Rebooted the gateway")
+        wait_until(
+            lambda: chatwoot.call("GET", "requests").get("post_message", 0) > posts_before, 60, what="the held post"
+        )
+        worker.kill()
+        time.sleep(7)  # the held request completes: the message is in Chatwoot, the worker never saw the answer
+        worker.start()
+        wait_until(lambda: len(posted(chatwoot, conversation)) == 3, 60, what="the third answer")
+        wait_until(lambda: outcome_with(sync_env, "ITILFollowup:") >= 3, 90, what="the replayed event adopted it")
+        assert len(posted(chatwoot, conversation)) == 3
+
+        # A solution: posted, and the conversation resolved; Chatwoot's status webhook changes nothing in GLPI.
+        technician.solve(ticket, "Fixed: a new VPN profile was pushed")
+        wait_until(
+            lambda: chatwoot.call("GET", f"conversation/{conversation}")["status"] == "resolved",
+            60,
+            what="the conversation resolved",
+        )
+        wait_until(lambda: len(posted(chatwoot, conversation)) == 4, 30, what="the solution's message")
+        assert posted(chatwoot, conversation)[-1]["content"].startswith("Fixed: a new VPN profile was pushed")
+        wait_until(lambda: outcome_with(sync_env, "ticket status already matches resolved") >= 1, 60)
+        puts = [r for r in emulator.requests() if r["method"] == "PUT" and r["path"].startswith("Ticket/")]
+        assert puts == []  # GLPI solved it; nothing was written back
+        assert len(emulator.state()["ITILFollowup"]) == 4  # the technician's four, none of ours
+
+        # Hook 8 (two-way off) was never polled.
+        assert outcome_with(sync_env, "hook_poll") >= 1
+        polls = [o for o in worker.outcomes() if o.get("event") == "hook_poll"]
+        assert {o["hook_id"] for o in polls} == {7}
+    finally:
+        ingress.stop()
+
+
+def test_hook_set_checks_the_chatwoot_token_before_turning_two_way_on(
+    sync_env: SyncEnv, emulator: EmulatorProcess, chatwoot: ChatwootEmulatorProcess
+) -> None:
+    import os
+    import subprocess
+
+    from tests.harness import WORKER_BIN
+
+    def hook_set(token: str, account: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                *(WORKER_BIN, "hook", "set", "--hook-id", "7", "--account-id", account, "--api-url", emulator.api_url),
+                *("--allow-http", "--app-token", "emulator-app-token", "--user-token", "emulator-user-token"),
+                *("--two-way", "--chatwoot-url", chatwoot.base, "--chatwoot-token-env", "GLPI_SYNC_HOOK_SECRET_CW"),
+                "--no-wait",
+            ],
+            env={**os.environ, **sync_env.env, "GLPI_SYNC_HOOK_SECRET_CW": token},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    refused = hook_set("not-the-token", "7")
+    assert refused.returncode == 4
+    assert "refused the access token" in refused.stderr and "not-the-token" not in refused.stderr
+    outsider = hook_set(chatwoot.token, "9")
+    assert outsider.returncode == 4 and "not a member of account 9" in outsider.stderr
