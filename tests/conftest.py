@@ -196,6 +196,7 @@ TEST_SECRETS = (
     "wrong-app-token",
     "test-admin-token-7f3e",
     "scram-secret-alice-91",
+    "agent-token-5c1d",
 )
 
 

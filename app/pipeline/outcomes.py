@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import logs
-from app.events import ControlCommand, ConversationEvent, KnownEvent, MessageEvent, UnknownEvent
+from app.events import ControlCommand, ConversationEvent, GlpiChange, KnownEvent, MessageEvent, UnknownEvent
 from app.execute import EventResult
 from app.metrics import Metrics, event_type_label, skip_reason_class
 from app.pipeline.source import SourceRecord
@@ -29,6 +29,8 @@ def _conversation_of(parsed: KnownEvent | UnknownEvent) -> int | None:
     if isinstance(parsed, MessageEvent):
         return parsed.payload.conversation.id
     if isinstance(parsed, ControlCommand):  # resync or repair of one conversation
+        return parsed.payload.conversation_id
+    if isinstance(parsed, GlpiChange):  # two-way: a GLPI change posted to the conversation
         return parsed.payload.conversation_id
     return None
 
@@ -48,7 +50,7 @@ class OutcomeLog:
         conversation = _conversation_of(parsed)
         if conversation is None:
             return
-        if isinstance(parsed, ControlCommand):  # a command names the hook only: trace it on a known conversation
+        if isinstance(parsed, ControlCommand | GlpiChange):  # trace it on a known conversation only
             hook = self.store.hook(parsed.hook_id)
             current = self.store.conversation(hook.account_id, conversation) if hook is not None else None
             if current is None:

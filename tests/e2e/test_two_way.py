@@ -8,6 +8,8 @@ Chatwoot emulator → signed webhooks → ingress → Kafka → worker → GLPI 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 
 from tests.conftest import SyncEnv, hook_envelope
 from tests.e2e.test_stock_chatwoot import SECRET, ingress_for
-from tests.harness import ChatwootEmulatorProcess, EmulatorProcess, wait_until
+from tests.harness import WORKER_BIN, ChatwootEmulatorProcess, EmulatorProcess, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -154,6 +156,17 @@ def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
         assert puts == []  # GLPI solved it; nothing was written back
         assert len(emulator.state()["ITILFollowup"]) == 4  # the technician's four, none of ours
 
+        # Both directions in one trace.
+        trace = subprocess.run(
+            [WORKER_BIN, "trace", "conversation", str(conversation), "--hook-id", "7", "--json"],
+            env={**os.environ, **sync_env.env, "GLPI_SYNC_WORKER_URL": f"http://127.0.0.1:{worker.http_port}"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert trace.returncode == 0, trace.stderr
+        assert "glpi_followup_added" in trace.stdout and "message_created" in trace.stdout
+
         # Hook 8 (two-way off) was never polled.
         assert outcome_with(sync_env, "hook_poll") >= 1
         polls = [o for o in worker.outcomes() if o.get("event") == "hook_poll"]
@@ -165,11 +178,6 @@ def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
 def test_hook_set_checks_the_chatwoot_token_before_turning_two_way_on(
     sync_env: SyncEnv, emulator: EmulatorProcess, chatwoot: ChatwootEmulatorProcess
 ) -> None:
-    import os
-    import subprocess
-
-    from tests.harness import WORKER_BIN
-
     def hook_set(token: str, account: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [
