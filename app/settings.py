@@ -183,6 +183,8 @@ class IngressSettings(ToolSettings):
     ingress_max_body_bytes: int = Field(900_000, ge=1024, le=990_000)
     #: Seconds a delivery may wait for the broker's acknowledgement before it is answered 503 (Chatwoot retries).
     ingress_produce_timeout: float = Field(10.0, gt=0, le=120)
+    #: Age a GLPI 11 webhook may have (GLPI stamps it when queued; its cron sends and retries it later).
+    glpi_webhook_max_age: float = Field(86400.0, gt=0)
     #: ``Retry-After`` seconds sent with a 503.
     ingress_retry_after: int = Field(30, ge=1)
     #: Seconds a SIGTERM waits for requests in flight before the producer is flushed and the process exits.

@@ -81,6 +81,28 @@ def verify(secrets: Iterable[str], signature: str | None, timestamp: str | None,
     return Verdict(None) if matched else Verdict("bad_signature", "signature does not match the hook's secret")
 
 
+def verify_glpi(
+    secrets: Iterable[str], signature: str | None, timestamp: str | None, body: bytes, now: float, max_age: float
+) -> Verdict:
+    """A GLPI 11 webhook: ``X-GLPI-signature`` = hex HMAC-SHA256(secret, raw body + ``X-GLPI-timestamp``).
+
+    GLPI stamps a webhook when it queues it and its cron sends (and retries) it later, so the age allowed is
+    ``max_age`` (hours, not Chatwoot's minutes); a replay only triggers a poll, which is idempotent.
+    """
+    if not signature:
+        return Verdict("missing_signature", "no X-GLPI-signature header")
+    if not timestamp or not timestamp.strip().isdigit():
+        return Verdict("missing_timestamp", "no X-GLPI-timestamp header in unix seconds")
+    if abs(now - int(timestamp.strip())) > max_age:
+        return Verdict("stale_timestamp", f"timestamp is {int(now - int(timestamp.strip()))} s off")
+    given = signature.strip().lower().removeprefix("sha256=").encode()
+    matched = False
+    for secret in secrets:
+        expected = hmac.new(secret.encode(), body + timestamp.strip().encode(), hashlib.sha256).hexdigest()
+        matched |= hmac.compare_digest(expected.encode(), given)
+    return Verdict(None) if matched else Verdict("bad_signature", "signature does not match the GLPI webhook secret")
+
+
 def account_of(body: dict[str, Any]) -> int | None:
     """The account id a Chatwoot body carries (``account.id``, ``account_id``, ``messages[0].account_id``), or None.
 

@@ -18,6 +18,7 @@ from app.logs import register_secret
 
 SECRET_PREFIX = "GLPI_SYNC_WEBHOOK_SECRET_"
 URL_TOKEN_PREFIX = "GLPI_SYNC_WEBHOOK_URL_TOKEN_"
+GLPI_SECRET_PREFIX = "GLPI_SYNC_GLPI_WEBHOOK_SECRET_"
 #: A URL token shorter than this is refused at start-up: it is the only thing standing between the internet and
 #: the topic.
 MIN_URL_TOKEN_CHARS = 32
@@ -60,6 +61,16 @@ class WebhookSecrets:
             register_secret(value)
         return values
 
+    def glpi_secrets_for(self, hook_id: int) -> list[str]:
+        """The secrets of the hook's GLPI 11 webhook (two-way).
+
+        From ``GLPI_SYNC_GLPI_WEBHOOK_SECRET_<ID>`` or the file ``<hook id>.glpi``.
+        """
+        values = _values(self.environ.get(f"{GLPI_SECRET_PREFIX}{hook_id}")) or self._file(f"{hook_id}.glpi")
+        for value in values:
+            register_secret(value)
+        return values
+
     def url_token_for(self, hook_id: int) -> str | None:
         """The hook's URL token for unsigned deliveries, if it has one."""
         values = _values(self.environ.get(f"{URL_TOKEN_PREFIX}{hook_id}")) or self._file(f"{hook_id}.url-token")
@@ -71,7 +82,7 @@ class WebhookSecrets:
         """Configuration mistakes to refuse at start-up (URL tokens too short to be secret, names without an id)."""
         found = []
         for name, value in self.environ.items():
-            for prefix in (SECRET_PREFIX, URL_TOKEN_PREFIX):
+            for prefix in (SECRET_PREFIX, URL_TOKEN_PREFIX, GLPI_SECRET_PREFIX):
                 if name.startswith(prefix):
                     suffix = name.removeprefix(prefix)
                     if not suffix.isdigit():

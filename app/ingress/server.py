@@ -11,6 +11,10 @@ Answers, in the order they are checked:
 - **503** with ``Retry-After`` when Kafka is unreachable or slower than the deadline, so Chatwoot retries (with the
   same delivery id, which the worker recognises).
 
+``POST /webhooks/glpi/{hook_id}`` takes GLPI 11's signed webhooks for two-way hooks and turns each into a poll of
+that hook (a ``hook_poll`` on the control topic), so technicians' answers go back at once instead of at the next
+timed poll.
+
 Stateless: replicas share nothing. On SIGTERM the listener closes, requests in flight finish, the producer
 flushes, then the process exits.
 """
@@ -30,7 +34,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from app.chatwoot.webhooks import DELIVERY_HEADER, envelope_for, is_synced_event, verify
+from app.chatwoot.webhooks import DELIVERY_HEADER, envelope_for, is_synced_event, verify, verify_glpi
 from app.ingress.secrets import WebhookSecrets
 from app.kafka_io import KafkaConnection
 from app.metrics import IngressMetrics, ingress_event_label
@@ -66,6 +70,7 @@ class Ingress:
         app = web.Application(client_max_size=self.settings.ingress_max_body_bytes + 1)
         app.router.add_post("/webhooks/chatwoot/{hook_id}", self.chatwoot)
         app.router.add_post("/webhooks/chatwoot/{hook_id}/{url_token}", self.chatwoot)
+        app.router.add_post("/webhooks/glpi/{hook_id}", self.glpi)
         app.router.add_get("/health/live", self.live)
         app.router.add_get("/health/ready", self.ready)
         app.router.add_get("/metrics", self.metrics_page)
@@ -224,7 +229,38 @@ class Ingress:
         value = envelope_for(hook_id, body, raw, delivery, request.headers.get("X-Chatwoot-Timestamp"))
         return await self._produce(hook_id, value, delivery, started)
 
-    async def _produce(self, hook_id: int, value: bytes, delivery: str | None, started: float) -> web.Response:
+    async def glpi(self, request: web.Request) -> web.Response:
+        """A GLPI 11 webhook (two-way): verified, then a ``hook_poll`` for the hook on the control topic.
+
+        The poll finds what changed on our tickets with the cursor and the mapping the worker keeps; the webhook's
+        body itself is only authenticated, never trusted as data, so a replay or a forged body at most causes a poll.
+        """
+        started = time.monotonic()
+        text = request.match_info["hook_id"]
+        hook_id = int(text) if text.isdigit() and len(text) < 12 else None
+        secrets = self.secrets.glpi_secrets_for(hook_id) if hook_id is not None else []
+        if hook_id is None or not secrets:
+            return self._answer(404, started, {"error": "unknown hook"})
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._answer(413, started, {"error": f"body over {self.settings.ingress_max_body_bytes} bytes"})
+        verdict = verify_glpi(
+            secrets,
+            request.headers.get("X-GLPI-signature"),
+            request.headers.get("X-GLPI-timestamp"),
+            raw,
+            time.time(),
+            self.settings.glpi_webhook_max_age,
+        )
+        if verdict.refusal is not None:
+            return self._refused(hook_id, f"glpi_{verdict.refusal}", verdict.detail, started)
+        command = {"event": "hook_poll", "hook_id": hook_id, "payload": {"requested_by": "glpi-webhook"}}
+        return await self._produce(hook_id, orjson.dumps(command), None, started, self.settings.control_topic)
+
+    async def _produce(
+        self, hook_id: int, value: bytes, delivery: str | None, started: float, topic: str | None = None
+    ) -> web.Response:
         retry = {"Retry-After": str(self.settings.ingress_retry_after)}
         producer = self.producer
         if producer is None or self.stopping:
@@ -236,7 +272,9 @@ class Ingress:
             headers.append((DELIVERY_HEADER, delivery.encode()))
         try:
             async with asyncio.timeout(self.settings.ingress_produce_timeout):
-                sent = await producer.send(self.settings.topic, value, key=str(hook_id).encode(), headers=headers)
+                sent = await producer.send(
+                    topic or self.settings.topic, value, key=str(hook_id).encode(), headers=headers
+                )
                 await asyncio.shield(sent)
         except TimeoutError:
             self.metrics.produce_errors.labels("timeout").inc()

@@ -469,6 +469,8 @@ class Pipeline:
         self.refresh_gauges()
         self.outcomes.finish(record, parsed, "synced", f"{parsed.event} applied", started)
         drained = await self.drain(updated.hook_id)
+        if updated.settings.two_way and not updated.glpi_cursors and updated.status == "enabled":
+            await self.request_poll(updated)  # two-way starts from now: the first poll sets the cursors
         self.remember(parsed.event_id, "synced", f"hook {parsed.hook_id} configured ({updated.status}); {drained}")
 
     async def dead_letter_queue(self, slot: AnyHook, reason: str) -> int:

@@ -8,6 +8,8 @@ Chatwoot emulator → signed webhooks → ingress → Kafka → worker → GLPI 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 import subprocess
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.conftest import SyncEnv, hook_envelope
@@ -197,3 +200,56 @@ def test_hook_set_checks_the_chatwoot_token_before_turning_two_way_on(
     assert "refused the access token" in refused.stderr and "not-the-token" not in refused.stderr
     outsider = hook_set(chatwoot.token, "9")
     assert outsider.returncode == 4 and "not a member of account 9" in outsider.stderr
+
+
+GLPI_SECRET = "glpi-webhook-secret-3b9e"
+
+
+def glpi_signed(body: bytes, at: float | None = None, secret: str = GLPI_SECRET) -> dict[str, str]:
+    """What GLPI 11 sends: hex HMAC-SHA256 of the body followed by the timestamp (src/Webhook.php)."""
+    timestamp = str(int(time.time() if at is None else at))
+    digest = hmac.new(secret.encode(), body + timestamp.encode(), hashlib.sha256).hexdigest()
+    return {"Content-Type": "application/json", "X-GLPI-signature": digest, "X-GLPI-timestamp": timestamp}
+
+
+def test_glpi_11_webhooks_make_the_answer_go_back_at_once(
+    sync_env: SyncEnv, emulator: EmulatorProcess, chatwoot: ChatwootEmulatorProcess, tmp_path: Path
+) -> None:
+    worker = sync_env.worker()
+    # No timed poll in this test: only the hook's configuration and GLPI's webhooks make the worker look.
+    worker.env.update(GLPI_SYNC_TWO_WAY_POLL_SECONDS="3600", GLPI_SYNC_HOOK_SECRET_CHATWOOT_7=chatwoot.token)
+    worker.start()
+    two_way = {
+        "two_way": "true",
+        "chatwoot_url": chatwoot.base,
+        "chatwoot_token": {"env": "GLPI_SYNC_HOOK_SECRET_CHATWOOT_7"},
+    }
+    sync_env.publish([hook_envelope(emulator.api_url, **two_way)])
+    ingress = ingress_for(
+        sync_env, tmp_path, GLPI_SYNC_GLPI_WEBHOOK_SECRET_7=GLPI_SECRET, GLPI_SYNC_GLPI_WEBHOOK_MAX_AGE="600"
+    )
+    ingress.start()
+    try:
+        wait_until(lambda: ingress.get("/health/ready")[0] == 200, 60, what="ingress ready")
+        chatwoot.call("POST", "webhook", {"url": f"{ingress.base}/webhooks/chatwoot/7", "secret": SECRET})
+        conversation = chatwoot.call("POST", "conversation", {"contact": {"email": "b@example.org"}, "content": "Hi"})[
+            "conversation_id"
+        ]
+        wait_until(lambda: len(emulator.state()["Ticket"]) == 1, 60, what="the ticket")
+        ticket = emulator.state()["Ticket"][0]["id"]
+        wait_until(lambda: outcome_with(sync_env, "first poll, cursors set") >= 1, 60, what="the configured poll")
+
+        followup = Technician(emulator).followup(ticket, "On it")
+        body = orjson.dumps({"event": "new", "item": {"id": followup, "itemtype": "Ticket", "items_id": ticket}})
+        assert ingress.post("/webhooks/glpi/7", body, glpi_signed(body))[0] == 200
+        wait_until(lambda: len(posted(chatwoot, conversation)) == 1, 60, what="the answer, without a timed poll")
+        assert posted(chatwoot, conversation)[0]["content"].startswith("On it")
+
+        # Refused: a wrong secret, a stamp older than the allowed age, an unknown hook.
+        assert ingress.post("/webhooks/glpi/7", body, glpi_signed(body, secret="wrong"))[0] == 401
+        assert ingress.post("/webhooks/glpi/7", body, glpi_signed(body, at=time.time() - 3600))[0] == 401
+        assert ingress.post("/webhooks/glpi/9", body, glpi_signed(body))[0] == 404
+        polls = [o for o in worker.outcomes() if o.get("event") == "hook_poll"]
+        assert len(polls) == 2  # the one the configuration queued, and the accepted webhook's
+    finally:
+        ingress.stop()

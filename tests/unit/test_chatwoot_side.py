@@ -135,3 +135,45 @@ async def test_the_api_client_pages_messages_and_honours_429(tmp_path: Path) -> 
             with pytest.raises(ChatwootRefusedError, match="refused the access token") as refused:
                 await client.conversations_page("open", 1)
             assert "wrong-token" not in str(refused.value)
+
+
+def test_a_glpi_11_signature_is_the_hmac_of_the_body_then_the_timestamp() -> None:
+    import hashlib
+    import hmac
+
+    from app.chatwoot.webhooks import verify_glpi
+
+    body, stamp = b'{"event":"new"}', str(int(NOW) - 3000)
+    good = hmac.new(b"s", body + stamp.encode(), hashlib.sha256).hexdigest()
+    assert verify_glpi(["s"], good, stamp, body, NOW, max_age=3600).refusal is None
+    assert verify_glpi(["s"], good.upper(), stamp, body, NOW, max_age=3600).refusal is None
+    assert verify_glpi(["s"], good, stamp, body, NOW, max_age=60).refusal == "stale_timestamp"  # queued too long
+    assert verify_glpi(["t"], good, stamp, body, NOW, max_age=3600).refusal == "bad_signature"
+    swapped = hmac.new(b"s", stamp.encode() + body, hashlib.sha256).hexdigest()  # Chatwoot's order is not GLPI's
+    assert verify_glpi(["s"], swapped, stamp, body, NOW, max_age=3600).refusal == "bad_signature"
+    assert verify_glpi(["s"], None, stamp, body, NOW, max_age=3600).refusal == "missing_signature"
+
+
+def test_two_way_plans_keep_our_own_followups_and_unmapped_tickets_out() -> None:
+    from app.twoway.plan import Cursor, action_for, change_events, newer_rows, status_events
+
+    rows = [
+        {"id": 12, "items_id": 100, "date_mod": "2026-12-02 10:00:05", "content": "&lt;p&gt;Reinstall&lt;/p&gt;"},
+        {"id": 11, "items_id": 100, "date_mod": "2026-12-02 10:00:05", "content": "seen already"},
+        {"id": 13, "items_id": 100, "date_mod": "2026-12-02 10:00:06", "content": "from chat [cw-msg:4412]"},
+        {"id": 14, "items_id": 999, "date_mod": "2026-12-02 10:00:07", "content": "not our ticket"},
+    ]
+    fresh, cursor = newer_rows(rows, Cursor("2026-12-02 10:00:05", 11))  # same second: the id breaks the tie
+    assert [r["id"] for r in fresh] == [12, 13, 14] and cursor == Cursor("2026-12-02 10:00:07", 14)
+    events = change_events("glpi_followup_added", fresh, {100: 57}, 7, 7)
+    assert [(e["event_id"], e["payload"]["content"]) for e in events] == [("glpi:ITILFollowup:12", "Reinstall")]
+    tickets = [{"id": 100, "status": 5, "date_mod": "x"}, {"id": 101, "status": 2, "date_mod": "x"}]
+    changed = status_events(tickets, {100: 57, 101: 58}, {100: "open", 101: "open"}, 7, 7)
+    assert [(e["payload"]["conversation_id"], e["payload"]["status"]) for e in changed] == [(57, 5)]
+    assert status_events(tickets, {100: 57}, {100: "resolved"}, 7, 7) == []  # already resolved: nothing to do
+    private = {"itemtype": "ITILFollowup", "item_id": 3, "content": "x", "is_private": True, "author": "ana"}
+    assert isinstance(
+        action_for("glpi_followup_added", private, private_followups="skip", resolve_on_solution=True), str
+    )
+    note = action_for("glpi_followup_added", private, private_followups="note", resolve_on_solution=True)
+    assert not isinstance(note, str) and note.private and note.content == "x\n\n— ana (GLPI)"
