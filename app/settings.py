@@ -139,6 +139,8 @@ class WorkerSettings(ToolSettings):
     #: Drains in a row in which one parked event fails on its own (GLPI answers others) before it is dead-lettered.
     max_event_failures: int = Field(5, ge=1)
     per_hook_metrics_limit: int = Field(200, ge=0)
+    #: Seconds per Chatwoot API request of the two-way sync (a post that times out is looked for before a retry).
+    chatwoot_timeout: float = Field(15.0, gt=0)
     #: Seconds between two-way polls of each two-way hook's GLPI (a few GET requests each).
     two_way_poll_seconds: float = Field(30.0, ge=1)
     #: Hours an envelope's ``event_id`` is remembered per hook: a record with the same id in that window is a

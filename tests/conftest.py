@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from app.demo import STORY
-from tests.harness import EmulatorProcess, KafkaBroker, WorkerProcess, unique
+from tests.harness import ChatwootEmulatorProcess, EmulatorProcess, KafkaBroker, WorkerProcess, unique
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 #: The workers' admin token in the suite (GLPI_SYNC_ADMIN_TOKEN).
@@ -77,6 +77,17 @@ def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
         yield emu
     finally:
         emu.stop()
+
+
+@pytest.fixture
+def chatwoot(tmp_path: Path) -> Iterator[ChatwootEmulatorProcess]:
+    """The Chatwoot emulator (tests/chatwoot_emulator.py) on a free port."""
+    process = ChatwootEmulatorProcess(tmp_path)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 class SyncEnv:
@@ -174,8 +185,10 @@ class SyncEnv:
         return asyncio.run(go())
 
     def stop(self) -> None:
+        """Teardown: SIGTERM, then SIGKILL after 15 s (tests of a graceful stop call ``worker.stop()`` themselves;
+        a worker stopped in the middle of a rebalance can take faust a minute to leave)."""
         for worker in self.workers:
-            worker.stop()
+            worker.stop(timeout=15)
 
 
 @pytest.fixture

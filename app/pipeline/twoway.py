@@ -124,8 +124,9 @@ class TwoWay:
             )
             await sent
         if cursors != hook.glpi_cursors:
-            current = self.store.hook(hook.hook_id) or hook
-            await self.store.save_slot(current.model_copy(update={"glpi_cursors": cursors}))
+            async with self.pipeline.hook_locks.hold(hook.hook_id):  # lanes change the slot meanwhile
+                current = self.store.hook(hook.hook_id) or hook
+                await self.store.save_slot(current.model_copy(update={"glpi_cursors": cursors}))
         if first:
             return "synced", "two-way: first poll, cursors set (earlier GLPI changes are not replayed)"
         return "synced", f"two-way: {len(events)} GLPI change(s) queued for Chatwoot"
@@ -142,7 +143,8 @@ class TwoWay:
         if not token:
             raise HookConfigError("two-way sync needs chatwoot_token in the hook's settings")
         logs.register_secret(token)
-        return ChatwootClient(settings.chatwoot_url, hook.account_id, token, rate=0, timeout=15.0)
+        timeout = self.pipeline.settings.chatwoot_timeout
+        return ChatwootClient(settings.chatwoot_url, hook.account_id, token, rate=0, timeout=timeout)
 
     async def apply(self, record: SourceRecord, change: GlpiChange, started: float) -> None:
         """Apply one GLPI change to its conversation and log its outcome."""

@@ -8,8 +8,9 @@ Chatwoot's order matters **within a conversation** (followups in order, a status
 | ``conversation_*``, ``message_*``                   | ``("conversation", id)``       |
 | ``contact_*``                                       | ``("contact", id)``            |
 | ``glpi_*`` (two-way: a GLPI change for Chatwoot)    | ``("conversation", id)``       |
+| ``hook_poll`` (two-way: look in GLPI for changes)   | ``("poll", 0)``                |
 | an event name we never sync (skipped)               | ``("unsynced", 0)``            |
-| ``hook_configured``, ``hook_removed``, every command | none: a **barrier** of the hook |
+| ``hook_configured``, ``hook_removed``, other commands | none: a **barrier** of the hook |
 
 Lanes of one hook run concurrently; a barrier waits for all of them and holds back what follows. A conversation's
 events also touch its sender's contact record (the contact step of every event): the pipeline serialises those by
@@ -18,7 +19,15 @@ contact (:func:`contact_of`) so that two new conversations of a new contact stil
 
 from __future__ import annotations
 
-from app.events import ContactEvent, ConversationEvent, GlpiChange, KnownEvent, MessageEvent, UnknownEvent
+from app.events import (
+    ContactEvent,
+    ControlCommand,
+    ConversationEvent,
+    GlpiChange,
+    KnownEvent,
+    MessageEvent,
+    UnknownEvent,
+)
 from app.sync.decide import record_ids
 
 LaneKey = tuple[str, int]
@@ -35,6 +44,8 @@ def lane_of(event: KnownEvent | UnknownEvent) -> LaneKey | None:
             return ("contact", event.payload.id)
         case GlpiChange():  # a technician's change goes back after the conversation's own events
             return ("conversation", event.payload.conversation_id)
+        case ControlCommand(event="hook_poll"):  # a two-way poll reads GLPI beside the hook's lanes, not between them
+            return ("poll", 0)
         case UnknownEvent():
             return ("unsynced", 0)
         case _:

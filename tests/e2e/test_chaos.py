@@ -34,9 +34,10 @@ def _check(title: str, figures: dict, capsys: pytest.CaptureFixture[str]) -> Non
     assert not verdict.timed_out, verdict.details
 
 
-def test_kill9_at_ten_random_points(kafka: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    figures = scenario_kill9(kafka, tmp_path / "kill9", kills=10)
-    assert figures["kill -9 points"] == 10
+def test_kill9_at_six_random_points(kafka: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Six in the suite (make chaos runs fifty): each restart costs a worker start and a table recovery.
+    figures = scenario_kill9(kafka, tmp_path / "kill9", kills=6)
+    assert figures["kill -9 points"] == 6
     assert figures["events published"] >= 500
     _check("kill -9 at random points (short)", figures, capsys)
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,6 @@ pytestmark = pytest.mark.broker
 
 SECRET = "whsec-Xk3pL9qRt7vZ2mN8"
 URL_TOKEN = "u" * 8 + uuid.uuid4().hex  # 40 random-ish characters
-
-
-@pytest.fixture
-def chatwoot(tmp_path: Path) -> Iterator[ChatwootEmulatorProcess]:
-    process = ChatwootEmulatorProcess(tmp_path)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 def ingress_for(env: SyncEnv, tmp_path: Path, **extra: str) -> IngressProcess:

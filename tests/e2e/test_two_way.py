@@ -13,7 +13,6 @@ import hmac
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,6 @@ from tests.e2e.test_stock_chatwoot import SECRET, ingress_for
 from tests.harness import WORKER_BIN, ChatwootEmulatorProcess, EmulatorProcess, wait_until
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def chatwoot(tmp_path: Path) -> Iterator[ChatwootEmulatorProcess]:
-    process = ChatwootEmulatorProcess(tmp_path)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 class Technician:
@@ -82,7 +71,11 @@ def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
     sync_env: SyncEnv, emulator: EmulatorProcess, chatwoot: ChatwootEmulatorProcess, tmp_path: Path
 ) -> None:
     worker = sync_env.worker()
-    worker.env.update(GLPI_SYNC_TWO_WAY_POLL_SECONDS="1", GLPI_SYNC_HOOK_SECRET_CHATWOOT_7=chatwoot.token)
+    worker.env.update(
+        GLPI_SYNC_TWO_WAY_POLL_SECONDS="1",
+        GLPI_SYNC_CHATWOOT_TIMEOUT="3",
+        GLPI_SYNC_HOOK_SECRET_CHATWOOT_7=chatwoot.token,
+    )
     worker.start()
     two_way = {
         "two_way": "true",
@@ -121,7 +114,7 @@ def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
         wait_until(lambda: outcome_with(sync_env, "private followup") >= 1, 60, what="the private one skipped")
 
         # Chatwoot times out after the message landed: the retry finds it, nothing is posted twice.
-        chatwoot.call("POST", "post_faults", {"hold_after": 17})
+        chatwoot.call("POST", "post_faults", {"hold_after": 5})  # past GLPI_SYNC_CHATWOOT_TIMEOUT
         technician.followup(ticket, "Did that help?")
         wait_until(lambda: len(posted(chatwoot, conversation)) >= 2, 60, what="the second answer")
         wait_until(lambda: outcome_with(sync_env, "Did that help") + outcome_with(sync_env, "posted message") >= 2, 90)
