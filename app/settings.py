@@ -127,6 +127,9 @@ class WorkerSettings(ToolSettings):
     #: (like php-fpm's pool, GLPI gains little past 8-16 and a small GLPI suffers). 1 runs a hook strictly in order.
     hook_concurrency: int = Field(8, ge=1, le=256)
     create_topics: bool = True
+    #: Kafka static group membership (``group.instance.id``, e.g. the pod name of a StatefulSet): a worker that
+    #: restarts within the session timeout gets its partitions back without a rebalance of the whole group.
+    group_instance_id: str = ""
     #: Seconds after a create's POST during which GLPI may still commit it (a timeout is not a refusal): no new
     #: POST of the same object before then. Set it above PHP's max_execution_time plus any proxy queueing.
     late_commit_window: float = Field(120.0, ge=0)

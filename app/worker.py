@@ -113,6 +113,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         producer_max_batch_size=1 if settings.embedded_broker else 16384,
         # Tansu makes a group join wait half the session timeout.
         broker_session_timeout=6.0 if settings.embedded_broker else settings.session_timeout,
+        consumer_group_instance_id=settings.group_instance_id or None,
         broker_heartbeat_interval=1.0 if settings.embedded_broker else min(3.0, settings.session_timeout / 6),
         table_cleanup_interval=3600,
         topic_allow_declare=settings.create_topics,
