@@ -318,6 +318,12 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
     def account_ok(request: web.Request) -> bool:
         return request.match_info["account_id"] == str(chatwoot.account["id"])
 
+    def conversation_in(request: web.Request) -> int | None:
+        """The path's conversation (display id) when it exists in the path's account."""
+        text = request.match_info["display_id"]
+        display_id = int(text) if text.isdigit() else -1
+        return display_id if account_ok(request) and display_id in chatwoot.conversations else None
+
     @routes.get("/api/v1/accounts/{account_id}/conversations")
     async def conversations(request: web.Request) -> web.Response:
         refused = chatwoot.guard(request, "conversations")
@@ -342,8 +348,8 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
         refused = chatwoot.guard(request, "conversation")
         if refused is not None:
             return refused
-        display_id = int(request.match_info["display_id"]) if request.match_info["display_id"].isdigit() else -1
-        if not account_ok(request) or display_id not in chatwoot.conversations:
+        display_id = conversation_in(request)
+        if display_id is None:
             return web.json_response(NOT_FOUND, status=404)
         return web.json_response(chatwoot.api_conversation(display_id))
 
@@ -352,8 +358,8 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
         refused = chatwoot.guard(request, "messages")
         if refused is not None:
             return refused
-        display_id = int(request.match_info["display_id"]) if request.match_info["display_id"].isdigit() else -1
-        if not account_ok(request) or display_id not in chatwoot.conversations:
+        display_id = conversation_in(request)
+        if display_id is None:
             return web.json_response(NOT_FOUND, status=404)
         every = chatwoot.messages[display_id]
         before = request.query.get("before")
@@ -377,8 +383,8 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
         refused = chatwoot.guard(request, "post_message")
         if refused is not None:
             return refused
-        display_id = int(request.match_info["display_id"]) if request.match_info["display_id"].isdigit() else -1
-        if not account_ok(request) or display_id not in chatwoot.conversations:
+        display_id = conversation_in(request)
+        if display_id is None:
             return web.json_response(NOT_FOUND, status=404)
         body = await request.json()
         if not str(body.get("content") or "").strip():
@@ -405,8 +411,8 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
         refused = chatwoot.guard(request, "toggle_status")
         if refused is not None:
             return refused
-        display_id = int(request.match_info["display_id"]) if request.match_info["display_id"].isdigit() else -1
-        if not account_ok(request) or display_id not in chatwoot.conversations:
+        display_id = conversation_in(request)
+        if display_id is None:
             return web.json_response(NOT_FOUND, status=404)
         body = await request.json()
         conversation = chatwoot.conversations[display_id]

@@ -183,10 +183,26 @@ class Ingress:
             )
         return self._answer(401, started, {"error": detail})
 
+    @staticmethod
+    def _hook_id(request: web.Request) -> int | None:
+        text = request.match_info["hook_id"]
+        return int(text) if text.isdigit() and len(text) < 12 else None
+
+    async def _body(self, request: web.Request) -> bytes | None:
+        """The raw body, or None when it is over the cap (answered 413)."""
+        if request.content_length is not None and request.content_length > self.settings.ingress_max_body_bytes:
+            return None
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return None
+
+    def _too_large(self, started: float) -> web.Response:
+        return self._answer(413, started, {"error": f"body over {self.settings.ingress_max_body_bytes} bytes"})
+
     async def chatwoot(self, request: web.Request) -> web.Response:
         started = time.monotonic()
-        text = request.match_info["hook_id"]
-        hook_id = int(text) if text.isdigit() and len(text) < 12 else None
+        hook_id = self._hook_id(request)
         secrets = self.secrets.secrets_for(hook_id) if hook_id is not None else []
         url_token = self.secrets.url_token_for(hook_id) if hook_id is not None else None
         given_token = request.match_info.get("url_token")
@@ -197,12 +213,9 @@ class Ingress:
         ):
             self.metrics.signature_failures.labels("bad_url_token").inc()
             return self._answer(404, started, {"error": "unknown hook"})
-        if request.content_length is not None and request.content_length > self.settings.ingress_max_body_bytes:
-            return self._answer(413, started, {"error": f"body over {self.settings.ingress_max_body_bytes} bytes"})
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return self._answer(413, started, {"error": f"body over {self.settings.ingress_max_body_bytes} bytes"})
+        raw = await self._body(request)
+        if raw is None:
+            return self._too_large(started)
         if secrets:  # a signing secret is configured: every delivery must be signed, whatever the path
             verdict = verify(
                 secrets,
@@ -236,15 +249,13 @@ class Ingress:
         body itself is only authenticated, never trusted as data, so a replay or a forged body at most causes a poll.
         """
         started = time.monotonic()
-        text = request.match_info["hook_id"]
-        hook_id = int(text) if text.isdigit() and len(text) < 12 else None
+        hook_id = self._hook_id(request)
         secrets = self.secrets.glpi_secrets_for(hook_id) if hook_id is not None else []
         if hook_id is None or not secrets:
             return self._answer(404, started, {"error": "unknown hook"})
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return self._answer(413, started, {"error": f"body over {self.settings.ingress_max_body_bytes} bytes"})
+        raw = await self._body(request)
+        if raw is None:
+            return self._too_large(started)
         verdict = verify_glpi(
             secrets,
             request.headers.get("X-GLPI-signature"),
