@@ -592,7 +592,7 @@ class Pipeline:
         ]
 
     async def request_poll(self, hook: HookRecord) -> None:
-        """Queue a ``hook_poll`` on the hook's control partition (run by its owner, between its events)."""
+        """Queue a ``hook_poll`` on the hook's control partition (run by its owner, in the hook's poll lane)."""
         command = {"event": "hook_poll", "hook_id": hook.hook_id, "payload": {"requested_by": "worker"}}
         sent = await self.control.send(
             key=str(hook.hook_id).encode(), value=orjson.dumps(command), partition=hook.partition
