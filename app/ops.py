@@ -19,6 +19,7 @@ import aiohttp
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, AppT
 
+from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootRefusedError
 from app.events import TOKEN_FIELDS, TokenEncrypted, TokenFromEnv, TokenFromFile
 from app.glpi_checks import Check, glpi_checks
 from app.lanes import LaneDispatcher
@@ -333,7 +334,61 @@ async def check_glpi(
         ssl_context=context,
         ca_label=str(settings.glpi_ca_file) if settings.glpi_ca_file else "the system trust store",
     )
+    if hook.settings.two_way:
+        checks += await chatwoot_checks(hook, policy, vault, min(settings.chatwoot_timeout, 10.0))
     return [c.as_dict() for c in checks]
+
+
+async def chatwoot_checks(
+    hook: HookRecord, policy: HookPolicy, vault: TokenVault | None, seconds: float
+) -> list[Check]:
+    """Two-way: Chatwoot reachable, the agent's token valid, a member of the hook's account, with inboxes to post."""
+    fix = f"glpi-sync hook set --hook-id {hook.hook_id} --two-way --chatwoot-url … --chatwoot-token-file … again"
+    try:
+        token = resolve_token(hook.settings.chatwoot_token, "chatwoot_token", policy, vault)
+    except HookConfigError as exc:
+        return [
+            Check("Chatwoot token resolvable", "fail", str(exc), "set the variable or mount the file on the worker")
+        ]
+    if not token or not hook.settings.chatwoot_url:
+        return [Check("Chatwoot settings", "fail", "two_way needs chatwoot_url and chatwoot_token", fix)]
+    checks = [Check("Chatwoot token resolvable", "ok", token_source(hook.settings.chatwoot_token))]
+    try:
+        async with ChatwootClient(hook.settings.chatwoot_url, hook.account_id, token, timeout=seconds) as client:
+            profile = await client.profile()
+            checks.append(
+                Check("Chatwoot reachable, token valid", "ok", f"{hook.settings.chatwoot_url}: {profile.get('name')}")
+            )
+            accounts = [a.get("id") for a in profile.get("accounts", []) if isinstance(a, dict)]
+            if hook.account_id not in accounts:
+                checks.append(
+                    Check("Chatwoot account", "fail", f"the agent is not a member of account {hook.account_id}", fix)
+                )
+                return checks
+            checks.append(Check("Chatwoot account", "ok", f"the agent is a member of account {hook.account_id}"))
+            inboxes = await client.inboxes()
+            checks.append(
+                Check("Chatwoot inboxes", "ok", f"{len(inboxes)} inbox(es) the agent may post in")
+                if inboxes
+                else Check(
+                    "Chatwoot inboxes",
+                    "fail",
+                    "the agent sees no inbox: it cannot post",
+                    "add the agent to the inboxes",
+                )
+            )
+    except ChatwootRefusedError as exc:
+        checks.append(Check("Chatwoot reachable, token valid", "fail", str(exc), fix))
+    except (ChatwootError, aiohttp.ClientError, OSError) as exc:
+        checks.append(
+            Check(
+                "Chatwoot reachable, token valid",
+                "fail",
+                f"{hook.settings.chatwoot_url}: {exc}"[:300],
+                "check the URL and the network",
+            )
+        )
+    return checks
 
 
 class ProgressMonitor:

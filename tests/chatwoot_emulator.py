@@ -424,6 +424,17 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
             chatwoot.deliver({**push, "event": "conversation_status_changed", "changed_attributes": None})
         return web.json_response({"meta": {}, "payload": {"success": True, "current_status": wanted}})
 
+    @routes.get("/api/v1/accounts/{account_id}/inboxes")
+    async def inboxes(request: web.Request) -> web.Response:
+        refused = chatwoot.guard(request, "inboxes")
+        if refused is not None:
+            return refused
+        if not account_ok(request):
+            return web.json_response(NOT_FOUND, status=404)
+        return web.json_response(
+            {"payload": [{"id": INBOX["id"], "name": INBOX["name"], "channel_type": "Channel::WebWidget"}]}
+        )
+
     @routes.get("/api/v1/profile")
     async def profile(request: web.Request) -> web.Response:
         refused = chatwoot.guard(request, "profile")

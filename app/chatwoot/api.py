@@ -197,6 +197,12 @@ class ChatwootClient:
         """Resolve or reopen a conversation (``toggle_status`` with an explicit status: safe to repeat)."""
         await self.request("POST", f"conversations/{display_id}/toggle_status", body={"status": status})
 
+    async def inboxes(self) -> list[dict[str, Any]]:
+        """The account's inboxes this token's user may see (and post in)."""
+        body = await self.get("inboxes")
+        payload = body.get("payload") if isinstance(body, dict) else None
+        return [i for i in payload or [] if isinstance(i, dict)]
+
     async def profile(self) -> dict[str, Any]:
         """``GET /api/v1/profile``: who the token belongs to, and its accounts (``hook set`` checks it)."""
         assert self._http is not None, "use the client as an async context manager"

@@ -244,5 +244,13 @@ def test_glpi_11_webhooks_make_the_answer_go_back_at_once(
         assert ingress.post("/webhooks/glpi/9", body, glpi_signed(body))[0] == 404
         polls = [o for o in worker.outcomes() if o.get("event") == "hook_poll"]
         assert len(polls) == 2  # the one the configuration queued, and the accepted webhook's
+
+        # The hook's checklist (doctor, hook test) covers the Chatwoot side of a two-way hook.
+        status, body = worker.http_get("/state/hook/7/test")
+        assert status == 200, body
+        checks = {c["check"]: c for c in orjson.loads(body)["checks"]}
+        for name in ("Chatwoot reachable, token valid", "Chatwoot account", "Chatwoot inboxes"):
+            assert checks[name]["ok"], checks[name]
+        assert chatwoot.token not in body.decode()
     finally:
         ingress.stop()
