@@ -897,6 +897,7 @@ INGRESS_ENVIRONMENT = """environment (see README "Connecting a stock Chatwoot"):
   GLPI_SYNC_WEBHOOK_SECRET_<HOOK_ID>   the Chatwoot webhook's secret (or a file <hook id> in the directory below)
   GLPI_SYNC_WEBHOOK_SECRETS_DIR        default /run/secrets/glpi-sync-webhooks
   GLPI_SYNC_WEBHOOK_URL_TOKEN_<ID>     unsigned deliveries (Chatwoot < 4.11.2) at /webhooks/chatwoot/<id>/<token>
+  GLPI_SYNC_GLPI_WEBHOOK_SECRET_<ID>   two-way: GLPI 11 webhooks at /webhooks/glpi/<id>
 """
 
 

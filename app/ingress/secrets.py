@@ -78,6 +78,16 @@ class WebhookSecrets:
             register_secret(values[0])
         return values[0] if values else None
 
+    def any_configured(self) -> bool:
+        """Whether any hook has a secret or URL token (without one, every delivery is answered 404)."""
+        prefixes = (SECRET_PREFIX, URL_TOKEN_PREFIX, GLPI_SECRET_PREFIX)
+        if any(name.startswith(prefixes) for name in self.environ):
+            return True
+        try:
+            return self.directory is not None and any(p.is_file() for p in self.directory.iterdir())
+        except OSError:  # missing or unreadable: nothing configured there
+            return False
+
     def problems(self) -> list[str]:
         """Configuration mistakes to refuse at start-up (URL tokens too short to be secret, names without an id)."""
         found = []

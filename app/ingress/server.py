@@ -306,6 +306,12 @@ def run_ingress(settings: IngressSettings, port: int | None = None) -> int:
         for line in problems:
             log.error("invalid configuration: %s", line)
         return 2
+    if not secrets.any_configured():
+        log.warning(
+            "no webhook secret is configured (GLPI_SYNC_WEBHOOK_SECRET_<hook id>, or files in %s): every delivery "
+            "will be answered 404 until one is",
+            settings.webhook_secrets_dir,
+        )
     ingress = Ingress(settings, secrets)
     host, bound = settings.ingress_host, settings.ingress_port if port is None else port
     log.info("ingress listening on %s:%d, producing to %s", host, bound, settings.topic)
