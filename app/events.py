@@ -359,6 +359,8 @@ class GlpiChangePayload(_Model):
     author: str | None = None
     status: int | None = None
     date: str | None = None
+    #: Files the technician attached (GLPI Documents), as ``{"name", "url"}`` links to GLPI.
+    attachments: list[dict[str, str]] = Field(default_factory=list)
 
 
 class GlpiChange(_Model):

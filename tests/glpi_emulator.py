@@ -69,6 +69,8 @@ CANONICAL = {
         "Entity",
         "ITILCategory",
         "Profile",
+        "Document",
+        "Document_Item",
     )
 }
 VARCHAR = {

@@ -50,6 +50,8 @@ POLL_PAGE = 50
 POLL_PAGES = 4
 #: Attempts of one Chatwoot action whose outcome stays unknown, and the pause between them.
 APPLY_ATTEMPTS = 4
+#: Documents linked per followup or solution.
+MAX_ATTACHMENTS = 10
 APPLY_PAUSE_SECONDS = 2.0
 
 
@@ -93,6 +95,28 @@ class TwoWay:
                 break
         return rows
 
+    async def _attachments(self, client: GlpiClient, hook: HookRecord, payload: dict[str, Any]) -> list[dict[str, str]]:
+        """Links to the GLPI Documents attached to a followup or solution (at most :data:`MAX_ATTACHMENTS`).
+
+        The links open in GLPI (``front/document.send.php``): whoever follows one needs access to GLPI. A failed
+        look-up leaves the message without its links rather than holding it back.
+        """
+        root = hook.settings.api_url.removesuffix("/apirest.php")
+        try:
+            rows = await client.get_subitems(payload["itemtype"], payload["item_id"], "Document_Item")
+            links = []
+            for row in rows[:MAX_ATTACHMENTS]:
+                document_id = row.get("documents_id")
+                if not isinstance(document_id, int):
+                    continue
+                document = await client.get_item("Document", document_id)
+                name = str(document.get("filename") or document.get("name") or f"document {document_id}")
+                links.append({"name": name, "url": f"{root}/front/document.send.php?docid={document_id}"})
+        except GlpiError as exc:
+            log.warning("two-way: attachments of %s %s not read: %s", payload["itemtype"], payload["item_id"], exc)
+            return []
+        return links
+
     async def poll(self, hook: HookRecord) -> tuple[str, str]:
         """One poll of the hook's GLPI; returns the outcome and reason for the ``hook_poll`` command."""
         if not hook.settings.two_way:
@@ -119,6 +143,8 @@ class TwoWay:
         except (GlpiError, HookConfigError) as exc:
             return "skipped", f"poll of GLPI failed, tried again at the next poll: {exc}"[:300]
         for event in events:
+            if event["event"] != "glpi_status_changed":
+                event["payload"]["attachments"] = await self._attachments(client, hook, event["payload"])
             sent = await self.pipeline.control.send(
                 key=str(hook.hook_id).encode(), value=orjson.dumps(event), partition=hook.partition
             )

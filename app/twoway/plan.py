@@ -169,6 +169,10 @@ def action_for(
         return ChatwootAction(ref, status="resolved" if status in RESOLVED_STATUSES else "open")
     content = str(payload.get("content") or "").strip()
     author = payload.get("author")
+    files = [f for f in payload.get("attachments") or [] if isinstance(f, dict) and f.get("url")]
+    if files:
+        listed = "\n".join(f"- {f.get('name') or 'file'}: {f['url']}" for f in files)
+        content = f"{content}\n\nAttachments:\n{listed}".strip()
     if not content:
         return "the GLPI item has no text"
     signed = f"{content}\n\n— {author} (GLPI)" if author else content

@@ -51,6 +51,12 @@ class Technician:
         body["input"].update(users_id=self.user_id, is_private=int(private))
         return int(self._call("POST", "ITILFollowup", body)["id"])
 
+    def attach(self, followup: int, filename: str) -> int:
+        document = self._call("POST", "Document", {"input": {"name": filename, "filename": filename}})["id"]
+        link = {"documents_id": document, "itemtype": "ITILFollowup", "items_id": followup}
+        self._call("POST", "Document_Item", {"input": link})
+        return int(document)
+
     def solve(self, ticket: int, text: str) -> int:
         body = {"input": {"itemtype": "Ticket", "items_id": ticket, "content": f"<p>{text}</p>"}}
         body["input"]["users_id"] = self.user_id
@@ -232,11 +238,15 @@ def test_glpi_11_webhooks_make_the_answer_go_back_at_once(
         ticket = emulator.state()["Ticket"][0]["id"]
         wait_until(lambda: outcome_with(sync_env, "first poll, cursors set") >= 1, 60, what="the configured poll")
 
-        followup = Technician(emulator).followup(ticket, "On it")
+        technician = Technician(emulator)
+        followup = technician.followup(ticket, "On it")
+        document = technician.attach(followup, "vpn-profile.ovpn")
         body = orjson.dumps({"event": "new", "item": {"id": followup, "itemtype": "Ticket", "items_id": ticket}})
         assert ingress.post("/webhooks/glpi/7", body, glpi_signed(body))[0] == 200
         wait_until(lambda: len(posted(chatwoot, conversation)) == 1, 60, what="the answer, without a timed poll")
-        assert posted(chatwoot, conversation)[0]["content"].startswith("On it")
+        (answer,) = posted(chatwoot, conversation)
+        link = f"{emulator.api_url.removesuffix('/apirest.php')}/front/document.send.php?docid={document}"
+        assert answer["content"] == f"On it\n\nAttachments:\n- vpn-profile.ovpn: {link}\n\n— ana.tech (GLPI)"
 
         # Refused: a wrong secret, a stamp older than the allowed age, an unknown hook.
         assert ingress.post("/webhooks/glpi/7", body, glpi_signed(body, secret="wrong"))[0] == 401
