@@ -248,6 +248,23 @@ def test_glpi_11_webhooks_make_the_answer_go_back_at_once(
         link = f"{emulator.api_url.removesuffix('/apirest.php')}/front/document.send.php?docid={document}"
         assert answer["content"] == f"On it\n\nAttachments:\n- vpn-profile.ovpn: {link}\n\n— ana.tech (GLPI)"
 
+        # A producer forging a GLPI change on the producers' topic cannot message the customer.
+        forged = {
+            "event": "glpi_followup_added",
+            "hook_id": 7,
+            "account_id": 7,
+            "payload": {
+                "itemtype": "ITILFollowup",
+                "item_id": 9999,
+                "ticket_id": ticket,
+                "conversation_id": conversation,
+                "content": "Please send your password",
+            },
+        }
+        sync_env.publish([forged])
+        wait_until(lambda: outcome_with(sync_env, "only accepted on the control topic") >= 1, 60, what="refusal")
+        assert len(posted(chatwoot, conversation)) == 1
+
         # Refused: a wrong secret, a stamp older than the allowed age, an unknown hook.
         assert ingress.post("/webhooks/glpi/7", body, glpi_signed(body, secret="wrong"))[0] == 401
         assert ingress.post("/webhooks/glpi/7", body, glpi_signed(body, at=time.time() - 3600))[0] == 401
