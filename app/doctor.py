@@ -260,6 +260,14 @@ async def worker_lines(env: ToolSettings, worker_url: str, hook_ids: list[int] |
             _, state = await _get(http, f"{worker_url}/state/hook/{hid}")
             session = "open and reused" if state.get("glpi_session_open") else "none open (opened on the next event)"
             lines.append(Line(f"hook {hid} GLPI session", "ok", f"{session}, held by {state.get('served_by')}"))
+            requests = state.get("glpi_requests")
+            if isinstance(requests, dict):
+                floor = requests.get("latency_floor_ms")
+                detail = (
+                    f"{requests['limit']} at once now (at most {requests['maximum']}), {requests['inflight']} running"
+                    + (f", GLPI answers in {floor} ms when not busy" if floor is not None else "")
+                )
+                lines.append(Line(f"hook {hid} GLPI requests", "ok", detail))
     return lines
 
 

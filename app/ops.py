@@ -202,6 +202,7 @@ class Operations:
             return 404, {"error": f"hook {hook_id} is not configured (or its partition is not on this worker)"}
         view = hook_view(slot)
         view["glpi_session_open"] = self.pipeline.clients.sessions().get(hook_id, False)
+        view["glpi_requests"] = self.pipeline.clients.request_limits().get(hook_id)
         return 200, view
 
     async def contact_state(self, hook_id: int, contact_id: int) -> tuple[int, Any]:

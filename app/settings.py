@@ -123,9 +123,10 @@ class WorkerSettings(ToolSettings):
     max_inflight: int = Field(2000, ge=1)
     #: Events of one partition held in memory before its fetching pauses (a slow head holds back its acks).
     max_inflight_per_partition: int = Field(250, ge=2)
-    #: GLPI requests one hook runs at once: different conversations of a hook sync side by side, up to this many
-    #: (like php-fpm's pool, GLPI gains little past 8-16 and a small GLPI suffers). 1 runs a hook strictly in order.
-    hook_concurrency: int = Field(8, ge=1, le=256)
+    #: The most GLPI requests one hook runs at once. Different conversations of a hook sync side by side; how many
+    #: requests run at once follows the GLPI's latency (``app/glpi/limiter.py``: it grows while GLPI answers as
+    #: fast as when idle and shrinks as soon as requests queue), never above this. 1 runs a hook strictly in order.
+    hook_concurrency: int = Field(32, ge=1, le=256)
     create_topics: bool = True
     #: Kafka static group membership (``group.instance.id``, e.g. the pod name of a StatefulSet): a worker that
     #: restarts within the session timeout gets its partitions back without a rebalance of the whole group.
@@ -174,6 +175,15 @@ class WorkerSettings(ToolSettings):
     @classmethod
     def _lower_inline(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def hook_event_concurrency(self) -> int:
+        """Events of one hook in progress at once.
+
+        Twice its GLPI requests, so that the waits of some (a changelog acknowledgement, a retry's pause) do not
+        leave GLPI slots idle; 1 when the hook runs strictly in order.
+        """
+        return 1 if self.hook_concurrency == 1 else 2 * self.hook_concurrency
 
 
 class IngressSettings(ToolSettings):

@@ -132,7 +132,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         place=place,
         max_inflight=settings.max_inflight,
         per_partition=settings.max_inflight_per_partition,
-        group_concurrency=settings.hook_concurrency,
+        group_concurrency=settings.hook_event_concurrency,
     )
     app.pipeline = pipeline
     app.lanes = lanes

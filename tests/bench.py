@@ -194,7 +194,8 @@ class Deployment:
             "GLPI_SYNC_LOG_LEVEL": "INFO",  # the outcome lines carry the lag
             **EXTRA_ENV,
         }
-        self.worker = WorkerProcess(workdir, env, "bench")
+        # A name of its own: the log (outcome lines are counted) and the data dir must not carry an earlier run's.
+        self.worker = WorkerProcess(workdir, env, unique("bench"))
 
     def publish(self, events: list[dict[str, Any]]) -> None:
         """All at once (a backlog): pipelined sends, one flush; per-hook order is kept (one partition, idempotent)."""

@@ -10,6 +10,8 @@ Contract:
 - an answer whose shape is not GLPI's (a proxy or SSO page with status 200, a list where an object belongs) is a
   :class:`GlpiUnexpectedResponseError`, never read as "no results": a lookup that finds nothing must mean GLPI
   found nothing, or a create would duplicate;
+- with a :class:`~app.glpi.limiter.RequestLimiter`, at most its current limit of requests run at once, whoever
+  calls (sessions, lookups, creates); the slot is held for the HTTP exchange only, never across a retry's wait;
 - tokens are sent only in headers and never appear in exceptions or in :meth:`__repr__`.
 """
 
@@ -34,6 +36,7 @@ from app.glpi.errors import (
     describe_answer,
     error_for_response,
 )
+from app.glpi.limiter import OVERLOAD_STATUSES, RequestLimiter
 
 #: Called after every HTTP exchange: (operation, method, http status or 0 on transport error, seconds, glpi code).
 RequestObserver = Callable[[str, str, int, float, str | None], None]
@@ -70,6 +73,7 @@ class GlpiClient:
         observer: RequestObserver | None = None,
         on_session_opened: Callable[[], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        limiter: RequestLimiter | None = None,
     ) -> None:
         self.base = api_url.rstrip("/")
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
@@ -82,6 +86,8 @@ class GlpiClient:
         self._session_token: str | None = None
         self._init_lock = asyncio.Lock()
         self.sessions_opened = 0
+        #: Requests to this GLPI at once (shared by every concurrent call of the client); None: unbounded.
+        self.limiter = limiter
 
     def __repr__(self) -> str:
         return f"GlpiClient({self.base!r}, session={'open' if self._session_token else 'none'})"
@@ -116,9 +122,11 @@ class GlpiClient:
     ) -> tuple[int, Any, dict[str, str]]:
         url = f"{self.base}/{path.lstrip('/')}"
         data = orjson.dumps(body) if body is not None else None
+        taken_at = await self.limiter.acquire() if self.limiter is not None else 0.0
         started = time.monotonic()
         status = 0
         code: str | None = None
+        timed_out = False
         try:
             async with self._http.request(
                 method,
@@ -134,6 +142,7 @@ class GlpiClient:
                 raw = await resp.read()
                 headers = dict(resp.headers.items())
         except TimeoutError:
+            timed_out = True
             seconds = self._timeout.total
             raise GlpiRetryableError("TIMEOUT", f"{method} {op}: no answer within {seconds:g} s") from None
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -150,6 +159,9 @@ class GlpiClient:
             detail = f"{method} {op}: the connection broke ({type(exc).__name__}: {str(exc)[:120]})"
             raise GlpiRetryableError("CONNECTION", detail) from None
         finally:
+            if self.limiter is not None:
+                overloaded = timed_out or status in OVERLOAD_STATUSES
+                self.limiter.release(taken_at, overloaded=overloaded, answered=status != 0)
             if self._observer is not None and status == 0:
                 self._observer(op, method, 0, time.monotonic() - started, None)
         parsed: Any

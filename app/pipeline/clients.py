@@ -3,6 +3,8 @@
 A hook's tokens are resolved here only, through :func:`app.secrets.resolve_token` (granted references only, files
 with their links resolved, inline tokens decrypted), and only for a GLPI host the operators allow: nothing is sent
 before both checks pass. A client is rebuilt when the hook's URL or tokens change; the old session is killed.
+Each hook's client runs at most ``max_requests`` GLPI requests at once, fewer while its GLPI's latency says
+requests queue (:mod:`app.glpi.limiter`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import aiohttp
 from app import logs
 from app.execute import HookUnavailable, probe_hook
 from app.glpi import GlpiClient
+from app.glpi.limiter import AdaptiveLimit, RequestLimiter
 from app.metrics import Metrics
 from app.secrets import HookConfigError, TokenVault, resolve_token
 from app.sync.decide import host_problem
@@ -54,12 +57,14 @@ class HookClients:
         policy: HookPolicy | None = None,
         vault: TokenVault | None = None,
         ca_file: Path | None = None,
+        max_requests: int = 32,
     ) -> None:
         self.timeout = timeout
         self.metrics = metrics
         self.policy = policy or HookPolicy()
         self.vault = vault
         self.ca_file = ca_file
+        self.max_requests = max_requests
         self._http: aiohttp.ClientSession | None = None
         self._clients: dict[int, _HookClient] = {}
         self._background: set[asyncio.Future[None]] = set()
@@ -94,6 +99,7 @@ class HookClients:
             observer=self.metrics.observe_glpi_request,
             on_session_opened=self.metrics.sessions_opened.inc,
             ssl_context=glpi_ssl_context(self.ca_file),
+            limiter=RequestLimiter(AdaptiveLimit(maximum=self.max_requests, initial=min(8, self.max_requests))),
         )
         entry = _HookClient(fingerprint, client)
         self._clients[hook.hook_id] = entry
@@ -129,6 +135,21 @@ class HookClients:
 
     def sessions(self) -> dict[int, bool]:
         return {hook_id: entry.client.has_session for hook_id, entry in self._clients.items()}
+
+    def request_limits(self) -> dict[int, dict[str, float | int | None]]:
+        """Per hook: GLPI requests allowed at once now, running now, and the latency floor (ms) the limit uses."""
+        limits: dict[int, dict[str, float | int | None]] = {}
+        for hook_id, entry in self._clients.items():
+            limiter = entry.client.limiter
+            if limiter is not None:
+                floor = limiter.limit.floor
+                limits[hook_id] = {
+                    "limit": limiter.limit.current,
+                    "maximum": limiter.limit.maximum,
+                    "inflight": limiter.inflight,
+                    "latency_floor_ms": round(floor * 1000, 1) if floor is not None else None,
+                }
+        return limits
 
     async def aclose(self) -> None:
         """Kill every GLPI session (best effort) and close the HTTP pool."""

@@ -17,7 +17,6 @@ from app.execute import EventResult
 from app.metrics import Metrics, event_type_label, skip_reason_class
 from app.pipeline.source import SourceRecord
 from app.pipeline.store import SyncStore
-from app.sync.state import ConversationRecord, TraceEntry
 
 log = logging.getLogger("cwglpi.worker")
 _WARN = frozenset({"dead_lettered", "parked", "set_aside"})
@@ -52,8 +51,8 @@ class OutcomeLog:
             return
         if isinstance(parsed, ControlCommand | GlpiChange):  # trace it on a known conversation only
             hook = self.store.hook(parsed.hook_id)
-            current = self.store.conversation(hook.account_id, conversation) if hook is not None else None
-            if current is None:
+            account = hook.account_id if hook is not None else None
+            if account is None or self.store.conversation_raw(account, conversation) is None:
                 return
         else:
             account = parsed.account_id
@@ -62,18 +61,15 @@ class OutcomeLog:
                 if hook is None:
                     return
                 account = hook.account_id
-            current = self.store.conversation(account, conversation) or ConversationRecord(
-                account_id=account, conversation_id=conversation
-            )
-        entry = TraceEntry(
-            at=datetime.now(tz=UTC).isoformat(timespec="seconds"),
-            event=parsed.event,
-            source=record.origin + (f" (parked #{record.parked_seq})" if record.parked_seq is not None else ""),
-            outcome=outcome,
-            reason=reason[:300],
-            glpi_ids=ids,
-        )
-        self.store.put_conversation(current.traced(entry))
+        entry = {
+            "at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+            "event": parsed.event,
+            "source": record.origin + (f" (parked #{record.parked_seq})" if record.parked_seq is not None else ""),
+            "outcome": outcome,
+            "reason": reason[:300],
+            "glpi_ids": ids,
+        }
+        self.store.trace_conversation(account, conversation, entry)
 
     def finish(
         self,

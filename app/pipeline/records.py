@@ -141,7 +141,12 @@ class Pipeline:
         self.dead_letters = DeadLetters(app.topic(settings.dlq_topic, **raw), settings.app_id, metrics)
         self.control = app.topic(settings.control_topic, **raw)
         self.clients = HookClients(
-            settings.glpi_timeout, metrics, self.ctx.hook_policy, self.vault, settings.glpi_ca_file
+            settings.glpi_timeout,
+            metrics,
+            self.ctx.hook_policy,
+            self.vault,
+            settings.glpi_ca_file,
+            max_requests=settings.hook_concurrency,
         )
         self.outcomes = OutcomeLog(metrics, settings.per_hook_metrics_limit, self.store)
         self.commands = AdminCommands(self)
@@ -532,7 +537,7 @@ class Pipeline:
             except InvalidEnvelopeError:
                 lane = None
             lanes.setdefault(lane, []).append((seq, record))
-        slots = asyncio.Semaphore(self.settings.hook_concurrency)
+        slots = asyncio.Semaphore(self.settings.hook_event_concurrency)
         stuck = False
 
         async def run_lane(items: list[tuple[int, SourceRecord]]) -> None:

@@ -29,6 +29,7 @@ from app.metrics import Metrics
 from app.settings import WorkerSettings
 from app.sync.decide import record_ids
 from app.sync.state import (
+    TRACE_KEPT,
     AnyHook,
     ContactRecord,
     ConversationRecord,
@@ -166,6 +167,8 @@ class SyncStore:
         self.parked = tables["parked"]  # hook:seq[:chunk] → parked record (app/pipeline/parking.py)
         self.deliveries = tables["deliveries"]  # hook:event_id → where it was first handled (redelivery window)
         self.replies = tables["replies"]  # account:itemtype:id → the Chatwoot message posted for it (two-way)
+        #: The last slot read per hook and the stored JSON it came from (records are frozen: sharing one is safe).
+        self._slots_read: dict[int, tuple[bytes, AnyHook]] = {}
 
     def _table(self, app: faust.App, name: str) -> DurableTable:
         schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
@@ -188,8 +191,17 @@ class SyncStore:
     # ------------------------------------------------------------------------------------------- hooks
 
     def slot(self, hook_id: int) -> AnyHook | None:
+        """The hook's slot as stored now (validated once per stored value: every event reads it several times)."""
         raw = self.hooks.get(str(hook_id))
-        return load_hook(raw) if raw else None
+        if not raw:
+            return None
+        stored = orjson.dumps(raw)
+        known = self._slots_read.get(hook_id)
+        if known is not None and known[0] == stored:
+            return known[1]
+        slot = load_hook(raw)
+        self._slots_read[hook_id] = (stored, slot)
+        return slot
 
     def hook(self, hook_id: int) -> HookRecord | None:
         """The hook's configuration, when it has one."""
@@ -290,11 +302,24 @@ class SyncStore:
         raw = self.conversations.get(conversation_key(account_id, conversation_id))
         return ConversationRecord.model_validate(raw) if raw else None
 
-    def put_conversation(self, record: ConversationRecord) -> None:
-        """Write a conversation record without waiting for its changelog (history: losing the last one is fine)."""
-        self.conversations.put_buffered(
-            conversation_key(record.account_id, record.conversation_id), record.model_dump(mode="json")
-        )
+    def conversation_raw(self, account_id: int, conversation_id: int) -> dict[str, Any] | None:
+        raw = self.conversations.get(conversation_key(account_id, conversation_id))
+        return raw if isinstance(raw, dict) else None
+
+    def trace_conversation(self, account_id: int, conversation_id: int, entry: dict[str, Any]) -> None:
+        """Append one :class:`~app.sync.state.TraceEntry` (as JSON) to the conversation's history, newest kept.
+
+        The hot path of every event: the stored record is extended as it is, without being validated and dumped
+        again (the sync wrote it a moment ago). Buffered: losing the last entry to a crash only shortens a trace.
+        """
+        key = conversation_key(account_id, conversation_id)
+        raw = self.conversations.get(key)
+        if not isinstance(raw, dict):
+            raw = ConversationRecord(account_id=account_id, conversation_id=conversation_id).model_dump(mode="json")
+        history = raw.get("history")
+        history = history[-(TRACE_KEPT - 1) :] if isinstance(history, list) else []
+        history.append(entry)
+        self.conversations.put_buffered(key, {**raw, "history": history})
 
     def messages_of(self, account_id: int, conversation_id: int) -> list[MessageRecord]:
         """Every message record of one conversation (a scan: for operator commands, not the hot path)."""

@@ -157,7 +157,8 @@ def html_link(url: str, label: str) -> str:
 
 def glpi_datetime(moment: datetime, timezone: str = "UTC") -> str:
     """GLPI's ``Y-m-d H:i:s`` in the GLPI server's time zone (no zone suffix)."""
-    return moment.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M:%S")
+    zone = UTC if timezone == "UTC" else ZoneInfo(timezone)
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def ticket_marker(account_id: int, conversation_id: int) -> str:

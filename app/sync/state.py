@@ -167,9 +167,6 @@ class ConversationRecord(_Record):
     #: The conversation's latest events and how each ended (``glpi-sync trace conversation``).
     history: tuple[TraceEntry, ...] = ()
 
-    def traced(self, entry: TraceEntry) -> ConversationRecord:
-        return self.model_copy(update={"history": (*self.history, entry)[-TRACE_KEPT:]})
-
 
 class MessageRecord(_Record):
     account_id: int
