@@ -156,6 +156,9 @@ class Emulator:
     latency: float = 0.0
     capacity: int = 0
     _pool: asyncio.Semaphore | None = None
+    #: API requests received and not answered yet (queued for the pool included), and the most seen at once.
+    inflight: int = 0
+    peak_inflight: int = 0
 
     @property
     def pool(self) -> asyncio.Semaphore | None:
@@ -868,15 +871,20 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
     app.router.add_post("/_emulator/reset", reset)
 
     async def pooled(request: web.Request) -> web.StreamResponse:
-        pool = emu.pool
-        if pool is None:
-            if emu.latency:
-                await asyncio.sleep(emu.latency)
-            return await api(request)
-        async with pool:
-            if emu.latency:
-                await asyncio.sleep(emu.latency)
-            return await api(request)
+        emu.inflight += 1
+        emu.peak_inflight = max(emu.peak_inflight, emu.inflight)
+        try:
+            pool = emu.pool
+            if pool is None:
+                if emu.latency:
+                    await asyncio.sleep(emu.latency)
+                return await api(request)
+            async with pool:
+                if emu.latency:
+                    await asyncio.sleep(emu.latency)
+                return await api(request)
+        finally:
+            emu.inflight -= 1
 
     for prefix in ("/apirest.php", "/api", "/api.php/v1"):
         app.router.add_route("*", prefix + "/{path:.*}", pooled)

@@ -20,6 +20,7 @@ from app.glpi import (
     GlpiRetryableError,
     GlpiUnexpectedResponseError,
 )
+from app.glpi.limiter import AdaptiveLimit, RequestLimiter
 from app.sync.commands import (
     Applied,
     ContactSnapshot,
@@ -62,6 +63,25 @@ async def served() -> AsyncIterator[Served]:
         # A base with a path and a trailing slash: the client must keep apirest.php (prior defect #1).
         yield Served(emu, f"http://127.0.0.1:{port}/apirest.php/", http)
     await runner.cleanup()
+
+
+async def test_a_small_glpi_gets_few_requests_at_once_however_many_callers_there_are(served: Served) -> None:
+    """40 callers share one client against a GLPI of 3 php-fpm workers: the limit settles low, nothing is lost."""
+    served.emu.latency, served.emu.capacity = 0.02, 3
+    client = served.client(limiter=RequestLimiter(AdaptiveLimit(maximum=32, initial=8)))
+    ticket = await client.create("Ticket", {"name": "t", "content": "c"})
+
+    async def caller(n: int) -> None:
+        for i in range(10):
+            await client.create("ITILFollowup", {"itemtype": "Ticket", "items_id": ticket, "content": f"{n}-{i}"})
+
+    await asyncio.gather(*(caller(n) for n in range(40)))
+    followups = [f["content"] for f in served.emu.items["ITILFollowup"].values()]
+    assert sorted(followups) == sorted(f"{n}-{i}" for n in range(40) for i in range(10))
+    assert served.emu.peak_inflight <= 32  # never more than the operator's ceiling
+    limiter = client.limiter
+    assert limiter is not None and limiter.inflight == 0
+    assert limiter.limit.current < 8  # queueing seen: it shrank, and did not grow toward 32
 
 
 def _paths(emu: Emulator) -> list[str]:
