@@ -99,7 +99,7 @@ class HookClients:
             observer=self.metrics.observe_glpi_request,
             on_session_opened=self.metrics.sessions_opened.inc,
             ssl_context=glpi_ssl_context(self.ca_file),
-            limiter=RequestLimiter(AdaptiveLimit(maximum=self.max_requests, initial=min(8, self.max_requests))),
+            limiter=RequestLimiter(AdaptiveLimit(maximum=self.max_requests, initial=8)),
         )
         entry = _HookClient(fingerprint, client)
         self._clients[hook.hook_id] = entry

@@ -49,18 +49,12 @@ class OutcomeLog:
         conversation = _conversation_of(parsed)
         if conversation is None:
             return
-        if isinstance(parsed, ControlCommand | GlpiChange):  # trace it on a known conversation only
+        account = parsed.account_id if not isinstance(parsed, ControlCommand | GlpiChange) else None
+        if account is None:  # a command, or not admitted yet (parked before its hook was configured)
             hook = self.store.hook(parsed.hook_id)
-            account = hook.account_id if hook is not None else None
-            if account is None or self.store.conversation_raw(account, conversation) is None:
+            if hook is None:
                 return
-        else:
-            account = parsed.account_id
-            if account is None:  # not admitted yet (parked before its hook was configured): the hook's account
-                hook = self.store.hook(parsed.hook_id)
-                if hook is None:
-                    return
-                account = hook.account_id
+            account = hook.account_id
         entry = {
             "at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
             "event": parsed.event,
@@ -69,7 +63,9 @@ class OutcomeLog:
             "reason": reason[:300],
             "glpi_ids": ids,
         }
-        self.store.trace_conversation(account, conversation, entry)
+        # Commands and GLPI changes are traced on a known conversation only.
+        known_only = isinstance(parsed, ControlCommand | GlpiChange)
+        self.store.trace_conversation(account, conversation, entry, create=not known_only)
 
     def finish(
         self,

@@ -302,19 +302,20 @@ class SyncStore:
         raw = self.conversations.get(conversation_key(account_id, conversation_id))
         return ConversationRecord.model_validate(raw) if raw else None
 
-    def conversation_raw(self, account_id: int, conversation_id: int) -> dict[str, Any] | None:
-        raw = self.conversations.get(conversation_key(account_id, conversation_id))
-        return raw if isinstance(raw, dict) else None
-
-    def trace_conversation(self, account_id: int, conversation_id: int, entry: dict[str, Any]) -> None:
+    def trace_conversation(
+        self, account_id: int, conversation_id: int, entry: dict[str, Any], *, create: bool = True
+    ) -> None:
         """Append one :class:`~app.sync.state.TraceEntry` (as JSON) to the conversation's history, newest kept.
 
         The hot path of every event: the stored record is extended as it is, without being validated and dumped
         again (the sync wrote it a moment ago). Buffered: losing the last entry to a crash only shortens a trace.
+        A conversation with no record yet gets one, unless ``create`` is false (then nothing is written).
         """
         key = conversation_key(account_id, conversation_id)
         raw = self.conversations.get(key)
         if not isinstance(raw, dict):
+            if not create:
+                return
             raw = ConversationRecord(account_id=account_id, conversation_id=conversation_id).model_dump(mode="json")
         history = raw.get("history")
         history = history[-(TRACE_KEPT - 1) :] if isinstance(history, list) else []
