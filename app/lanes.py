@@ -119,6 +119,7 @@ class LaneDispatcher:
         #: Per partition, the offset after the last record dispatched: where reading goes on after a pause.
         self._next_offset: dict[TP, int] = {}
         self._resuming: set[asyncio.Task[None]] = set()
+        self._fetch_waits_short = False
 
     # ------------------------------------------------------------------------------------------------ state
 
@@ -169,6 +170,8 @@ class LaneDispatcher:
         # faust's own TP: messages carry aiokafka's TopicPartition, and faust's resume_partitions adds what it is
         # given to its active set unconverted, where anything else than a TP crashes the fetcher.
         tp = TP(event.message.tp.topic, event.message.tp.partition)
+        if not self._fetch_waits_short:
+            self._fetch_waits_short = _shorten_fetch_waits(self.app.consumer)
         entry = _Entry(event, contextvars.copy_context(), self.place(event), tp)
         self._next_offset[tp] = event.message.offset + 1
         window = self._windows.setdefault(tp, deque())
@@ -284,6 +287,7 @@ class LaneDispatcher:
         if offset is not None:
             await self.app.consumer.seek(tp, offset)
         self.app.consumer.resume_partitions([tp])
+        _wake_fetcher(self.app.consumer)
 
     def resume_drained(self) -> None:
         """Resume the partitions whose window emptied while a rebalance forbade it (called by a timer)."""
@@ -316,3 +320,64 @@ class LaneDispatcher:
             await self.app.producer.flush()
         if groups:
             log.info("stopped %d groups", len(groups))
+
+
+#: Longest wait (ms) of a fetch request at the broker (faust asks aiokafka for 1500).
+FETCH_WAIT_MS = 100
+#: Logged once when faust's consumer has no aiokafka fetcher where this module looks for it.
+FETCHER_MISSING = "aiokafka's fetcher was not found under faust's consumer (faust or aiokafka changed)"
+_FETCHER_MISSING: list[bool] = []
+
+
+def _fetcher(consumer: Any) -> tuple[asyncio.AbstractEventLoop, Any] | None:
+    """The fetcher of aiokafka under faust's consumer, with the loop of the thread it runs on; None if not found.
+
+    Nothing here is public API: if faust or aiokafka change, the two helpers below do nothing, and a resumed
+    partition only waits for the next fetch round (about 1.5 s) as it would without them.
+    """
+    thread = getattr(consumer, "_thread", None)
+    loop = getattr(thread, "thread_loop", None)
+    fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+    if not isinstance(loop, asyncio.AbstractEventLoop) or not isinstance(getattr(fetcher, "_fetch_waiters", None), set):
+        if not _FETCHER_MISSING:
+            _FETCHER_MISSING.append(True)
+            log.warning("%s: a resumed partition waits up to 1.5 s for its next records", FETCHER_MISSING)
+        return None
+    return loop, fetcher
+
+
+def _shorten_fetch_waits(consumer: Any) -> bool:
+    """Fetch requests wait at most :data:`FETCH_WAIT_MS` at the broker from now on; False if not done.
+
+    aiokafka sends one fetch request per broker at a time, for the partitions that may fetch then. A partition
+    resumed (by us, or by faust when its stream buffer drained) while the broker holds a request for the others
+    (up to faust's 1.5 s when they are quiet) gets its next records only after that request returns: each refill
+    of a paused partition idled about 1.3 s, and a steady stream's sync lag grew by that much.
+    """
+    found = _fetcher(consumer)
+    if found is None:
+        return False
+    if getattr(found[1], "_fetch_max_wait_ms", 0) > FETCH_WAIT_MS:
+        found[1]._fetch_max_wait_ms = FETCH_WAIT_MS  # an int read per request: safe across threads
+    return True
+
+
+def _wake_fetcher(consumer: Any) -> None:
+    """Make a wait for records already under way look again, now that a partition was resumed.
+
+    aiokafka keeps the records it fetched for a partition while faust had it paused; after the seek they are stale,
+    and they are only dropped, and fresh ones asked for, when a wait for records looks at the partition again
+    (faust waits up to a second at a time). The waiters are woken on the loop of faust's consumer thread.
+    """
+    found = _fetcher(consumer)
+    if found is None:
+        return
+    loop, fetcher = found
+
+    def wake() -> None:
+        for waiter in list(fetcher._fetch_waiters):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    with contextlib.suppress(RuntimeError):  # the thread's loop already closed (shutdown)
+        loop.call_soon_threadsafe(wake)

@@ -40,6 +40,12 @@ from app.topology import TopologyError, prepare_topics
 log = logging.getLogger("cwglpi.worker")
 
 
+#: Bytes of one partition's records that go to the broker in one produce request.
+PRODUCER_BATCH_BYTES = 256 * 1024
+#: Table writes that may wait for faust's producer before faust holds back the agent's records.
+PRODUCER_BUFFER_MESSAGES = 5000
+
+
 class SyncApp(faust.App):
     """The Faust app; stops the lanes before faust stops the consumer, closes GLPI sessions after."""
 
@@ -47,6 +53,18 @@ class SyncApp(faust.App):
     logger = logging.getLogger("faust.app")
     pipeline: Pipeline
     lanes: LaneDispatcher
+
+    async def maybe_start_producer(self) -> Any:
+        """The started producer, without a trip through the event loop (faust's version always makes one).
+
+        Every table write's changelog record passes here when faust's producer buffer sends it: faust's version
+        yields to the loop each time, so the buffer drained one record per loop iteration and, under load, fell
+        behind the writes; faust then held back the agent's records and the sync lag grew by seconds.
+        """
+        producer = self.producer
+        if not self.in_transaction and producer.started:
+            return producer
+        return await super().maybe_start_producer()
 
     async def on_stop(self) -> None:
         lanes = getattr(self, "lanes", None)
@@ -99,7 +117,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         web_in_thread=False,
         canonical_url=settings.advertised_url or f"http://{socket.gethostname()}:{settings.http_port}",
         broker_commit_interval=1.0,
-        broker_commit_every=100,
+        broker_commit_every=10_000,
         stream_buffer_maxsize=256,
         # Lanes hold unfinished events; waiting for them on revoke would stall rebalances (faust-per-hook-lanes.md).
         stream_wait_empty=False,
@@ -110,7 +128,10 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         # No on_leader timers: no assignor leader topic to create or to list in topics.yaml.
         topic_disable_leader=True,
         # Tansu: end_offsets() is wrong after multi-record batches, so table recovery would lose records.
-        producer_max_batch_size=1 if settings.embedded_broker else 16384,
+        # A batch holds the records of one partition sent in one request: aiokafka waits for each request to a
+        # broker before the next, so 16 kB batches capped the changelog at a few MB/s (conversations carry their
+        # trace). Bigger batches carry more per round trip; a lone record still goes at once (no linger).
+        producer_max_batch_size=1 if settings.embedded_broker else PRODUCER_BATCH_BYTES,
         # Tansu makes a group join wait half the session timeout.
         broker_session_timeout=6.0 if settings.embedded_broker else settings.session_timeout,
         consumer_group_instance_id=settings.group_instance_id or None,
@@ -119,6 +140,10 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         topic_allow_declare=settings.create_topics,
         Table=DurableTable,
     )
+    # faust stops handing records to the agent while more than this many table writes wait for the producer
+    # (100 by default): a burst of changelog records then paused fetching for a second or more, and the sync lag
+    # of a steady stream grew by that much each time. The writes are small; a deeper buffer absorbs the bursts.
+    app.producer.buffer.max_messages = PRODUCER_BUFFER_MESSAGES
     pipeline = Pipeline(app, settings, metrics)
 
     def place(event: EventT[Any]) -> Placement:

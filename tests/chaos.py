@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.lanes import FETCHER_MISSING
 from tests.conftest import SyncEnv, envelope, hook_envelope, load_example
 from tests.harness import EmulatorProcess, KafkaBroker, wait_until
 
@@ -660,6 +661,7 @@ def scenario_shared_contacts(
             "kill -9": kills,
             "parked during the outage": _outcome_count(worker, "message_created", "parked"),
             **tally(work, verdict),
+            "_fetcher_missing": sum(FETCHER_MISSING in str(line.get("msg")) for line in worker.log_lines()),
         }
     finally:
         env.stop()

@@ -81,4 +81,5 @@ def test_many_conversations_of_one_contact_at_once(
 ) -> None:
     figures = scenario_shared_contacts(kafka, tmp_path)
     assert figures["parked during the outage"] >= 5
+    assert figures["_fetcher_missing"] == 0  # windows refill at once after a pause (app/lanes.py)
     _check("many conversations of one contact at once (short)", figures, capsys)
