@@ -136,7 +136,6 @@ class KafkaBroker:
                     "group.initial.rebalance.delay.ms=0",
                     "num.partitions=1",
                     "auto.create.topics.enable=false",
-                    "log.flush.interval.messages=1",
                 ]
             )
         )

@@ -34,10 +34,11 @@ def _check(title: str, figures: dict, capsys: pytest.CaptureFixture[str]) -> Non
     assert not verdict.timed_out, verdict.details
 
 
-def test_kill9_at_six_random_points(kafka: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Six in the suite (make chaos runs fifty): each restart costs a worker start and a table recovery.
-    figures = scenario_kill9(kafka, tmp_path / "kill9", kills=6)
-    assert figures["kill -9 points"] == 6
+def test_kill9_at_four_random_points(kafka: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Four in the suite (make chaos runs fifty): each restart costs a worker start, a session timeout and a table
+    # recovery; the other cases of this file kill -9 during drains, outages and shared-contact bursts.
+    figures = scenario_kill9(kafka, tmp_path / "kill9", kills=4)
+    assert figures["kill -9 points"] == 4
     assert figures["events published"] >= 500
     _check("kill -9 at random points (short)", figures, capsys)
 
