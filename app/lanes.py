@@ -14,7 +14,9 @@ Contract (measured in ``faust-per-hook-lanes.md``):
   ``_new_offset`` off-by-one);
 - on revoke and on shutdown every lane is cancelled and nothing unfinished is acked; faust re-seeks to the
   committed offset and the work is delivered again (the sync is idempotent). This needs ``stream_wait_empty=False``;
-- events fetched in an older consumer generation are dropped without ack;
+- events fetched in an older consumer generation are dropped without ack, and so are the unfinished ones at a
+  rebalance; the partition is then read again from the oldest of them (faust re-seeks a partition to its
+  committed offset, but one that never committed keeps its position: the dropped events would be lost);
 - memory is bounded per partition: when ``per_partition`` events of one partition are held (finished ones wait
   behind a slow head for their in-order ack), fetching *that* partition pauses until its window is half empty, so
   other partitions keep flowing; ``max_inflight`` is the global bound at which the dispatcher itself waits.
@@ -120,6 +122,12 @@ class LaneDispatcher:
         self._next_offset: dict[TP, int] = {}
         self._resuming: set[asyncio.Task[None]] = set()
         self._fetch_waits_short = False
+        #: Per partition, the oldest event dropped unfinished at a rebalance or as fetched in an older generation:
+        #: reading must start there again. faust re-seeks a partition to its committed offset, but a partition
+        #: that never committed one keeps its position, and the dropped events would never come back (lost, and
+        #: the later ones acknowledged past them).
+        self._replay_from: dict[TP, int] = {}
+        self._replay_sought: set[TP] = set()
 
     # ------------------------------------------------------------------------------------------------ state
 
@@ -172,6 +180,11 @@ class LaneDispatcher:
         tp = TP(event.message.tp.topic, event.message.tp.partition)
         if not self._fetch_waits_short:
             self._fetch_waits_short = _shorten_fetch_waits(self.app.consumer)
+        if event.message.generation_id != self.app.consumer_generation_id:
+            self._must_replay(tp, event.message.offset)  # fetched before the rebalance: read again, unacked
+            return
+        if tp in self._replay_from and not await self._replayed(tp, event.message.offset):
+            return  # dropped unacknowledged: the partition is read again from its oldest unfinished event
         entry = _Entry(event, contextvars.copy_context(), self.place(event), tp)
         self._next_offset[tp] = event.message.offset + 1
         window = self._windows.setdefault(tp, deque())
@@ -257,6 +270,35 @@ class LaneDispatcher:
             window.remove(entry)
             self._inflight -= 1
             self._space.set()
+        self._must_replay(entry.tp, entry.event.message.offset)
+
+    def _must_replay(self, tp: TP, offset: int) -> None:
+        known = self._replay_from.get(tp)
+        self._replay_from[tp] = offset if known is None else min(known, offset)
+
+    async def _replayed(self, tp: TP, offset: int) -> bool:
+        """Whether a record at ``offset`` may be dispatched while ``tp`` must be read again from an older event.
+
+        A record at or before the replay point means reading starts there again (faust re-sought the partition,
+        or our seek took effect): dispatched, and the replay is done. A later one means faust went on from where
+        it was: the partition is sought back once, and records are dropped unacknowledged until it takes effect.
+        """
+        replay = self._replay_from[tp]
+        if offset <= replay:
+            del self._replay_from[tp]
+            self._replay_sought.discard(tp)
+            return True
+        if tp not in self._replay_sought:
+            self._replay_sought.add(tp)
+            log.warning(
+                "partition %s: reading again from offset %d (events dropped unfinished at a rebalance; faust went "
+                "on at %d, as it does for a partition with no committed offset yet)",
+                tp,
+                replay,
+                offset,
+            )
+            await self.app.consumer.seek(tp, replay)
+        return False
 
     def _release(self, tp: TP) -> None:
         window = self._windows.get(tp)
@@ -308,6 +350,10 @@ class LaneDispatcher:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for tp, window in self._windows.items():
+            if window:  # its head is the oldest event not acknowledged: everything before it is done
+                self._must_replay(tp, window[0].event.message.offset)
+        self._replay_sought.clear()  # a seek of the generation that ends now does not count for the next one
         self._groups.clear()
         self._windows.clear()
         self._paused.clear()  # faust re-seeks and resumes the partitions it assigns

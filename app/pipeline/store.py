@@ -305,7 +305,7 @@ class SyncStore:
     def trace_conversation(
         self, account_id: int, conversation_id: int, entry: dict[str, Any], *, create: bool = True
     ) -> None:
-        """Append one :class:`~app.sync.state.TraceEntry` (as JSON) to the conversation's history, newest kept.
+        """Append one trace entry (see ``ConversationRecord.history``) to the conversation's history, newest kept.
 
         The hot path of every event: the stored record is extended as it is, without being validated and dumped
         again (the sync wrote it a moment ago). Buffered: losing the last entry to a crash only shortens a trace.

@@ -136,17 +136,6 @@ ReplacedBecause = Literal["deleted", "closed", "refused"]
 TRACE_KEPT = 40
 
 
-class TraceEntry(_Record):
-    """One event of a conversation as it ended: when, where it came from, how, and what GLPI ids it touched."""
-
-    at: str
-    event: str
-    source: str
-    outcome: str
-    reason: str
-    glpi_ids: dict[str, int] = {}
-
-
 class ConversationRecord(_Record):
     """Which ticket a conversation became, the cursor of synced messages and the last status applied."""
 
@@ -164,8 +153,11 @@ class ConversationRecord(_Record):
     #: What was sent to create the ticket (long texts cut), so ``resync`` can recreate it if it is deleted.
     ticket_input: dict[str, Any] | None = None
     pending: Intent | None = None
-    #: The conversation's latest events and how each ended (``glpi-sync trace conversation``).
-    history: tuple[TraceEntry, ...] = ()
+    #: The conversation's latest events and how each ended (``glpi-sync trace conversation``), as stored: each a
+    #: JSON object with ``at``, ``event``, ``source``, ``outcome``, ``reason`` and ``glpi_ids``. Not validated into
+    #: models: every event of the conversation reads and writes this record, and only the trace reads the entries
+    #: (40 entries made each read and write several times dearer than the rest of the record).
+    history: tuple[Any, ...] = ()
 
 
 class MessageRecord(_Record):

@@ -122,20 +122,54 @@ async def test_stop_cancels_and_never_acks_unfinished_work() -> None:
     assert lanes.lane_count() == 0 and lanes.inflight == 0
 
 
-async def test_events_of_an_older_generation_are_dropped_unacked() -> None:
+async def test_events_of_an_older_generation_are_read_again_never_skipped() -> None:
+    # faust re-seeks a rebalanced partition to its committed offset; one that never committed keeps its
+    # position, so a record dropped as stale would never come back, and acking the next one would skip it.
     acks: list[int] = []
     handled: list[int] = []
 
     async def handler(event: Any, _prepared: Any = None) -> None:
         handled.append(event.message.offset)
 
-    lanes = LaneDispatcher(FakeApp(), handler)  # type: ignore[arg-type]
+    app = FakeApp()
+    lanes = LaneDispatcher(app, handler)  # type: ignore[arg-type]
     stale, fresh = events("AA", acks)
     stale.message.generation_id = 0
     await lanes.dispatch(stale)
-    await lanes.dispatch(fresh)
+    await lanes.dispatch(fresh)  # faust went on at offset 1
     await asyncio.sleep(0.05)
-    assert handled == [1] and acks == [1]
+    assert handled == [] and acks == []
+    assert ("seek", TP0, 0) in app.consumer.calls  # read again from the stale record
+    for again in events("AA", acks):  # what the seek delivers
+        await lanes.dispatch(again)
+    await asyncio.sleep(0.05)
+    assert handled == [0, 1] and acks == [0, 1]
+    await lanes.stop()
+
+
+async def test_unfinished_events_at_a_rebalance_are_read_again_from_the_oldest() -> None:
+    acks: list[int] = []
+    release = asyncio.Event()
+
+    async def handler(event: Any, _prepared: Any = None) -> None:
+        await release.wait()
+
+    app = FakeApp()
+    lanes = LaneDispatcher(app, handler)  # type: ignore[arg-type]
+    for event in events("AB", acks):
+        await lanes.dispatch(event)
+    await asyncio.sleep(0.05)
+    await lanes.stop()  # revoke: both unfinished, nothing acked
+    app.consumer_generation_id = 2
+    release.set()
+    later = FakeEvent(FakeMessage(b"A", 2, generation_id=2), acks)
+    await lanes.dispatch(later)  # a partition with no committed offset: faust went on where it was
+    assert app.consumer.calls[-1] == ("seek", TP0, 0)
+    again = [FakeEvent(FakeMessage(key.encode(), n, generation_id=2), acks) for n, key in enumerate("ABA")]
+    for event in again:
+        await lanes.dispatch(event)
+    await asyncio.sleep(0.05)
+    assert acks == [0, 1, 2]
     await lanes.stop()
 
 
