@@ -161,7 +161,7 @@ class GlpiClient:
         finally:
             if self.limiter is not None:
                 overloaded = timed_out or status in OVERLOAD_STATUSES
-                self.limiter.release(taken_at, overloaded=overloaded, answered=status != 0, kind=f"{method} {op}")
+                self.limiter.release(taken_at, overloaded=overloaded, answered=status != 0)
             if self._observer is not None and status == 0:
                 self._observer(op, method, 0, time.monotonic() - started, None)
         parsed: Any

@@ -12,10 +12,7 @@ and adds one slot while fewer than ``grow_below`` are queued (the GLPI has room)
 (``GLPI_SYNC_HOOK_CONCURRENCY``). It only grows after rounds in which every slot was busy: a quiet hook does not
 earn a large limit it would spend on the next burst.
 
-Requests differ in cost (a search answers in a few milliseconds, a ticket create takes a hundred), so each *kind*
-of request (method and operation) has its own floor, and a round's queueing is the mean over its requests of
-``1 − floor of its kind / its latency``: fast searches beside slow creates are not read as a queue. A kind's floor
-is its fastest request of the last two epochs (``epoch`` samples of that kind each): a GLPI that became slower for
+The floor is the fastest request of the last two epochs (``epoch`` samples each): a GLPI that became slower for
 good is not taken as one that queues forever.
 
 :class:`RequestLimiter` holds the slots (an asyncio semaphore whose size is the current limit). Both are plain
@@ -34,15 +31,6 @@ OVERLOAD_STATUSES = frozenset({429, 502, 503, 504})
 
 
 @dataclass
-class _Floor:
-    """The fastest request of one kind: ``best`` over the last two epochs, ``epoch_best`` of the current one."""
-
-    best: float
-    epoch_best: float | None = None
-    samples: int = 0
-
-
-@dataclass
 class AdaptiveLimit:
     maximum: int = 32
     minimum: int = 1
@@ -51,9 +39,11 @@ class AdaptiveLimit:
     shrink_above: float = 4.0
     epoch: int = 2000
     current: int = field(init=False)
-    _floors: dict[str, _Floor] = field(default_factory=dict, init=False)
+    _floor: float | None = field(default=None, init=False)
+    _epoch_floor: float | None = field(default=None, init=False)
+    _epoch_samples: int = field(default=0, init=False)
     _round_samples: int = field(default=0, init=False)
-    _round_queueing: float = field(default=0.0, init=False)
+    _round_total: float = field(default=0.0, init=False)
     _round_saturated: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -62,41 +52,40 @@ class AdaptiveLimit:
 
     @property
     def floor(self) -> float | None:
-        """The fastest recent request of any kind (seconds): what the cheapest request costs when nothing queues."""
-        return min((f.best for f in self._floors.values()), default=None)
+        """The fastest recent request (seconds): what a request costs when nothing queues."""
+        return self._floor
 
-    def on_sample(self, seconds: float, inflight: int, kind: str = "") -> None:
-        """A request of ``kind`` answered after ``seconds``; ``inflight`` requests (it included) were running then."""
+    def on_sample(self, seconds: float, inflight: int) -> None:
+        """A request answered after ``seconds``; ``inflight`` requests (this one included) were running then."""
         seconds = max(seconds, 1e-6)
-        floor = self._floors.get(kind)
-        if floor is None:
-            floor = self._floors[kind] = _Floor(seconds)
-        floor.best = min(floor.best, seconds)
-        floor.epoch_best = seconds if floor.epoch_best is None else min(floor.epoch_best, seconds)
-        floor.samples += 1
-        if floor.samples >= self.epoch:  # this epoch's floor replaces the one before it
-            floor.best, floor.epoch_best, floor.samples = floor.epoch_best, None, 0
+        self._epoch_floor = seconds if self._epoch_floor is None else min(self._epoch_floor, seconds)
+        self._floor = seconds if self._floor is None else min(self._floor, seconds)
+        self._epoch_samples += 1
+        if self._epoch_samples >= self.epoch:  # this epoch's floor replaces the one before it
+            self._floor = self._epoch_floor
+            self._epoch_floor = None
+            self._epoch_samples = 0
         self._round_samples += 1
-        self._round_queueing += 1.0 - floor.best / seconds
+        self._round_total += seconds
         self._round_saturated = self._round_saturated or inflight >= self.current
         if self._round_samples < self.current:
             return
-        queued = self.current * self._round_queueing / self._round_samples
+        mean = self._round_total / self._round_samples
+        queued = self.current * (1.0 - (self._floor or mean) / mean)
         if queued > self.shrink_above:
             self.current = max(self.minimum, self.current - 1)
         elif queued < self.grow_below and self._round_saturated:
             self.current = min(self.maximum, self.current + 1)
-        self._new_round()
-
-    def _new_round(self) -> None:
         self._round_samples = 0
-        self._round_queueing = 0.0
+        self._round_total = 0.0
         self._round_saturated = False
 
     def on_overload(self) -> None:
         """GLPI said it cannot take more (or did not answer in time): halve the limit."""
         self.current = max(self.minimum, self.current // 2)
-        self._new_round()
+        self._round_samples = 0
+        self._round_total = 0.0
+        self._round_saturated = False
 
 
 class RequestLimiter:
@@ -123,14 +112,14 @@ class RequestLimiter:
         self.inflight += 1
         return time.monotonic()
 
-    def release(self, taken_at: float, *, overloaded: bool = False, answered: bool = True, kind: str = "") -> None:
-        """Give the slot back: ``overloaded`` halves the limit; ``answered`` feeds the latency (of ``kind``) to it."""
+    def release(self, taken_at: float, *, overloaded: bool = False, answered: bool = True) -> None:
+        """Give the slot back: ``overloaded`` halves the limit; ``answered`` feeds the latency to it."""
         inflight = self.inflight
         self.inflight -= 1
         if overloaded:
             self.limit.on_overload()
         elif answered:
-            self.limit.on_sample(time.monotonic() - taken_at, inflight, kind)
+            self.limit.on_sample(time.monotonic() - taken_at, inflight)
         self._wake()
 
     def _wake(self) -> None:

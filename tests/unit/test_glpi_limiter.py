@@ -36,20 +36,6 @@ def test_the_limit_grows_to_the_pool_of_an_idle_glpi_and_stops_a_little_past_it(
     assert max(settled) <= 24  # and not many more of ours wait in its queue
 
 
-def test_fast_searches_beside_slow_creates_are_not_taken_for_a_queue() -> None:
-    # A search answers in 2 ms, a create in 50 ms, on a GLPI with room for 16: the fast kind's floor alone would
-    # read every create as 48 ms of queueing and keep the limit near 2.
-    limit = AdaptiveLimit(maximum=64, initial=2)
-    for _ in range(400):
-        n = limit.current
-        waves = -(-n // 16)
-        for i in range(n):
-            kind, service = ("GET search/User", 0.002) if i % 2 else ("POST ITILFollowup", 0.05)
-            limit.on_sample(service * (i // 16 + 1) if waves > 1 else service, n, kind)
-    assert limit.current >= 16
-    assert limit.floor == pytest.approx(0.002)
-
-
 def test_a_small_glpi_keeps_a_small_limit() -> None:
     limit = AdaptiveLimit(maximum=64, initial=8)
     settled = simulate(limit, pool=3, service=0.02)[-100:]
