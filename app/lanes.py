@@ -331,6 +331,15 @@ class LaneDispatcher:
         self.app.consumer.resume_partitions([tp])
         _wake_fetcher(self.app.consumer)
 
+    def assigned(self, tps: set[TP]) -> None:
+        """A rebalance gave this worker ``tps``: the replay points of other partitions go.
+
+        Their new owner reads from the committed offset; ours would make this worker read again, if one came back
+        later, what the other worker did meanwhile.
+        """
+        for tp in [tp for tp in self._replay_from if tp not in tps]:
+            del self._replay_from[tp]
+
     def resume_drained(self) -> None:
         """Resume the partitions whose window emptied while a rebalance forbade it (called by a timer)."""
         for tp in list(self._paused):

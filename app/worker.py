@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app import logs
@@ -178,6 +178,11 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         pipeline.lanes_stopped()
 
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
+
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        lanes.assigned({TP(tp.topic, tp.partition) for tp in assigned})
+
+    app.on_partitions_assigned.connect(cast(Any, on_assigned))
 
     async def resume_paused_hooks() -> None:
         if app.rebalancing:

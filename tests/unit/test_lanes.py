@@ -173,6 +173,20 @@ async def test_unfinished_events_at_a_rebalance_are_read_again_from_the_oldest()
     await lanes.stop()
 
 
+async def test_a_partition_given_to_another_worker_forgets_its_replay_point() -> None:
+    app = FakeApp()
+    lanes = LaneDispatcher(app, lambda event, prepared=None: asyncio.sleep(3600))  # type: ignore[arg-type]
+    await lanes.dispatch(FakeEvent(FakeMessage(b"A", 0)))
+    await asyncio.sleep(0.01)
+    await lanes.stop()
+    lanes.assigned(set())  # the partition went to another worker, which commits as it goes
+    app.consumer_generation_id = 3
+    await lanes.dispatch(FakeEvent(FakeMessage(b"A", 40, generation_id=3)))  # given back later: from its commit
+    assert not any(call[0] == "seek" for call in app.consumer.calls)
+    assert lanes.inflight == 1
+    await lanes.stop()
+
+
 async def test_the_inflight_cap_makes_the_dispatcher_wait() -> None:
     acks: list[int] = []
     gate = asyncio.Event()
