@@ -121,7 +121,7 @@ class LaneDispatcher:
         #: Per partition, the offset after the last record dispatched: where reading goes on after a pause.
         self._next_offset: dict[TP, int] = {}
         self._resuming: set[asyncio.Task[None]] = set()
-        self._fetch_waits_short = False
+        self._fetch_waits_tried = False  # once, at the first event: faust's consumer thread runs by then
         #: Per partition, the oldest event dropped unfinished at a rebalance or as fetched in an older generation:
         #: reading must start there again. faust re-seeks a partition to its committed offset, but a partition
         #: that never committed one keeps its position, and the dropped events would never come back (lost, and
@@ -178,8 +178,9 @@ class LaneDispatcher:
         # faust's own TP: messages carry aiokafka's TopicPartition, and faust's resume_partitions adds what it is
         # given to its active set unconverted, where anything else than a TP crashes the fetcher.
         tp = TP(event.message.tp.topic, event.message.tp.partition)
-        if not self._fetch_waits_short:
-            self._fetch_waits_short = _shorten_fetch_waits(self.app.consumer)
+        if not self._fetch_waits_tried:
+            self._fetch_waits_tried = True
+            _shorten_fetch_waits(self.app.consumer)
         if event.message.generation_id != self.app.consumer_generation_id:
             self._must_replay(tp, event.message.offset)  # fetched before the rebalance: read again, unacked
             return
@@ -381,7 +382,7 @@ class LaneDispatcher:
 FETCH_WAIT_MS = 100
 #: Logged once when faust's consumer has no aiokafka fetcher where this module looks for it.
 FETCHER_MISSING = "aiokafka's fetcher was not found under faust's consumer (faust or aiokafka changed)"
-_FETCHER_MISSING: list[bool] = []
+_fetcher_missing_logged = False
 
 
 def _fetcher(consumer: Any) -> tuple[asyncio.AbstractEventLoop, Any] | None:
@@ -394,8 +395,9 @@ def _fetcher(consumer: Any) -> tuple[asyncio.AbstractEventLoop, Any] | None:
     loop = getattr(thread, "thread_loop", None)
     fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
     if not isinstance(loop, asyncio.AbstractEventLoop) or not isinstance(getattr(fetcher, "_fetch_waiters", None), set):
-        if not _FETCHER_MISSING:
-            _FETCHER_MISSING.append(True)
+        global _fetcher_missing_logged
+        if not _fetcher_missing_logged:
+            _fetcher_missing_logged = True
             log.warning("%s: a resumed partition waits up to 1.5 s for its next records", FETCHER_MISSING)
         return None
     return loop, fetcher

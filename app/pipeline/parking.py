@@ -6,8 +6,10 @@ The queue lives in the ``parked`` table under ``<hook>:<seq>`` keys; the hook's 
 one table record must fit in one Kafka record of the changelog. Pieces are written before the entry that names
 them, and the entry before the slot's counter moves, so a crash in between leaves at most unreferenced pieces that
 the next append of the same sequence number overwrites. An index entry ``<hook>:src:<topic>:<partition>:<offset>``
-per parked record lets a record redelivered after a crash be recognised: it is not parked twice. (A high-water
-offset would not do: lanes admit a partition's records out of offset order.)
+per parked record lets a record redelivered after a crash be recognised: it is not parked twice, and a crash
+between its index entry and the counter is mended then (the counter moves past it). An index entry whose entry
+holds another record is stale and ignored. (A high-water offset would not do: lanes admit a partition's records
+out of offset order.)
 """
 
 from __future__ import annotations
@@ -47,11 +49,19 @@ class ParkingQueue:
         """Park ``record`` at the end of ``slot``'s queue, durably; returns the slot with its counter moved.
 
         A source record parked already (redelivered after a crash, its offset not committed yet) is found by its
-        source index entry and not parked twice: the slot is returned as is.
+        source index entry and not parked twice: the slot is returned as is, or with its counter moved past the
+        record when the crash came before the counter was saved.
         """
         source = _source_key(slot.hook_id, record.topic, record.partition, record.offset)
-        if source in self.store.parked:
-            return slot
+        parked_at = self._parked_at(slot.hook_id, source, record)
+        if parked_at is not None:
+            if parked_at < slot.parked_next:
+                return slot
+            # Killed after the entry and its index were written, before the counter moved: move it now, or the
+            # next append would overwrite the entry (and the record, acknowledged as parked, would be lost).
+            moved = slot.model_copy(update={"parked_next": parked_at + 1})
+            await self.store.save_slot(moved)
+            return moved
         seq = slot.parked_next
         key = parked_key(slot.hook_id, seq)
         value = record.value
@@ -75,6 +85,18 @@ class ParkingQueue:
         moved = slot.model_copy(update={"parked_next": seq + 1})
         await self.store.save_slot(moved)
         return moved
+
+    def _parked_at(self, hook_id: int, source: str, record: SourceRecord) -> int | None:
+        """The sequence number ``record`` is parked under, or None (never parked, or its index entry is stale)."""
+        index = self.store.parked.get(source)
+        seq = index.get("seq") if isinstance(index, dict) else None
+        if not isinstance(seq, int):
+            return None
+        entry = self.store.parked.get(parked_key(hook_id, seq))
+        if not isinstance(entry, dict):
+            return None
+        same = (entry.get("topic"), entry.get("partition"), entry.get("offset"))
+        return seq if same == (record.topic, record.partition, record.offset) else None
 
     def head(self, slot: AnyHook) -> SourceRecord | None:
         """The oldest parked record of ``slot``'s hook (None if its entry is missing: it is then skipped)."""

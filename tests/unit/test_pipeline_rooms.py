@@ -91,6 +91,30 @@ async def test_a_record_redelivered_after_a_crash_is_not_parked_twice() -> None:
     assert (await queue.append(slot, other)).parked == 4
 
 
+async def test_a_crash_between_the_index_and_the_counter_loses_no_parked_record() -> None:
+    store = FakeStore()
+    queue = ParkingQueue(store)  # type: ignore[arg-type]
+    before: AnyHook = UnconfiguredHook(hook_id=7)
+    await queue.append(before, record(b"first", 5))  # kill -9 here: the counter's save never reached the changelog
+    store.saved.clear()
+    # The redelivered record is known by its index; the counter must move past it, or the next record takes its seq.
+    slot = await queue.append(before, record(b"first", 5))
+    assert slot.parked_next == 1 and store.saved == [slot]
+    slot = await queue.append(slot, record(b"second", 6))
+    assert [queue.read(7, seq).value for seq in range(2)] == [b"first", b"second"]  # type: ignore[union-attr]
+
+
+async def test_an_index_entry_whose_record_was_overwritten_does_not_count_as_parked() -> None:
+    store = FakeStore()
+    queue = ParkingQueue(store)  # type: ignore[arg-type]
+    before: AnyHook = UnconfiguredHook(hook_id=7)
+    await queue.append(before, record(b"first", 5))  # counter lost again, and before the redelivery arrives...
+    slot = await queue.append(before, record(b"other", 9))  # ...another lane's record took seq 0 (no index of 5)
+    slot = await queue.append(slot, record(b"first", 5))  # the stale index of 5 names seq 0: 5 is parked anew
+    assert slot.parked == 2
+    assert [queue.read(7, seq).offset for seq in range(2)] == [9, 5]  # type: ignore[union-attr]
+
+
 class FakeTopic:
     def __init__(self, refuse_above: int | None = None) -> None:
         self.sent: list[dict[str, Any]] = []
