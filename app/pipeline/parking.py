@@ -7,9 +7,9 @@ one table record must fit in one Kafka record of the changelog. Pieces are writt
 them, and the entry before the slot's counter moves, so a crash in between leaves at most unreferenced pieces that
 the next append of the same sequence number overwrites. An index entry ``<hook>:src:<topic>:<partition>:<offset>``
 per parked record lets a record redelivered after a crash be recognised: it is not parked twice, and a crash
-between its index entry and the counter is mended then (the counter moves past it). An index entry whose entry
-holds another record is stale and ignored. (A high-water offset would not do: lanes admit a partition's records
-out of offset order.)
+between its index entry and the counter is mended then (it is written again, the counter moved past it). An index
+entry whose sequence number holds another record is stale and ignored. (A high-water offset would not do: lanes
+admit a partition's records out of offset order.)
 """
 
 from __future__ import annotations
@@ -49,19 +49,18 @@ class ParkingQueue:
         """Park ``record`` at the end of ``slot``'s queue, durably; returns the slot with its counter moved.
 
         A source record parked already (redelivered after a crash, its offset not committed yet) is found by its
-        source index entry and not parked twice: the slot is returned as is, or with its counter moved past the
-        record when the crash came before the counter was saved.
+        source index entry and not parked twice (the slot is saved again and returned); one whose counter never
+        moved (the crash came between the index entry and the counter) is written again in full.
         """
         source = _source_key(slot.hook_id, record.topic, record.partition, record.offset)
         parked_at = self._parked_at(slot.hook_id, source, record)
-        if parked_at is not None:
-            if parked_at < slot.parked_next:
-                return slot
-            # Killed after the entry and its index were written, before the counter moved: move it now, or the
-            # next append would overwrite the entry (and the record, acknowledged as parked, would be lost).
-            moved = slot.model_copy(update={"parked_next": parked_at + 1})
-            await self.store.save_slot(moved)
-            return moved
+        if parked_at is not None and parked_at < slot.parked_next:
+            # Parked already. A kill -9 may have left the counter in the local store only (written, not yet
+            # acknowledged): saved again, so that the changelog, which another worker would read, holds it too.
+            await self.store.save_slot(slot)
+            return slot
+        # Not parked, or killed between the index entry and the counter (the entry sits at the counter): written
+        # (again) in full. Returning the slot unmoved would let the next append overwrite the entry.
         seq = slot.parked_next
         key = parked_key(slot.hook_id, seq)
         value = record.value

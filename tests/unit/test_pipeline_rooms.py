@@ -100,6 +100,8 @@ async def test_a_crash_between_the_index_and_the_counter_loses_no_parked_record(
     # The redelivered record is known by its index; the counter must move past it, or the next record takes its seq.
     slot = await queue.append(before, record(b"first", 5))
     assert slot.parked_next == 1 and store.saved == [slot]
+    # Redelivered again once the counter moved: not parked twice, the counter saved again (it may have been local).
+    assert await queue.append(slot, record(b"first", 5)) == slot and store.saved == [slot, slot]
     slot = await queue.append(slot, record(b"second", 6))
     assert [queue.read(7, seq).value for seq in range(2)] == [b"first", b"second"]  # type: ignore[union-attr]
 
