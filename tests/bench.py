@@ -69,6 +69,7 @@ class Row:
             f"{rate:.1f}",
             f"{100 * rate / self.raw:.0f} %" if self.raw else "-",
             f"{self.requests / self.messages:.2f}" if self.messages else "-",
+            f"{100 * self.requests / self.seconds / self.raw:.0f} %" if self.raw and self.seconds else "-",
             f"{1000 * self.cpu_seconds / self.events:.2f}" if self.events else "-",
             f"{self.rss_mb:.0f}",
             f"{1000 * _quantile(lags, 0.5):.0f}" if lags else "-",
@@ -76,7 +77,17 @@ class Row:
         ]
 
 
-HEADERS = ["run", "messages/s", "of raw", "GLPI req/msg", "CPU ms/event", "peak RSS MB", "p50 lag ms", "p99 lag ms"]
+HEADERS = [
+    "run",
+    "messages/s",
+    "of raw",
+    "GLPI req/msg",
+    "GLPI req/s of raw",
+    "CPU ms/event",
+    "peak RSS MB",
+    "p50 lag ms",
+    "p99 lag ms",
+]
 
 
 def _quantile(values: list[float], q: float) -> float:

@@ -136,9 +136,6 @@ class KafkaBroker:
                     "group.initial.rebalance.delay.ms=0",
                     "num.partitions=1",
                     "auto.create.topics.enable=false",
-                    # fsync every record: without it the suite found one followup missing in 2 of 3 full runs of the
-                    # shared-contacts chaos case (kill -9, outage, drain); not understood yet (see issue 10's note).
-                    "log.flush.interval.messages=1",
                 ]
             )
         )
