@@ -27,6 +27,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -416,6 +417,8 @@ def main() -> int:
         "--only", choices=["one", "eight", "steady", "rss"], help="run one of the runs, e.g. --only one"
     )
     args = parser.parse_args()
+    # Stopped by a signal (a timeout, a supervisor), unwind as on Ctrl-C: the broker, emulator and worker stop too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.only == "rss" and not args.rss_conversations:
         parser.error("--only rss needs --rss-conversations N")
     EXTRA_ENV.update(item.split("=", 1) for item in args.set)
