@@ -253,11 +253,11 @@ class Demo:
         state = asyncio.run(fetch())
         lines = ["What now exists in GLPI:"]
         for user in state["User"]:
-            if user["id"] != 2:
+            if user["id"] >= 10:  # the emulator's own users (glpi, tech, ...) come first
                 lines.append(f"  User #{user['id']}: {user['firstname']} {user['realname']} <{user['name']}>")
         for ticket in state["Ticket"]:
             lines.append(f"  Ticket #{ticket['id']}: {html.unescape(ticket['name'])}  (status {ticket['status']})")
-            for fup in state["ITILFollowup"]:
+            for fup in sorted(state["ITILFollowup"], key=lambda f: (f["date"], f["id"])):  # GLPI's timeline
                 if fup["items_id"] == ticket["id"]:
                     private = " [private]" if fup["is_private"] else ""
                     text = html.unescape(html.unescape(fup["content"]))

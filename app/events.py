@@ -131,6 +131,7 @@ class NestedMessage(_Model):
     private: bool = False
     created_at: UtcTime = None
     sender_type: str | None = None
+    content_attributes: dict[str, Any] = Field(default_factory=dict)
     sender: dict[str, Any] | None = None
     attachments: list[Attachment] = Field(default_factory=list)
 

@@ -54,6 +54,7 @@ from app.glpi import (
     missing_rights,
 )
 from app.glpi.rights import needed_rights
+from app.sync import mapping
 from app.sync.commands import (
     AddRequester,
     Applied,
@@ -266,12 +267,20 @@ class GlpiExecutor:
             found = await self._look(cmd)
         return found
 
+    async def _fitted(self, itemtype: str, fields: dict[str, object]) -> dict[str, object]:
+        """``fields`` with their varchar values cut to what this GLPI stores (10 counts encoded ``&<>``; 11 not)."""
+        if not any(name in fields for name in mapping.VARCHAR_FIELDS.get(itemtype, ())):
+            return dict(fields)
+        server = await self.client.server_info()
+        return mapping.fit_fields(itemtype, dict(fields), encoded=server.encodes_text)
+
     async def _post(self, cmd: Create, itemtype: str, fields: dict[str, object], before: BeforePost | None) -> int:
+        fields = await self._fitted(itemtype, fields)
         posted_at = self.policy.clock()
         if before is not None:
             await before(cmd, posted_at)
         try:
-            return await self.client.create(itemtype, dict(fields))
+            return await self.client.create(itemtype, fields)
         except GlpiRetryableError as exc:
             if exc.uncertain:
                 raise CreateOutcomeUnknownError(exc, posted_at) from exc
@@ -341,7 +350,7 @@ class GlpiExecutor:
                     return Resolved(found, created=False)
                 return await self._create(cmd, "Contact", cmd.input, before)
             case UpdateItem():
-                await self.client.update(cmd.itemtype, cmd.item_id, cmd.input)
+                await self.client.update(cmd.itemtype, cmd.item_id, await self._fitted(cmd.itemtype, cmd.input))
                 return Applied()
             case EnsureUserEmail():
                 rows = await self.client.get_subitems("User", cmd.user_id, "UserEmail")
@@ -354,8 +363,10 @@ class GlpiExecutor:
             case CreateFollowup():
                 try:
                     return await self._create(cmd, "ITILFollowup", cmd.input, before)
-                except GlpiRejectedError:
-                    # GLPI answers ["ERROR_GLPI_ADD", ""] when the parent ticket is gone: tell the two apart.
+                except (GlpiRejectedError, GlpiAuthError):
+                    # GLPI 10.0.12 and 11.0.8 answer a followup to a ticket that does not exist (never made, or
+                    # purged) with their permission message, as they answer a ticket closed to this profile: read
+                    # the ticket to tell a deleted one (the conversation goes on in a new ticket) from a refusal.
                     await self.client.get_item("Ticket", cmd.ticket_id)  # raises GlpiNotFoundError if gone
                     raise
             case CheckTicket():

@@ -21,6 +21,7 @@ from typing import Any
 
 from app.lanes import FETCHER_MISSING
 from tests.conftest import SyncEnv, envelope, hook_envelope, load_example
+from tests.glpi_emulator import FIRST_USER_ID
 from tests.harness import EmulatorProcess, KafkaBroker, wait_until
 
 #: Expected GLPI status: untouched conversations stay New (1); a reopened one is Processing (2).
@@ -68,6 +69,7 @@ class Workload:
                 sender.update(id=contact_id, email=email, name=f"Chaos {hook} {person}", phone_number=None)
                 body["messages"][0].update(id=hook * 1_000_000 + conv * 1000, sender=dict(sender))
                 sequence.append(envelope("conversation_created", body, hook, hook))
+                work.followups.add(str(hook * 1_000_000 + conv * 1000))  # the message it carries
                 for n in range(1, messages + 1):
                     msg_id = hook * 1_000_000 + conv * 1000 + n
                     msg = load_example("message_created", id=msg_id, content=f"hook {hook} conv {conv} msg {n}")
@@ -148,7 +150,7 @@ def verify(work: Workload, states: list[dict[str, Any]], hooks: set[int] | None 
     """
     verdict = Verdict()
     wanted_hooks = hooks if hooks is not None else set(work.logins)
-    logins = [u["name"] for state in states for u in state["User"] if u["id"] != 2]
+    logins = [u["name"] for state in states for u in state["User"] if u["id"] >= FIRST_USER_ID]
     tickets = [t for state in states for t in _live_tickets(state)]
     contents = [html.unescape(t["content"]) for t in tickets]
     replaced = {(link["tickets_id_1"], link["tickets_id_2"]) for s in states for link in s.get("Ticket_Ticket", [])}

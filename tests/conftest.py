@@ -15,6 +15,8 @@ from app.demo import STORY
 from tests.harness import ChatwootEmulatorProcess, EmulatorProcess, KafkaBroker, WorkerProcess, unique
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
+#: The GLPI versions the emulator answers as (a parameter of the ``emulator`` fixture).
+GLPI_VERSIONS = ("10", "11")
 #: The workers' admin token in the suite (GLPI_SYNC_ADMIN_TOKEN).
 ADMIN_TOKEN = "test-admin-token-7f3e"
 
@@ -70,8 +72,11 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
 
 
 @pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    emu = EmulatorProcess(tmp_path)
+def emulator(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EmulatorProcess]:
+    """The GLPI emulator as GLPI 10.0.12; ``@pytest.mark.parametrize("emulator", GLPI_VERSIONS, indirect=True)``
+    runs a test against GLPI 10 and GLPI 11 (``tests/integration/test_glpi_conformance.py`` holds both to the
+    recorded answers)."""
+    emu = EmulatorProcess(tmp_path, glpi11=getattr(request, "param", "10") == "11")
     emu.start()
     try:
         yield emu

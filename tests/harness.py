@@ -242,9 +242,17 @@ class EmulatorProcess:
     """``python -m tests.glpi_emulator`` on a free port, with a small sync client for its test endpoints."""
 
     def __init__(
-        self, workdir: Path, *, session_ttl: float = 1440.0, tls: Any = None, latency: float = 0.0, capacity: int = 0
+        self,
+        workdir: Path,
+        *,
+        session_ttl: float = 1440.0,
+        tls: Any = None,
+        latency: float = 0.0,
+        capacity: int = 0,
+        glpi11: bool = False,
     ) -> None:
         self.port = free_port()
+        self.glpi11 = glpi11
         self.workdir = workdir
         self.session_ttl = session_ttl
         self.latency = latency
@@ -276,6 +284,7 @@ class EmulatorProcess:
                 "--capacity",
                 str(self.capacity),
                 *(["--certfile", str(self.tls.cert), "--keyfile", str(self.tls.key)] if self.tls else []),
+                *(["--glpi11"] if self.glpi11 else []),
             ],
             cwd=ROOT,
             stdout=log,

@@ -1,6 +1,6 @@
 """GLPI REST API adapter: :class:`GlpiClient`, the error tree of :mod:`app.glpi.errors`, profile rights."""
 
-from app.glpi.client import Criterion, GlpiClient, RequestObserver
+from app.glpi.client import UNKNOWN_SERVER, Criterion, GlpiClient, GlpiServerInfo, RequestObserver
 from app.glpi.errors import (
     GlpiAuthError,
     GlpiError,
@@ -15,6 +15,7 @@ from app.glpi.errors import (
 from app.glpi.rights import Right, missing_rights
 
 __all__ = [
+    "UNKNOWN_SERVER",
     "Criterion",
     "GlpiAuthError",
     "GlpiClient",
@@ -22,6 +23,7 @@ __all__ = [
     "GlpiNotFoundError",
     "GlpiRejectedError",
     "GlpiRetryableError",
+    "GlpiServerInfo",
     "GlpiSessionInvalidError",
     "GlpiUnexpectedResponseError",
     "RequestObserver",

@@ -1,8 +1,10 @@
 """A small client for GLPI's legacy REST API (``apirest.php``), knowing nothing of Chatwoot.
 
 Contract:
-- one GLPI session per client, opened lazily and reused by every call; on 401 ``ERROR_SESSION_TOKEN_INVALID`` the
-  client re-inits once and replays the request once (a second failure raises :class:`GlpiSessionInvalidError`);
+- one GLPI session per client, opened lazily and reused by every call; when GLPI no longer knows the session (10.x:
+  401 ``ERROR_SESSION_TOKEN_INVALID``; 11.x also 400 ``ERROR_SESSION_TOKEN_MISSING`` for a token it cannot decode)
+  the client re-inits once and replays the request once (a second failure raises :class:`GlpiSessionInvalidError`);
+- rows are always read with ids (never ``expand_dropdowns``, which turns ``items_id`` into the parent's *name*);
 - URLs are built by joining strings onto the base, never by RFC 3986 resolution (which would drop
   ``apirest.php``); ``Location`` headers are never followed;
 - every failure is raised as a :mod:`app.glpi.errors` class; transport errors and timeouts become
@@ -40,6 +42,40 @@ from app.glpi.limiter import OVERLOAD_STATUSES, RequestLimiter
 
 #: Called after every HTTP exchange: (operation, method, http status or 0 on transport error, seconds, glpi code).
 RequestObserver = Callable[[str, str, int, float, str | None], None]
+
+
+#: How long the server's version is trusted, and how soon an unanswered question is asked again.
+SERVER_INFO_SECONDS = 3600.0
+SERVER_INFO_RETRY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class GlpiServerInfo:
+    """What the product needs to know of the GLPI it talks to."""
+
+    version: str = ""
+    #: ``document_max_size`` in MiB (GLPI's own unit), None when not told.
+    document_max_size_mb: int | None = None
+
+    @property
+    def major(self) -> int:
+        head = self.version.split(".", 1)[0]
+        return int(head) if head.isdigit() else 10
+
+    @property
+    def encodes_text(self) -> bool:
+        """GLPI 10 stores ``&<>`` as ``&#38;&#60;&#62;`` and cuts varchars after encoding; 11 stores raw text."""
+        return self.major < 11
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GlpiServerInfo:
+        version = config.get("version")
+        size = config.get("document_max_size")
+        size_mb = int(size) if isinstance(size, int | str) and str(size).isdigit() else None
+        return cls(version if isinstance(version, str) else "", size_mb)
+
+
+UNKNOWN_SERVER = GlpiServerInfo()
 
 
 @dataclass(frozen=True)
@@ -85,6 +121,8 @@ class GlpiClient:
         self._on_session_opened = on_session_opened
         self._session_token: str | None = None
         self._init_lock = asyncio.Lock()
+        self._server: GlpiServerInfo | None = None
+        self._server_until = 0.0
         self.sessions_opened = 0
         #: Requests to this GLPI at once (shared by every concurrent call of the client); None: unbounded.
         self.limiter = limiter
@@ -332,22 +370,38 @@ class GlpiClient:
             start += len(page)
 
     async def recent_items(self, itemtype: str, *, start: int = 0, limit: int = 50) -> list[dict[str, Any]]:
-        """Rows of ``GET /{itemtype}`` by ``date_mod``, newest first, from ``start``.
+        """Rows of ``GET /{itemtype}`` by ``date_mod``, newest first, from ``start``; foreign keys are ids.
 
-        Foreign keys come as names (``expand_dropdowns``: ``users_id`` is the author's name).
+        Never with ``expand_dropdowns``: GLPI 10 and 11 then give ``items_id`` as the parent ticket's name and
+        ``users_id`` as a login, so a row could no longer be told apart from another ticket's.
         """
         _, body, _ = await self._array(
             itemtype,
             "GET",
             itemtype,
-            params=[
-                ("sort", "date_mod"),
-                ("order", "DESC"),
-                ("range", f"{start}-{start + limit - 1}"),
-                ("expand_dropdowns", "true"),
-            ],
+            params=[("sort", "date_mod"), ("order", "DESC"), ("range", f"{start}-{start + limit - 1}")],
         )
         return [row for row in body if isinstance(row, dict)]
+
+    async def server_info(self) -> GlpiServerInfo:
+        """The GLPI version and document size limit (``getGlpiConfig``), read once and kept for an hour.
+
+        Never raises: when GLPI does not tell (an error, a proxy, a trimmed configuration), the answer is
+        :data:`UNKNOWN_SERVER` (GLPI 10's rules, the cautious ones) and it is asked again a minute later.
+        """
+        now = time.monotonic()
+        if self._server is not None and now < self._server_until:
+            return self._server
+        try:
+            body = await self._object("getGlpiConfig", "GET", "getGlpiConfig")
+            config = body.get("cfg_glpi")
+            info = GlpiServerInfo.from_config(config if isinstance(config, dict) else {})
+            self._server_until = now + SERVER_INFO_SECONDS
+        except GlpiError:
+            info = UNKNOWN_SERVER
+            self._server_until = now + SERVER_INFO_RETRY_SECONDS
+        self._server = info
+        return info
 
     async def create(self, itemtype: str, fields: dict[str, Any]) -> int:
         """``POST /{itemtype}``: the new id (the ``Location`` header is ignored)."""

@@ -5,7 +5,9 @@
     │                                 ``uncertain``: the request may have taken effect (a create may still land)
     ├── GlpiAuthError                 credentials, API switch or rights refused (hook-wide, or for one item only:
     │   │                             the caller tells the two apart by probing a hook-wide capability)
-    │   └── GlpiSessionInvalidError   401 ERROR_SESSION_TOKEN_INVALID (the client re-inits once before raising)
+    │   └── GlpiSessionInvalidError   the session is not (or no longer) GLPI's: 401 ERROR_SESSION_TOKEN_INVALID, or
+    │                                 (GLPI 11, a token it cannot decode) 400 ERROR_SESSION_TOKEN_MISSING; the
+    │                                 client re-inits once before raising
     ├── GlpiUnexpectedResponseError   the answer is not GLPI's (a redirect, a proxy or SSO page, a 404 for the whole
     │                                 API path, an HTML body): something else stands at the API URL
     └── GlpiRejectedError             GLPI refused this request: dead-letter the event, carry on
@@ -36,6 +38,9 @@ AUTH_CODES = frozenset(
         "ERROR_RIGHT_MISSING",
     }
 )
+#: The session token is unknown to GLPI. GLPI 11 answers a token it cannot decode (never issued, or made by another
+#: instance) with ERROR_SESSION_TOKEN_MISSING, as if none were sent: both mean "open a new session".
+SESSION_CODES = frozenset({"ERROR_SESSION_TOKEN_INVALID", "ERROR_SESSION_TOKEN_MISSING"})
 #: Refused before GLPI did anything: a retry cannot duplicate.
 NOT_PROCESSED_STATUSES = frozenset({408, 425, 429})
 PERMISSION_MESSAGE = "You don't have permission to perform this action."
@@ -167,7 +172,7 @@ def error_for_response(status: int, body: Any, headers: Mapping[str, str] | None
         return GlpiRetryableError(f"HTTP_{status}", text, status, retry_after)
     if code is None:
         return GlpiUnexpectedResponseError(f"HTTP_{status}", describe_answer(status, body, headers, where), status)
-    if code == "ERROR_SESSION_TOKEN_INVALID":
+    if code in SESSION_CODES:
         return GlpiSessionInvalidError(code, message, status)
     if code in AUTH_CODES or (code == "ERROR" and message.startswith("API disabled")):
         return GlpiAuthError(code, message, status)

@@ -88,7 +88,6 @@ class _Resync:
                 mapping.ticket_marker(hook.account_id, conv.conversation_id),
                 hook.account_id,
                 conv.conversation_id,
-                conv.body_message_id,
                 conv.status,
                 lookup_first=True,
             )

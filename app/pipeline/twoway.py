@@ -34,11 +34,20 @@ from app.chatwoot.api import (
     ChatwootUnreachableError,
 )
 from app.events import GlpiChange
-from app.glpi import GlpiError
+from app.glpi import GlpiError, GlpiNotFoundError
 from app.pipeline.source import SourceRecord
 from app.secrets import HookConfigError, resolve_token
 from app.sync.state import HookRecord, SyncView
-from app.twoway.plan import Cursor, action_for, change_events, glpi_epoch, newer_rows, status_events
+from app.twoway.plan import (
+    Cursor,
+    action_for,
+    change_events,
+    display_name,
+    glpi_epoch,
+    newer_rows,
+    rows_to_sync,
+    status_events,
+)
 
 if TYPE_CHECKING:
     from app.glpi.client import GlpiClient
@@ -53,6 +62,10 @@ APPLY_ATTEMPTS = 4
 #: Documents linked per followup or solution.
 MAX_ATTACHMENTS = 10
 APPLY_PAUSE_SECONDS = 2.0
+#: Technicians' names are read once per this many seconds (a renamed technician shows up within the hour).
+AUTHOR_SECONDS = 3600.0
+#: Names kept per worker (a bounded cache: beyond it the oldest are read again when needed).
+AUTHORS_KEPT = 2000
 
 
 class TwoWay:
@@ -61,6 +74,8 @@ class TwoWay:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.store = pipeline.store
+        #: (hook, GLPI user id) → (display name or None, read at): technicians' names for the message signature.
+        self._authors: dict[tuple[int, int], tuple[str | None, float]] = {}
 
     # ------------------------------------------------------------------------------------------- poll
 
@@ -94,6 +109,33 @@ class TwoWay:
             ):
                 break
         return rows
+
+    async def _author_names(self, client: GlpiClient, hook_id: int, rows: list[dict[str, Any]]) -> dict[int, str]:
+        """Display names of the users who wrote ``rows``, read by id (``GET /User/{id}``) and kept for an hour.
+
+        The poll reads rows with ids only (an expanded row names its ticket instead of giving its id); a name that
+        cannot be read leaves the message unsigned rather than holding it back.
+        """
+        now = time.monotonic()
+        names: dict[int, str] = {}
+        for user_id in {row.get("users_id") for row in rows}:
+            if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
+                continue
+            cached = self._authors.get((hook_id, user_id))
+            if cached is None or now - cached[1] > AUTHOR_SECONDS:
+                try:
+                    name = display_name(await client.get_item("User", user_id))
+                except GlpiNotFoundError:
+                    name = None  # a deleted user: unsigned, and not asked again within the hour
+                except GlpiError as exc:
+                    log.warning("two-way: name of GLPI user %s not read: %s", user_id, exc, extra={"hook_id": hook_id})
+                    continue  # asked again at the next poll
+                if len(self._authors) >= AUTHORS_KEPT:
+                    self._authors.pop(next(iter(self._authors)))
+                cached = self._authors[(hook_id, user_id)] = (name, now)
+            if cached[0]:
+                names[user_id] = cached[0]
+        return names
 
     async def _attachments(self, client: GlpiClient, hook: HookRecord, payload: dict[str, Any]) -> list[dict[str, str]]:
         """Links to the GLPI Documents attached to a followup or solution (at most :data:`MAX_ATTACHMENTS`).
@@ -136,7 +178,8 @@ class TwoWay:
                 fresh, moved = newer_rows(rows, cursor or Cursor())
                 cursors[itemtype] = (moved.date_mod, moved.item_id)
                 if cursor is not None:
-                    events += change_events(kind, fresh, tickets, hook.hook_id, hook.account_id)  # type: ignore[arg-type]
+                    authors = await self._author_names(client, hook.hook_id, rows_to_sync(fresh, tickets))
+                    events += change_events(kind, fresh, tickets, hook.hook_id, hook.account_id, authors)  # type: ignore[arg-type]
             if not first:
                 ticket_rows = await client.recent_items("Ticket", limit=POLL_PAGE)
                 events += status_events(ticket_rows, tickets, statuses, hook.hook_id, hook.account_id)

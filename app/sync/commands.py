@@ -97,7 +97,6 @@ class CreateTicket:
     marker: str
     account_id: int
     conversation_id: int
-    body_message_id: int | None
     status: str | None
     lookup_first: bool = False
     not_before: float = 0.0

@@ -35,7 +35,6 @@ from app.events import (
     KnownEvent,
     Message,
     MessageEvent,
-    NestedMessage,
     TokenFromEnv,
     TokenFromFile,
     TokenRef,
@@ -211,7 +210,8 @@ def record_ids(event: KnownEvent | UnknownEvent) -> tuple[int | None, int | None
             return event.payload.id, None, None
         case ConversationEvent():
             sender = event.payload.meta.sender
-            return (sender.id if sender else None), event.payload.id, None
+            carried = carried_message(event)
+            return (sender.id if sender else None), event.payload.id, (carried.id if carried else None)
         case MessageEvent():
             conv = event.payload.conversation
             sender = conv.meta.sender
@@ -306,8 +306,8 @@ def _ensure_contact_command(
             lookups.append(Lookup((_exact(6, snap.phone), _exact(11, snap.phone)), "phone"))
         user_input: dict[str, Any] = {
             "name": login,
-            "firstname": mapping.fit_varchar(first),
-            "realname": mapping.fit_varchar(last),
+            "firstname": first,
+            "realname": last,
             "is_active": 1,
             "entities_id": settings.entity_id,
         }
@@ -335,8 +335,8 @@ def _ensure_contact_command(
     if name_criteria and not contact_lookups:
         fallbacks.append(Lookup(tuple(name_criteria), "name"))
     contact_input: dict[str, Any] = {
-        "name": mapping.fit_varchar(last or first or snap.email or snap.phone or f"Chatwoot contact {contact.id}"),
-        "firstname": mapping.fit_varchar(first if last else ""),
+        "name": last or first or snap.email or snap.phone or f"Chatwoot contact {contact.id}",
+        "firstname": first if last else "",
         "entities_id": settings.entity_id,
         "comment": f"Chatwoot contact {marker}",
     }
@@ -369,9 +369,9 @@ def _contact_sync_step(
     first, last = mapping.split_name(snap.name)
     if name and name != record.name:
         if settings.sync_type == "user":
-            fields.update(firstname=mapping.fit_varchar(first), realname=mapping.fit_varchar(last))
+            fields.update(firstname=first, realname=last)
         else:
-            fields.update(name=mapping.fit_varchar(last or first), firstname=mapping.fit_varchar(first if last else ""))
+            fields.update(name=last or first, firstname=first if last else "")
     if phone and phone != record.phone:
         fields["phone"] = phone
     if settings.sync_type == "contact" and email and email not in record.emails:
@@ -446,11 +446,25 @@ def _attachment_lines(attachments: list[Any]) -> str:
     return "<p>Attachments: " + "<br>".join(links) + "</p>" if links else ""
 
 
-def _first_message(conv: Conversation) -> NestedMessage | None:
-    for msg in conv.messages:
-        if not msg.private and msg.message_type not in (2, "activity"):
-            return msg
-    return None
+#: Chatwoot's channel classes as a technician reads them in a ticket title.
+_CHANNELS = {
+    "Channel::WebWidget": "web chat",
+    "Channel::Whatsapp": "WhatsApp",
+    "Channel::Email": "email",
+    "Channel::Api": "API",
+    "Channel::FacebookPage": "Facebook",
+    "Channel::Instagram": "Instagram",
+    "Channel::TwitterProfile": "X",
+    "Channel::TwilioSms": "SMS",
+    "Channel::Sms": "SMS",
+    "Channel::Telegram": "Telegram",
+    "Channel::Line": "LINE",
+}
+
+
+def _channel(conv: Conversation) -> str | None:
+    channel = conv.channel or ""
+    return _CHANNELS.get(channel) or (channel.removeprefix("Channel::") or None)
 
 
 #: What a replacement ticket says about the one it continues (``ConversationRecord.replaced_because``).
@@ -467,30 +481,38 @@ _REPLACED_TEXT = {
 def _create_ticket_command(
     view: SyncView, account_id: int, conv: Conversation, settings: HookSettings, ctx: SyncContext
 ) -> CreateTicket:
+    """The conversation's ticket: a fixed summary; every message of the conversation then becomes a followup.
+
+    No message is the ticket's description: Chatwoot's ``conversation_created`` carries the conversation's *latest*
+    message when its webhook job runs (chatwoot-events.md §9.4), and any event may arrive first, so a message taken
+    as the description could be the third one. Followups carry each message's Chatwoot date, so the ticket's
+    timeline reads in Chatwoot's order whatever order the events arrive in.
+    """
     record = view.conversation
     sender = conv.meta.sender
-    first = _first_message(conv)
     name, email, _ = _identity(sender, settings) if sender else (None, None, None)
     who = name or email or (sender.phone_number if sender else None) or "a Chatwoot contact"
+    channel = _channel(conv)
     subject = conv.additional_attributes.get("mail_subject")
     headline = (
-        str(subject)
+        " ".join(str(subject).split())
         if isinstance(subject, str) and subject.strip()
-        else (mapping.first_line(first.content) if first and first.content else f"New conversation from {who}")
+        else (f"{who} ({channel})" if channel else who)
     )
     marker = mapping.ticket_marker(account_id, conv.id)
-    body = (mapping.html_paragraphs(first.content) if first else "") or (
-        f"<p>New conversation from {mapping.html_text(who)}</p>"
-    )
-    if first:
-        body += _attachment_lines(first.attachments)
+    started = f", started {mapping.glpi_datetime(conv.created_at, settings.timezone)}" if conv.created_at else ""
+    via = f" via {channel}" if channel else ""
+    body = f"<p>Chatwoot conversation #{conv.id} with {mapping.html_text(who)}{via}{started}.</p>"
+    if isinstance(subject, str) and subject.strip():
+        body += f"<p>Subject: {mapping.html_text(headline)}</p>"
     body += _contact_line(sender, settings)
+    body += "<p>The conversation's messages follow as followups, in Chatwoot's order.</p>"
     url = mapping.conversation_url(ctx.chatwoot_base_url, account_id, conv.id)
     if url:
         body += "<p>" + mapping.html_link(url, f"Open conversation #{conv.id} in Chatwoot") + "</p>"
     urgency = mapping.urgency_for(conv.priority)
     ticket: dict[str, Any] = {
-        "name": mapping.fit_varchar(f"Chat #{conv.id}: {headline}"),
+        "name": f"Chat #{conv.id}: {headline}",
         "type": settings.ticket_type,
         "entities_id": settings.entity_id,
         "urgency": urgency,
@@ -527,7 +549,6 @@ def _create_ticket_command(
         marker,
         account_id,
         conv.id,
-        first.id if first else None,
         conv.status,
         lookup_first=_rebuilding(view) or earlier,
         not_before=not_before,
@@ -582,6 +603,11 @@ def _decide_conversation(view: SyncView, event: ConversationEvent, settings: Hoo
     record = view.conversation
     assert record is not None
     assert record.ticket_id is not None
+    carried = carried_message(event)
+    if carried is not None:
+        followup = _message_step(view, carried, event.account, settings, ctx, deleted=False)
+        if not isinstance(followup, Finished):
+            return followup
     if not is_status_change or conv.status is None:
         return Finished("skipped", "ticket exists", _ticket_ids(view))
     if record.status == conv.status:
@@ -622,6 +648,37 @@ def _followup_content(msg: Message, conv: Conversation, settings: HookSettings, 
     return f"{header}{text}{attachments}<p>{marker}</p>"
 
 
+#: Chatwoot's integer ``message_type`` in nested messages (``conversation.messages[]``).
+_MESSAGE_TYPES = {0: "incoming", 1: "outgoing", 2: "activity", 3: "template"}
+
+
+def carried_message(event: ConversationEvent) -> Message | None:
+    """The message a ``conversation_created`` carries, when it should become a followup (else None).
+
+    Chatwoot puts the conversation's latest message in it (any of them, not the first): it is synced like its own
+    ``message_created`` (which then finds it synced), so a message is never lost when its own webhook is.
+    """
+    if event.event != "conversation_created" or not event.payload.messages:
+        return None
+    nested = event.payload.messages[0]
+    kind = _MESSAGE_TYPES.get(nested.message_type, nested.message_type)  # type: ignore[arg-type]
+    if kind not in ("incoming", "outgoing", "template") or nested.private:
+        return None
+    if ECHO_ATTRIBUTE in nested.content_attributes:
+        return None
+    return Message(
+        id=nested.id,
+        content=nested.content,
+        message_type=kind,
+        private=False,
+        created_at=nested.created_at,
+        content_attributes=nested.content_attributes,
+        sender=nested.sender,
+        attachments=nested.attachments,
+        conversation=event.payload,
+    )
+
+
 def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings, ctx: SyncContext) -> Step:
     msg = event.payload
     conv = msg.conversation
@@ -635,6 +692,14 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
     step = _conversation_prelude(view, event.account, conv, settings, ctx)
     if step is not None:
         return step
+    return _message_step(view, msg, event.account, settings, ctx, deleted=deleted)
+
+
+def _message_step(
+    view: SyncView, msg: Message, account: int, settings: HookSettings, ctx: SyncContext, *, deleted: bool
+) -> Step:
+    """The followup (or deletion note) of ``msg`` once its ticket exists, or Finished when it is in GLPI."""
+    conv = msg.conversation
     conversation = view.conversation
     assert conversation is not None
     assert conversation.ticket_id is not None
@@ -653,6 +718,7 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
         if record is not None and record.followup_id is not None:
             return Finished("skipped", "followup exists", {**ids, "followup_id": record.followup_id})
         if conversation.body_message_id == msg.id:
+            # Tickets made before every message became a followup hold one message as their description.
             return Finished("skipped", "message is the ticket's description", ids)
         marker = mapping.followup_marker(msg.id)
         content = _followup_content(msg, conv, settings, marker)
@@ -676,7 +742,7 @@ def _decide_message(view: SyncView, event: MessageEvent, settings: HookSettings,
         conversation.ticket_id,
         followup,
         marker,
-        event.account,
+        account,
         conv.id,
         msg.id,
         lookup_first=below_cursor or _rebuilding(view) or earlier,

@@ -1,6 +1,6 @@
 """Pure translations from Chatwoot values to GLPI values: status, urgency, names, logins, HTML, dates.
 
-Text rule (GLPI 10 stores ``&<>`` as ``&#38;&#60;&#62;`` and decodes them once when showing):
+Text rule (GLPI 10 stores ``&<>`` as ``&#38;&#60;&#62;`` and decodes them once when showing; 11 stores raw text):
 - plain fields (ticket title, names, phone) are sent raw, so what the technician reads is what the customer wrote;
 - rich-text fields (ticket and followup ``content``) are HTML: customer text is HTML-escaped inside ``<p>``.
 """
@@ -23,7 +23,7 @@ TICKET_STATUS = {"open": 2, "pending": 4, "snoozed": 4, "resolved": 5}
 #: Chatwoot priority → GLPI urgency (1 very low … 5 very high); no priority → 3 (medium).
 URGENCY = {"low": 2, "medium": 3, "high": 4, "urgent": 5}
 
-#: varchar columns hold 255 characters, counted after GLPI 10's HTML encoding.
+#: varchar columns hold 255 characters (GLPI 10 counts them after its HTML encoding, 11 raw).
 GLPI_VARCHAR = 255
 
 # Chatwoot names anonymous widget visitors like "quiet-river-512" until they identify themselves.
@@ -92,19 +92,42 @@ def encoded_length(text: str) -> int:
     return len(text) + 4 * sum(text.count(c) for c in "&<>")
 
 
-def fit_varchar(text: str, limit: int = GLPI_VARCHAR) -> str:
-    """Shorten on a character boundary so the GLPI 10 encoded length fits ``limit`` (ellipsis when cut)."""
-    if encoded_length(text) <= limit:
+def fit_varchar(text: str, limit: int = GLPI_VARCHAR, *, encoded: bool = True) -> str:
+    """Shorten on a character boundary so the stored text fits ``limit`` (ellipsis when cut).
+
+    ``encoded``: GLPI 10 counts the stored length after encoding ``&<>`` (5 characters each) and would cut in the
+    middle of an entity; GLPI 11 stores and counts raw characters.
+    """
+    if (encoded_length(text) if encoded else len(text)) <= limit:
         return text
     out = []
     used = 1  # room for the ellipsis
     for char in text:
-        cost = 5 if char in "&<>" else 1
+        cost = 5 if encoded and char in "&<>" else 1
         if used + cost > limit:
             break
         out.append(char)
         used += cost
     return "".join(out).rstrip() + "…"
+
+
+#: The varchar(255) columns the product writes, by itemtype (logins are shortened where they are made).
+VARCHAR_FIELDS: dict[str, tuple[str, ...]] = {
+    "Ticket": ("name",),
+    "User": ("firstname", "realname", "phone", "mobile"),
+    "Contact": ("name", "firstname", "phone", "mobile", "email"),
+}
+
+
+def fit_fields(itemtype: str, fields: dict[str, Any], *, encoded: bool) -> dict[str, Any]:
+    """``fields`` with every varchar value of ``itemtype`` fitted to what this GLPI stores (see :func:`fit_varchar`)."""
+    names = VARCHAR_FIELDS.get(itemtype, ())
+    if not any(isinstance(fields.get(name), str) for name in names):
+        return fields
+    return {
+        key: fit_varchar(value, encoded=encoded) if key in names and isinstance(value, str) else value
+        for key, value in fields.items()
+    }
 
 
 def first_line(text: str | None, limit: int = 80) -> str:

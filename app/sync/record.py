@@ -155,12 +155,10 @@ def _record_contact(view: SyncView, cmd: EnsureUser | EnsureContact, outcome: Re
 
 def _record_ticket(view: SyncView, cmd: CreateTicket, outcome: Resolved, now: float) -> SyncView:
     conv = _conversation_record(view, cmd.account_id, cmd.conversation_id)
-    cursor = max(filter(None, (conv.last_synced_message_id, cmd.body_message_id)), default=None)
     updated_conv = conv.model_copy(
         update={
             "ticket_id": outcome.glpi_id,
-            "body_message_id": cmd.body_message_id,
-            "last_synced_message_id": cursor,
+            "body_message_id": None,
             "status": cmd.status,
             "ticket_input": stored_input(cmd.input),
             "ticket_checked_at": now,

@@ -57,12 +57,35 @@ def newer_rows(rows: list[dict[str, Any]], cursor: Cursor) -> tuple[list[dict[st
 
 
 def _text(content: Any) -> str:
-    """GLPI's stored HTML (entity-encoded in 10.x) as plain text for a chat message."""
-    value = html.unescape(html.unescape(str(content or "")))
+    """A followup's HTML as plain text for a chat message: tags dropped, entities decoded exactly once.
+
+    The client reads with ``X-GLPI-Sanitized-Content: false``, so GLPI 10 and 11 both give the HTML the technician
+    wrote (``a &amp;lt; b`` stays the ``a &lt; b`` they typed). Only text still in GLPI 10's storage encoding (no
+    raw tag at all, ``&#60;`` instead: the header was lost on the way) is decoded once more first.
+    """
+    value = str(content or "")
+    if "<" not in value and "&#60;" in value:
+        value = html.unescape(value)
     value = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</li>", "\n", value)
-    value = re.sub(r"<[^>]+>", "", value)
+    value = html.unescape(re.sub(r"<[^>]+>", "", value))
     lines = [line.strip() for line in value.splitlines()]
     return "\n".join(line for line in lines if line).strip()
+
+
+def rows_to_sync(rows: list[dict[str, Any]], conversations: Mapping[int, int]) -> list[dict[str, Any]]:
+    """The followup or solution rows of tickets in ``conversations`` (ticket id → conversation id), except ours.
+
+    Rows must be read without ``expand_dropdowns`` (``items_id`` is then the ticket's id, not its name).
+    """
+    kept = []
+    for row in rows:
+        ticket = row.get("items_id")
+        if row.get("itemtype", "Ticket") != "Ticket" or not isinstance(ticket, int) or ticket not in conversations:
+            continue
+        if OUR_FOLLOWUP_MARKER.search(html.unescape(str(row.get("content") or ""))):
+            continue  # written by us from a Chatwoot message: it must not come back
+        kept.append(row)
+    return kept
 
 
 def change_events(
@@ -71,17 +94,18 @@ def change_events(
     conversations: Mapping[int, int],
     hook_id: int,
     account_id: int,
+    authors: Mapping[int, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Envelopes for new followup or solution rows of tickets in ``conversations`` (ticket id → conversation id)."""
+    """Envelopes for new followup or solution rows of tickets in ``conversations`` (ticket id → conversation id).
+
+    ``authors`` names the GLPI users by id (the rows carry ``users_id`` as an id); an author not in it is unnamed.
+    """
     itemtype = "ITILFollowup" if kind == "glpi_followup_added" else "ITILSolution"
     events = []
-    for row in rows:
-        ticket = row.get("items_id")
-        if row.get("itemtype", "Ticket") != "Ticket" or not isinstance(ticket, int) or ticket not in conversations:
-            continue
-        if OUR_FOLLOWUP_MARKER.search(html.unescape(html.unescape(str(row.get("content") or "")))):
-            continue  # written by us from a Chatwoot message: it must not come back
-        author = row.get("users_id")
+    for row in rows_to_sync(rows, conversations):
+        ticket = row["items_id"]
+        user_id = row.get("users_id")
+        author = (authors or {}).get(user_id) if isinstance(user_id, int) else None
         events.append(
             {
                 "event": kind,
@@ -95,7 +119,7 @@ def change_events(
                     "conversation_id": conversations[ticket],
                     "content": _text(row.get("content")),
                     "is_private": bool(row.get("is_private")),
-                    "author": author if isinstance(author, str) else None,
+                    "author": author,
                     "date": row.get("date") or row.get("date_mod"),
                 },
             }
@@ -183,6 +207,13 @@ def action_for(
             return ChatwootAction(ref, signed, private=True)
         return ChatwootAction(ref, signed)
     return ChatwootAction(ref, signed, status="resolved" if resolve_on_solution else None)
+
+
+def display_name(user: Mapping[str, Any]) -> str | None:
+    """How a GLPI user is named to a customer: first and last name, else the login; None when GLPI gave neither."""
+    full = " ".join(str(user.get(key) or "").strip() for key in ("firstname", "realname")).strip()
+    login = str(user.get("name") or "").strip()
+    return " ".join(full.split()) or login or None
 
 
 def glpi_epoch(date: str | None, timezone: str) -> float | None:

@@ -15,7 +15,8 @@ def test_demo_once_on_the_embedded_broker_creates_ticket_and_followups() -> None
     out = proc.stdout
     assert "embedded Kafka-protocol broker (Tansu)" in out
     assert "posted 7 signed Chatwoot webhooks to the ingress" in out
-    assert "Ticket #100: Chat #57: Hello, the VPN client keeps disconnecting every few minutes  (status 5)" in out
-    assert "Followup #1: Marta Silva" in out
-    assert "Followup #2 [private]: Leo Costa (agent)" in out
+    assert "Ticket #100: Chat #57: Marta Silva (web chat)  (status 5)" in out
+    assert "Followup #1: Marta Silva · 2025-11-03 14:01:42 Hello, the VPN client keeps disconnecting" in out
+    assert "Followup #2: Marta Silva" in out
+    assert "Followup #3 [private]: Leo Costa (agent)" in out
     assert "User #10: Marta Silva <marta.silva@example.org>" in out

@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import SyncEnv, envelope, hook_envelope, load_example, story
+from tests.conftest import GLPI_VERSIONS, SyncEnv, envelope, hook_envelope, load_example, story
+from tests.glpi_emulator import FIRST_USER_ID
 from tests.harness import PYTHON, ROOT, WORKER_BIN, EmulatorProcess, wait_until
 
 pytestmark = pytest.mark.broker
@@ -30,6 +31,7 @@ def _decoded(value: str) -> str:
     return html.unescape(value)
 
 
+@pytest.mark.parametrize("emulator", GLPI_VERSIONS, indirect=True)
 def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
     worker = sync_env.worker()
     worker.start()
@@ -73,7 +75,7 @@ def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator:
     ]
 
     state = emulator.state()
-    users = [u for u in state["User"] if u["id"] != 2]
+    users = [u for u in state["User"] if u["id"] >= FIRST_USER_ID]
     assert len(users) == 1
     user = users[0]
     assert (user["name"], user["firstname"], user["realname"], user["phone"]) == (
@@ -88,9 +90,9 @@ def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator:
 
     assert len(state["Ticket"]) == 1
     ticket = state["Ticket"][0]
-    assert _decoded(ticket["name"]) == "Chat #57: Hello, the VPN client keeps disconnecting every few minutes"
+    assert _decoded(ticket["name"]) == "Chat #57: Marta Silva (web chat)"
     content = _decoded(ticket["content"])
-    assert content.startswith("<p>Hello, the VPN client keeps disconnecting every few minutes</p>")
+    assert content.startswith("<p>Chatwoot conversation #57 with Marta Silva via web chat, started 2025-11-03")
     assert "From: Marta Silva · marta.silva@example.org · +351912000111" in content
     assert "[cw:7/57]" in content
     assert (ticket["type"], ticket["entities_id"], ticket["status"], ticket["urgency"]) == (1, 0, 5, 3)
@@ -100,8 +102,11 @@ def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator:
     ]
 
     followups = sorted(state["ITILFollowup"], key=lambda f: f["id"])
-    assert len(followups) == 2
-    incoming, note = followups
+    assert len(followups) == 3
+    first, incoming, note = followups
+    # The message conversation_created carried (the story has no message_created of its own for it).
+    assert first["date"] == "2025-11-03 14:01:42" and "[cw-msg:4410]" in _decoded(first["content"])
+    assert "Hello, the VPN client keeps disconnecting every few minutes" in _decoded(first["content"])
     assert incoming["items_id"] == ticket["id"]
     assert incoming["is_private"] == 0
     assert incoming["date"] == "2025-11-03 14:03:12"
@@ -126,9 +131,10 @@ def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator:
     metrics = body.decode()
     assert 'cwglpi_events_processed_total{event_type="message_created",outcome="synced"} 2.0' in metrics
     assert "cwglpi_sync_lag_seconds_bucket" in metrics
-    assert 'cwglpi_glpi_requests_total{method="POST",operation="ITILFollowup",status="201"} 2.0' in metrics
+    assert 'cwglpi_glpi_requests_total{method="POST",operation="ITILFollowup",status="201"} 3.0' in metrics
 
 
+@pytest.mark.parametrize("emulator", GLPI_VERSIONS, indirect=True)
 def test_reopen_and_contact_mode_requester(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
     worker = sync_env.worker()
     worker.start()
@@ -150,7 +156,7 @@ def test_reopen_and_contact_mode_requester(sync_env: SyncEnv, emulator: Emulator
     assert [c["name"] for c in state["Contact"]] == ["Silva"]
     assert state["Contact"][0]["firstname"] == "Marta"
     assert state["Contact"][0]["email"] == "marta.silva@example.org"
-    assert [u["id"] for u in state["User"]] == [2]  # contact mode never creates users
+    assert [u["id"] for u in state["User"] if u["id"] >= FIRST_USER_ID] == []  # contact mode never creates users
     (ticket,) = state["Ticket"]
     assert ticket["status"] == 2  # resolved (5) then reopened (2)
     assert [(a["users_id"], a["alternative_email"]) for a in state["Ticket_User"]] == [(0, "marta.silva@example.org")]
@@ -185,7 +191,7 @@ def test_worker_restart_mid_stream_loses_and_duplicates_nothing(sync_env: SyncEn
     assert len(state["Ticket"]) == conversations
     markers = [_decoded(f["content"]).split("[cw-msg:")[1].split("]")[0] for f in state["ITILFollowup"]]
     assert len(markers) == len(set(markers)) == conversations * 3
-    assert len([u for u in state["User"] if u["id"] != 2]) == 1
+    assert len([u for u in state["User"] if u["id"] >= FIRST_USER_ID]) == 1
 
 
 def test_bad_records_are_dead_lettered_and_the_agent_carries_on(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
@@ -215,7 +221,7 @@ def test_bad_records_are_dead_lettered_and_the_agent_carries_on(sync_env: SyncEn
     assert headers["__connect.errors.stage"] == "parse"
     assert headers["__connect.errors.exception.class.name"] == "InvalidEnvelopeError"
     assert "hook_id" in headers["__connect.errors.exception.message"]
-    assert len([u for u in emulator.state()["User"] if u["id"] != 2]) == 1
+    assert len([u for u in emulator.state()["User"] if u["id"] >= FIRST_USER_ID]) == 1
 
 
 def _cli(env: SyncEnv, *args: str) -> subprocess.CompletedProcess[str]:
@@ -258,7 +264,7 @@ def test_no_event_is_acknowledged_without_a_trace(sync_env: SyncEnv, emulator: E
     assert reasons[(13, "conversation_typing_on")][0] == "skipped"  # nothing GLPI needs
     dlq = sync_env.read_topic(sync_env.dlq, 2)
     assert sorted(dict(r.headers)["__connect.errors.stage"].decode() for r in dlq) == ["gate", "gate"]
-    assert [u["id"] for u in emulator.state()["User"]] == [2]
+    assert [u["id"] for u in emulator.state()["User"] if u["id"] >= FIRST_USER_ID] == []
 
     # Hook 11's configuration arrives late: its waiting event is synced then.
     sync_env.publish([hook_envelope(emulator.api_url, hook_id=11, account_id=11)])

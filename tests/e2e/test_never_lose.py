@@ -22,6 +22,7 @@ from app.ops import hook_partition
 from app.topology import COMPACTED, changelog_topic
 from tests.conftest import SyncEnv, envelope, hook_envelope, load_example, story
 from tests.e2e.test_resilience import conversation_events, followup_markers, outcomes
+from tests.glpi_emulator import FIRST_USER_ID
 from tests.harness import WORKER_BIN, EmulatorProcess, KafkaBroker, wait_until
 
 pytestmark = pytest.mark.broker
@@ -70,7 +71,7 @@ def test_an_existing_input_topic_decides_the_partition_count(
         worker = env.worker()
         worker.start()
         env.publish([hook_envelope(emulator.api_url), *story()])
-        wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 2, 60, what="the story in GLPI")
+        wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 3, 60, what="the story in GLPI")
         made = partitions_of(kafka, env.control, changelog_topic(env.app_id, "hooks"))
         assert set(made.values()) == {existing}
         # Operator commands computed by the tools land on the hook's own partition.
@@ -115,7 +116,7 @@ def test_records_keyed_by_something_else_than_their_hook_are_dead_lettered(
     assert all("producers must key every record by its hook id (b'7')" in r for r in reasons)
     wait_until(lambda: metric(worker, 'cwglpi_records_misrouted_total{reason="null_key"}') == 1, 20, what="metric")
     assert metric(worker, 'cwglpi_records_misrouted_total{reason="wrong_key"}') == 1
-    assert [u["id"] for u in emulator.state()["User"]] == [2]
+    assert [u["id"] for u in emulator.state()["User"] if u["id"] >= FIRST_USER_ID] == []
 
 
 # ------------------------------------------------------------------------------------------- large events
@@ -319,7 +320,7 @@ def test_a_visitor_identified_after_the_ticket_becomes_its_requester(
     wait_until(lambda: len(emulator.state()["Ticket_User"]) == 1, 60, what="the requester")
     wait_until(lambda: sum(o["event"] == "contact_updated" for o in outcomes(sync_env)) == 2, 30, what="both")
     state = emulator.state()
-    (user,) = [u for u in state["User"] if u["id"] != 2]
+    (user,) = [u for u in state["User"] if u["id"] >= FIRST_USER_ID]
     assert user["name"] == "marta.silva@example.org"
     (actor,) = state["Ticket_User"]
     assert (actor["tickets_id"], actor["users_id"], actor["type"]) == (state["Ticket"][0]["id"], user["id"], 1)

@@ -19,6 +19,7 @@ from app.kafka_io import ensure_topics
 from app.ops import hook_partition
 from app.topology import TABLES
 from tests.conftest import SyncEnv, envelope, hook_envelope, load_example, story
+from tests.glpi_emulator import FIRST_USER_ID
 from tests.harness import WORKER_BIN, EmulatorProcess, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.broker
@@ -148,7 +149,7 @@ def test_repair_resync_and_reset(sync_env: SyncEnv, emulator: EmulatorProcess) -
     worker = sync_env.worker()
     worker.start()
     sync_env.publish([hook_envelope(emulator.api_url), *story()])
-    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 2, 60, what="story synced")
+    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 3, 60, what="story synced")
     before = emulator.state()
     (ticket,) = before["Ticket"]
     conversation = cli_json(sync_env, worker, "inspect", "conversation", "57", "--hook-id", "7")
@@ -184,11 +185,11 @@ def test_repair_resync_and_reset(sync_env: SyncEnv, emulator: EmulatorProcess) -
     assert sorted(markers(state)) == ["4412", "4415"]
 
     # resync contact: the GLPI user was purged by an admin; it is re-created (found first, never doubled).
-    users = [u for u in state["User"] if u["id"] != 2]
+    users = [u for u in state["User"] if u["id"] >= FIRST_USER_ID]
     emulator.delete(f"User/{users[0]['id']}?force_purge=true")
     cli(sync_env, worker, "resync", "contact", "318", "--hook-id", "7")
     wait_outcome(sync_env, lambda o: o["event"] == "resync_contact", "resync contact")
-    users = [u for u in emulator.state()["User"] if u["id"] != 2]
+    users = [u for u in emulator.state()["User"] if u["id"] >= FIRST_USER_ID]
     assert [u["name"] for u in users] == ["marta.silva@example.org"]
     contact = cli_json(sync_env, worker, "inspect", "contact", "318", "--hook-id", "7")["contact"]
     assert contact["glpi_id"] == users[0]["id"]
@@ -209,8 +210,8 @@ def test_repair_resync_and_reset(sync_env: SyncEnv, emulator: EmulatorProcess) -
     result = cli(sync_env, worker, "reset", "hook", "--hook-id", "7", "--since", "2020-01-01T00:00:00Z")
     assert "rebuilt from" in result.stdout and "synced 7/7" in result.stdout
     after = emulator.state()
-    assert len(after["Ticket"]) == 1 and len(after["ITILFollowup"]) == 2
-    assert len([u for u in after["User"] if u["id"] != 2]) == 1
+    assert len(after["Ticket"]) == 1 and len(after["ITILFollowup"]) == 3
+    assert len([u for u in after["User"] if u["id"] >= FIRST_USER_ID]) == 1
     rebuilt = cli_json(sync_env, worker, "inspect", "conversation", "57", "--hook-id", "7")
     assert rebuilt["conversation"]["ticket_id"] == new_ticket["id"]
     assert cli_json(sync_env, worker, "inspect", "hook", "--hook-id", "7")["rebuilding"] is False
@@ -298,7 +299,7 @@ def test_metrics_expose_lag_pauses_and_per_hook_freshness(sync_env: SyncEnv, emu
     worker = sync_env.worker()
     worker.start()
     sync_env.publish([hook_envelope(emulator.api_url), *story()])
-    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 2, 60, what="story")
+    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 3, 60, what="story")
     wait_until(lambda: "cwglpi_consumer_lag_messages{" in worker.http_get("/metrics")[1].decode(), 30, what="lag gauge")
     metrics = worker.http_get("/metrics")[1].decode()
     for name in (
@@ -317,7 +318,7 @@ def test_resets_keep_operator_decisions_and_never_replay_replays(sync_env: SyncE
     worker.start()
     sync_env.publish([hook_envelope(emulator.api_url), *story()])
     sync_env.publish_raw([(b"7", b"not json at all"), (b"7", b'{"event": "message_created"}')])
-    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 2, 60, what="story synced")
+    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 3, 60, what="story synced")
     wait_until(lambda: len(cli_json(sync_env, worker, "dlq", "list", "--json")) == 2, 30, what="2 parse failures")
     for run in range(3):
         result = cli(sync_env, worker, "reset", "hook", "--hook-id", "7", "--since", "2020-01-01T00:00:00Z")
@@ -327,7 +328,7 @@ def test_resets_keep_operator_decisions_and_never_replay_replays(sync_env: SyncE
             assert f"not replayed: {7 * run} earlier replay(s) of a reset" in result.stdout
         assert len(cli_json(sync_env, worker, "dlq", "list", "--json")) == 2  # not 4, not 8
     state = emulator.state()
-    assert len(state["Ticket"]) == 1 and len(state["ITILFollowup"]) == 2
+    assert len(state["Ticket"]) == 1 and len(state["ITILFollowup"]) == 3
     # An operator's decision survives a reset: the replay never re-enables a disabled hook.
     cli(sync_env, worker, "hook", "disable", "--hook-id", "7")
     wait_outcome(sync_env, lambda o: o["event"] == "hook_disable", "disable")

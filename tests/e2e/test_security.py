@@ -149,7 +149,7 @@ def test_state_and_admin_endpoints_need_the_admin_token(sync_env: SyncEnv, emula
     worker = sync_env.worker()
     worker.start()
     sync_env.publish([hook_envelope(emulator.api_url), *story()])
-    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 2, 60, what="story")
+    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 3, 60, what="story")
     for path in ("/metrics", "/health/live", "/health/ready"):  # Prometheus and the kubelet need no token
         assert worker.http_get(path, token=None)[0] == 200, path
     for path in STATE_PATHS:
@@ -200,7 +200,7 @@ def test_worker_and_tools_over_sasl_ssl_with_scram(kafka: KafkaBroker, tmp_path:
         story_file = tmp_path / "story.jsonl"
         story_file.write_text("\n".join(orjson.dumps(e).decode() for e in story()))
         assert cli(env, "publish", str(story_file), **env_overrides).returncode == 0
-        wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 2, 60, what="the story over SASL_SSL")
+        wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 3, 60, what="the story over SASL_SSL")
         dlq = cli(env, "dlq", "list", "--json", **env_overrides)
         assert dlq.returncode == 0 and orjson.loads(dlq.stdout) == []
         # The worker's changelogs were created and written through the secure listener too.
@@ -232,7 +232,7 @@ def test_glpi_with_a_private_ca(sync_env: SyncEnv, tmp_path: Path) -> None:
         trusting.env["GLPI_SYNC_GLPI_CA_FILE"] = str(certs.ca)
         trusting.start()
         sync_env.publish([hook_envelope(glpi.api_url), *story()])
-        wait_until(lambda: len(glpi.state()["ITILFollowup"]) == 2, 60, what="the story over https")
+        wait_until(lambda: len(glpi.state()["ITILFollowup"]) == 3, 60, what="the story over https")
         tested = cli(sync_env, "hook", "test", "--hook-id", "7")
         assert f"✔ TLS certificate valid: verified against {certs.ca}" in tested.stdout
         # The same hook tested by a worker that does not trust the CA: the doctor says which and why.

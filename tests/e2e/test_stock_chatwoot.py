@@ -17,6 +17,7 @@ import pytest
 
 from app.chatwoot.webhooks import sign
 from tests.conftest import SyncEnv, hook_envelope
+from tests.glpi_emulator import FIRST_USER_ID
 from tests.harness import (
     WORKER_BIN,
     ChatwootEmulatorProcess,
@@ -92,8 +93,8 @@ def test_signed_webhooks_reach_glpi_field_by_field_and_a_redelivery_writes_nothi
             "POST", "message", {"conversation_id": conversation, "content": "Restart it", "message_type": "outgoing"}
         )
         chatwoot.call("POST", "status", {"conversation_id": conversation, "status": "resolved"})
-        # The first message is the ticket's description (it rides in conversation_created); two followups follow.
-        wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 2, 90, what="two followups")
+        # Every message is a followup, once (the first also rides in conversation_created).
+        wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 3, 90, what="three followups")
         wait_until(lambda: emulator.state()["Ticket"][0]["status"] == 5, 60, what="ticket solved")
 
         deliveries = chatwoot.deliveries()
@@ -111,7 +112,7 @@ def test_signed_webhooks_reach_glpi_field_by_field_and_a_redelivery_writes_nothi
         assert ingress_metric(ingress, 'cwglpi_ingress_ignored_events_total{event="conversation_typing_on"}') == 1
 
         state = emulator.state()
-        (user,) = [u for u in state["User"] if u["id"] != 2]
+        (user,) = [u for u in state["User"] if u["id"] >= FIRST_USER_ID]
         assert (user["name"], user["firstname"], user["realname"], user["phone"]) == (
             "marta.silva@example.org",
             "Marta",
@@ -119,13 +120,13 @@ def test_signed_webhooks_reach_glpi_field_by_field_and_a_redelivery_writes_nothi
             "+351912000111",
         )
         (ticket,) = state["Ticket"]
-        assert html.unescape(ticket["name"]) == f"Chat #{conversation}: The VPN drops every few minutes"
+        assert html.unescape(ticket["name"]) == f"Chat #{conversation}: Marta Silva (web chat)"
         assert f"[cw:7/{conversation}]" in html.unescape(ticket["content"])
-        assert "The VPN drops every few minutes" in html.unescape(ticket["content"])
         assert "From: Marta Silva · marta.silva@example.org · +351912000111" in html.unescape(ticket["content"])
-        followups = [html.unescape(f["content"]) for f in sorted(state["ITILFollowup"], key=lambda f: f["id"])]
-        assert "Since this morning" in followups[0]
-        assert "Restart it" in followups[1] and "Ana Agent" in followups[1]
+        followups = [html.unescape(f["content"]) for f in sorted(state["ITILFollowup"], key=lambda f: f["date"])]
+        assert "The VPN drops every few minutes" in followups[0]
+        assert "Since this morning" in followups[1]
+        assert "Restart it" in followups[2] and "Ana Agent" in followups[2]
 
         # Chatwoot retries a delivery it thinks failed, with the same delivery id: nothing new reaches GLPI.
         writes = glpi_writes(emulator)
@@ -143,7 +144,7 @@ def test_signed_webhooks_reach_glpi_field_by_field_and_a_redelivery_writes_nothi
         )
         delivery = str(uuid.uuid4())
         assert ingress.post("/webhooks/chatwoot/7", body, signed(body, delivery))[0] == 200
-        wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 3, 60, what="the new message")
+        wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 4, 60, what="the new message")
         writes = glpi_writes(emulator)
         for _ in range(2):
             assert ingress.post("/webhooks/chatwoot/7", body, signed(body, delivery))[0] == 200
@@ -153,7 +154,7 @@ def test_signed_webhooks_reach_glpi_field_by_field_and_a_redelivery_writes_nothi
             what="two redeliveries recognised",
         )
         assert glpi_writes(emulator) == writes
-        assert len(emulator.state()["ITILFollowup"]) == 3
+        assert len(emulator.state()["ITILFollowup"]) == 4
     finally:
         ingress.stop()
 
@@ -317,4 +318,4 @@ def test_backfill_of_500_conversations_run_twice_and_interrupted_gives_each_once
         assert [f"conversation {number} message {i}" in text for i, text in enumerate(texts)] == [True] * 3
     solved = [t for t in tickets if t["status"] == 5]
     assert len(solved) == 250  # every other one was resolved in Chatwoot
-    assert len([u for u in state["User"] if u["id"] != 2]) == 500
+    assert len([u for u in state["User"] if u["id"] >= FIRST_USER_ID]) == 500

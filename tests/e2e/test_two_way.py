@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import SyncEnv, hook_envelope
+from tests.conftest import GLPI_VERSIONS, SyncEnv, hook_envelope
 from tests.e2e.test_stock_chatwoot import SECRET, ingress_for
 from tests.harness import WORKER_BIN, ChatwootEmulatorProcess, EmulatorProcess, wait_until
 
@@ -33,7 +33,8 @@ class Technician:
     def __init__(self, emulator: EmulatorProcess) -> None:
         self.api = emulator.api_url
         self.headers = {"App-Token": "emulator-app-token", "Authorization": "user_token emulator-user-token"}
-        self.user_id = self._call("POST", "User", {"input": {"name": "ana.tech", "realname": "Tech"}})["id"]
+        technician = {"name": "ana.tech", "firstname": "Ana", "realname": "Tech & Co"}
+        self.user_id = self._call("POST", "User", {"input": technician})["id"]
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         async def go() -> Any:
@@ -73,6 +74,7 @@ def outcome_with(sync_env: SyncEnv, text: str) -> int:
     return sum(text in str(o.get("msg")) for w in sync_env.workers for o in w.outcomes())
 
 
+@pytest.mark.parametrize("emulator", GLPI_VERSIONS, indirect=True)
 def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
     sync_env: SyncEnv, emulator: EmulatorProcess, chatwoot: ChatwootEmulatorProcess, tmp_path: Path
 ) -> None:
@@ -105,15 +107,18 @@ def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
         technician = Technician(emulator)
 
         # A public followup: one outgoing message, signed with the technician's name.
-        public = technician.followup(ticket, "Please reinstall the VPN client")
+        # The technician's rich text: "R&D" and a literal "&lt;Enter&gt;" they typed (HTML-escaped once more).
+        public = technician.followup(ticket, "Please reinstall the VPN client (R&amp;D: press &amp;lt;Enter&amp;gt;)")
         wait_until(lambda: len(posted(chatwoot, conversation)) == 1, 60, what="the answer in Chatwoot")
         (message,) = posted(chatwoot, conversation)
         assert message["message_type"] == "outgoing" and not message["private"]
-        assert message["content"] == "Please reinstall the VPN client\n\n— ana.tech (GLPI)"
+        assert (
+            message["content"] == "Please reinstall the VPN client (R&D: press &lt;Enter&gt;)\n\n— Ana Tech & Co (GLPI)"
+        )
         assert message["content_attributes"]["cwglpi"] == f"ITILFollowup:{public}"
         # Its message_created webhook comes back through the ingress and creates nothing in GLPI.
         wait_until(lambda: outcome_with(sync_env, "posted by the two-way sync") >= 1, 60, what="the echo")
-        assert len(emulator.state()["ITILFollowup"]) == 1  # the technician's, nothing of ours
+        assert len(emulator.state()["ITILFollowup"]) == 2  # the customer's first message and the technician's
 
         # A private followup: skipped by this hook's setting.
         technician.followup(ticket, "internal: check the gateway", private=True)
@@ -126,7 +131,7 @@ def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
         wait_until(lambda: outcome_with(sync_env, "Did that help") + outcome_with(sync_env, "posted message") >= 2, 90)
         time.sleep(3)
         assert [m["content"].split("\n")[0] for m in posted(chatwoot, conversation)] == [
-            "Please reinstall the VPN client",
+            "Please reinstall the VPN client (R&D: press &lt;Enter&gt;)",
             "Did that help?",
         ]
 
@@ -156,7 +161,7 @@ def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
         wait_until(lambda: outcome_with(sync_env, "ticket status already matches resolved") >= 1, 60)
         puts = [r for r in emulator.requests() if r["method"] == "PUT" and r["path"].startswith("Ticket/")]
         assert puts == []  # GLPI solved it; nothing was written back
-        assert len(emulator.state()["ITILFollowup"]) == 4  # the technician's four, none of ours
+        assert len(emulator.state()["ITILFollowup"]) == 5  # the customer's first message, the technician's four
 
         # Both directions in one trace.
         trace = subprocess.run(
@@ -211,6 +216,7 @@ def glpi_signed(body: bytes, at: float | None = None, secret: str = GLPI_SECRET)
     return {"Content-Type": "application/json", "X-GLPI-signature": digest, "X-GLPI-timestamp": timestamp}
 
 
+@pytest.mark.parametrize("emulator", ["11"], indirect=True)
 def test_glpi_11_webhooks_make_the_answer_go_back_at_once(
     sync_env: SyncEnv, emulator: EmulatorProcess, chatwoot: ChatwootEmulatorProcess, tmp_path: Path
 ) -> None:
@@ -246,7 +252,7 @@ def test_glpi_11_webhooks_make_the_answer_go_back_at_once(
         wait_until(lambda: len(posted(chatwoot, conversation)) == 1, 60, what="the answer, without a timed poll")
         (answer,) = posted(chatwoot, conversation)
         link = f"{emulator.api_url.removesuffix('/apirest.php')}/front/document.send.php?docid={document}"
-        assert answer["content"] == f"On it\n\nAttachments:\n- vpn-profile.ovpn: {link}\n\n— ana.tech (GLPI)"
+        assert answer["content"] == f"On it\n\nAttachments:\n- vpn-profile.ovpn: {link}\n\n— Ana Tech & Co (GLPI)"
 
         # A producer forging a GLPI change on the producers' topic cannot message the customer.
         forged = {

@@ -32,7 +32,7 @@ from app.sync.commands import (
     Resolved,
     SearchCriterion,
 )
-from tests.glpi_emulator import Emulator, Rule, build_app
+from tests.glpi_emulator import FIRST_USER_ID, Emulator, Rule, build_app
 from tests.harness import free_port
 
 
@@ -217,7 +217,7 @@ async def test_ensure_user_finds_before_creating(served: Served) -> None:
     assert created == Resolved(created.glpi_id, created=True)  # type: ignore[union-attr]
     again = await executor.run(_ensure_user())
     assert again == Resolved(created.glpi_id, created=False)  # type: ignore[union-attr]
-    assert len([u for u in served.emu.items["User"].values() if u["name"] != "glpi"]) == 1
+    assert len([u for u in served.emu.items["User"].values() if u["id"] >= FIRST_USER_ID]) == 1
 
 
 async def test_ensure_user_adopts_an_existing_login(served: Served) -> None:
@@ -243,10 +243,10 @@ async def test_ensure_user_email_never_duplicates(served: Served) -> None:
 async def test_ticket_and_followup_lookups_find_what_a_lost_reply_created(served: Served) -> None:
     client = served.client()
     executor = GlpiExecutor(client)
-    ticket = CreateTicket({"name": "t", "content": "<p>[cw:7/57]</p>"}, "[cw:7/57]", 7, 57, None, "open")
+    ticket = CreateTicket({"name": "t", "content": "<p>[cw:7/57]</p>"}, "[cw:7/57]", 7, 57, "open")
     first = await executor.run(ticket)
     assert isinstance(first, Resolved)
-    replay = CreateTicket(ticket.input, ticket.marker, 7, 57, None, "open", lookup_first=True)
+    replay = CreateTicket(ticket.input, ticket.marker, 7, 57, "open", lookup_first=True)
     assert await executor.run(replay) == Resolved(first.glpi_id, created=False)
     follow = CreateFollowup(
         first.glpi_id,
@@ -313,7 +313,7 @@ async def test_a_reply_lost_after_the_write_never_duplicates(served: Served, pat
     served.emu.faults.append(Rule(path=path, method="POST", kind="drop", count=1))
     executor = GlpiExecutor(client, RetryPolicy(base=0.01, budget=5))
     commands = {
-        "^Ticket$": CreateTicket({"name": "t", "content": "<p>[cw:7/99]</p>"}, "[cw:7/99]", 7, 99, None, "open"),
+        "^Ticket$": CreateTicket({"name": "t", "content": "<p>[cw:7/99]</p>"}, "[cw:7/99]", 7, 99, "open"),
         "^ITILFollowup$": CreateFollowup(
             ticket_id,
             {"itemtype": "Ticket", "items_id": ticket_id, "content": "<p>[cw-msg:5]</p>"},
@@ -337,7 +337,7 @@ async def test_a_reply_lost_after_the_write_never_duplicates(served: Served, pat
 
 def _ticket(conversation: int = 61) -> CreateTicket:
     marker = f"[cw:7/{conversation}]"
-    return CreateTicket({"name": "t", "content": f"<p>{marker}</p>"}, marker, 7, conversation, None, "open")
+    return CreateTicket({"name": "t", "content": f"<p>{marker}</p>"}, marker, 7, conversation, "open")
 
 
 def _with_marker(emu: Emulator, marker: str) -> list[dict[str, object]]:

@@ -154,19 +154,48 @@ def test_a_glpi_11_signature_is_the_hmac_of_the_body_then_the_timestamp() -> Non
     assert verify_glpi(["s"], None, stamp, body, NOW, max_age=3600).refusal == "missing_signature"
 
 
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [
+        ("<p>R&amp;D says a &amp;lt; b</p>", "R&D says a &lt; b"),  # what the technician typed, decoded once
+        ("<p>line one</p><p>line <b>two</b></p>", "line one\nline two"),
+        ("Merci Zoë & Łukasz 👍\nline two", "Merci Zoë & Łukasz 👍\nline two"),  # plain text posted through the API
+        ("&#60;p&#62;R&#38;amp;D&#60;/p&#62;", "R&D"),  # GLPI 10's storage encoding (the decode header was lost)
+    ],
+)
+def test_a_technicians_text_reaches_the_customer_as_typed(content: str, text: str) -> None:
+    from app.twoway.plan import change_events
+
+    row = {"id": 5, "itemtype": "Ticket", "items_id": 100, "content": content, "users_id": 4}
+    (event,) = change_events("glpi_followup_added", [row], {100: 57}, 7, 7)
+    assert event["payload"]["content"] == text
+
+
+def test_a_glpi_user_is_named_by_first_and_last_name_else_login() -> None:
+    from app.twoway.plan import display_name
+
+    assert display_name({"name": "tech", "firstname": "Ana", "realname": "Tech"}) == "Ana Tech"
+    assert display_name({"name": "tech", "firstname": None, "realname": None}) == "tech"
+    assert display_name({"name": "", "firstname": "", "realname": ""}) is None
+
+
 def test_two_way_plans_keep_our_own_followups_and_unmapped_tickets_out() -> None:
     from app.twoway.plan import Cursor, action_for, change_events, newer_rows, status_events
 
     rows = [
-        {"id": 12, "items_id": 100, "date_mod": "2026-12-02 10:00:05", "content": "&lt;p&gt;Reinstall&lt;/p&gt;"},
+        {"id": 12, "items_id": 100, "date_mod": "2026-12-02 10:00:05", "content": "<p>Reinstall</p>", "users_id": 4},
         {"id": 11, "items_id": 100, "date_mod": "2026-12-02 10:00:05", "content": "seen already"},
         {"id": 13, "items_id": 100, "date_mod": "2026-12-02 10:00:06", "content": "from chat [cw-msg:4412]"},
         {"id": 14, "items_id": 999, "date_mod": "2026-12-02 10:00:07", "content": "not our ticket"},
     ]
     fresh, cursor = newer_rows(rows, Cursor("2026-12-02 10:00:05", 11))  # same second: the id breaks the tie
     assert [r["id"] for r in fresh] == [12, 13, 14] and cursor == Cursor("2026-12-02 10:00:07", 14)
-    events = change_events("glpi_followup_added", fresh, {100: 57}, 7, 7)
+    events = change_events("glpi_followup_added", fresh, {100: 57}, 7, 7, {4: "Ana Tech"})
     assert [(e["event_id"], e["payload"]["content"]) for e in events] == [("glpi:ITILFollowup:12", "Reinstall")]
+    assert events[0]["payload"]["author"] == "Ana Tech"
+    # An expanded row (items_id as the ticket's name, users_id as a login) is never taken for a ticket of ours.
+    expanded = {**rows[0], "id": 15, "items_id": "Chat #57: Marta Silva (web chat)", "users_id": "tech"}
+    assert change_events("glpi_followup_added", [expanded], {100: 57}, 7, 7) == []
     tickets = [{"id": 100, "status": 5, "date_mod": "x"}, {"id": 101, "status": 2, "date_mod": "x"}]
     changed = status_events(tickets, {100: 57, 101: 58}, {100: "open", 101: "open"}, 7, 7)
     assert [(e["payload"]["conversation_id"], e["payload"]["status"]) for e in changed] == [(57, 5)]

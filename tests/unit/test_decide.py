@@ -23,7 +23,7 @@ from app.sync.commands import (
     TicketState,
     UpdateItem,
 )
-from app.sync.decide import apply_hook_event, decide, validate_hook_settings
+from app.sync.decide import apply_hook_event, decide, record_ids, validate_hook_settings
 from app.sync.record import record, with_intent
 from app.sync.state import (
     ContactRecord,
@@ -203,17 +203,26 @@ def test_pending_user_intent_makes_the_retry_look_first() -> None:
 # --------------------------------------------------------------------------------------------------- tickets
 
 
-def test_conversation_creates_user_then_ticket_with_requester_and_body() -> None:
+def test_conversation_creates_user_then_ticket_with_requester_and_summary() -> None:
     ev = event("conversation_created")
-    commands, finished, view = run(SyncView(hook=hook(category_id="12")), ev, [Resolved(42), Resolved(1234)])
-    ensure, ticket = commands
+    commands, finished, view = run(
+        SyncView(hook=hook(category_id="12")), ev, [Resolved(42), Resolved(1234), Resolved(9001)]
+    )
+    ensure, ticket, carried = commands
     assert isinstance(ensure, EnsureUser)
     assert isinstance(ticket, CreateTicket)
+    # The message conversation_created carries is a followup like any other (its own event then finds it synced).
+    assert isinstance(carried, CreateFollowup) and carried.message_id == 4410
+    assert (
+        carried.input["date"] == "2025-11-03 14:01:42" and "VPN client keeps disconnecting" in carried.input["content"]
+    )
     assert ticket.marker == "[cw:7/57]"
     assert not ticket.lookup_first
     fields = ticket.input
-    assert fields["name"] == "Chat #57: Hello, the VPN client keeps disconnecting every few minutes"
-    assert fields["content"].startswith("<p>Hello, the VPN client keeps disconnecting every few minutes</p>")
+    assert fields["name"] == "Chat #57: Marta Silva (web chat)"
+    assert fields["content"].startswith("<p>Chatwoot conversation #57 with Marta Silva via web chat, started 2025-11")
+    # No message is the description: conversation_created carries the latest message, not the first (§9.4).
+    assert "VPN client" not in fields["content"]
     assert '<a href="https://chat.northwind.example/app/accounts/7/conversations/57">' in fields["content"]
     assert "[cw:7/57]" in fields["content"]
     assert (fields["type"], fields["entities_id"], fields["urgency"], fields["itilcategories_id"]) == (
@@ -230,7 +239,6 @@ def test_conversation_creates_user_then_ticket_with_requester_and_body() -> None
         account_id=7,
         conversation_id=57,
         ticket_id=1234,
-        body_message_id=4410,
         last_synced_message_id=4410,
         status="open",
         ticket_checked_at=0.0,  # the clock the run was given: GLPI just showed the ticket usable
@@ -276,14 +284,16 @@ def test_urgency_follows_priority(priority: str | None, urgency: int) -> None:
 
 def test_hostile_html_is_escaped_in_content_and_raw_in_title() -> None:
     conv = load_example("conversation_created")
-    conv["messages"][0]["content"] = "<script>alert(1)</script> & co\nline two"
+    conv["meta"]["sender"]["name"] = "<script>alert(1)</script> & co"
+    conv["additional_attributes"]["mail_subject"] = "Re: <b>invoice</b> &\n  overdue"
     import orjson
 
     ev = parse_envelope(orjson.dumps(envelope("conversation_created", conv)))
     step = decide(SyncView(hook=hook(), contact=MARTA), ev, CTX)
     assert isinstance(step, CreateTicket)
-    assert step.input["name"] == "Chat #57: <script>alert(1)</script> & co"  # the first line only
-    assert step.input["content"].startswith("<p>&lt;script&gt;alert(1)&lt;/script&gt; &amp; co<br>line two</p>")
+    assert step.input["name"] == "Chat #57: Re: <b>invoice</b> & overdue"  # an email's subject, raw, one line
+    assert step.input["content"].startswith("<p>Chatwoot conversation #57 with &lt;script&gt;alert(1)&lt;/script&gt;")
+    assert "<p>Subject: Re: &lt;b&gt;invoice&lt;/b&gt; &amp; overdue</p>" in step.input["content"]
 
 
 # --------------------------------------------------------------------------------------------------- messages
@@ -330,9 +340,10 @@ def test_message_below_the_cursor_without_record_is_looked_up_not_dropped() -> N
 
 def test_message_for_an_unknown_conversation_creates_the_ticket_first() -> None:
     commands, _, view = run(SyncView(hook=hook(), contact=MARTA), event("message_created"), [Resolved(5), Resolved(6)])
-    assert [type(c) for c in commands] == [CreateTicket]  # the message is the ticket body
+    assert [type(c) for c in commands] == [CreateTicket, CreateFollowup]  # the message is a followup too
     assert view.conversation is not None
-    assert view.conversation.body_message_id == 4412
+    assert view.conversation.body_message_id is None
+    assert view.message is not None and view.message.followup_id == 6
 
 
 def test_followup_intent_makes_the_retry_look_first() -> None:
@@ -461,8 +472,8 @@ def test_a_visitor_identified_after_its_ticket_becomes_its_requester_once() -> N
     import orjson
 
     conv_event = parse_envelope(orjson.dumps(envelope("conversation_created", anonymous)))
-    commands, _, view = run(SyncView(hook=hook()), conv_event, [Resolved(1234)])
-    (ticket,) = commands
+    commands, _, view = run(SyncView(hook=hook()), conv_event, [Resolved(1234), Resolved(9001)])
+    ticket, _carried = commands
     assert isinstance(ticket, CreateTicket)
     assert "_users_id_requester" not in ticket.input
     assert view.contact is not None and view.contact.tickets_without_requester == (1234,)
@@ -502,15 +513,15 @@ def test_a_ticket_quiet_for_a_while_is_read_before_the_next_followup() -> None:
 def test_a_closed_ticket_is_continued_in_a_new_linked_ticket() -> None:
     ctx = replace(CTX, now=10_000.0)
     quiet = SyncView(hook=hook(), contact=MARTA, conversation=TICKET.model_copy(update={"ticket_checked_at": 1.0}))
-    commands, finished, view = run(quiet, event("message_created"), [TicketState(6), Resolved(1300)], ctx)
-    check, new_ticket = commands
+    commands, _, view = run(quiet, event("message_created"), [TicketState(6), Resolved(1300), Resolved(88)], ctx)
+    check, new_ticket, followup = commands
     assert check == CheckTicket(1234)
     assert isinstance(new_ticket, CreateTicket)
     assert new_ticket.input["_link"] == {"tickets_id_1": 0, "link": 1, "tickets_id_2": 1234}
     assert "went on after GLPI ticket #1234 was closed" in new_ticket.input["content"]
-    # The message that continued the conversation opens the new ticket (its description, not a followup).
-    assert new_ticket.input["content"].startswith("<p>Screenshot of the error attached</p>")
-    assert finished.reason == "message is the ticket's description"
+    # The message that continued the conversation is the new ticket's first followup.
+    assert isinstance(followup, CreateFollowup) and followup.ticket_id == 1300
+    assert "Screenshot of the error attached" in followup.input["content"]
     assert view.conversation is not None
     assert (view.conversation.ticket_id, view.conversation.replaced_ticket_ids) == (1300, (1234,))
 
@@ -549,3 +560,74 @@ def test_an_intent_bounds_the_next_post_by_the_late_commit_window() -> None:
     step = decide(view, event("message_created"), replace(CTX, late_commit_window=120))
     assert isinstance(step, CreateFollowup)
     assert step.lookup_first and step.not_before == 620.0
+
+
+# ------------------------------------------------------------------------------------ Chatwoot's order of messages
+
+
+def _message(number: int) -> dict[str, Any]:
+    """Message m<number> of conversation 57: ids and times grow with the number, as in Chatwoot."""
+    payload = load_example("message_created")
+    payload.pop("attachments", None)
+    payload.update(id=4410 + number, content=f"m{number}: text {number}", created_at=1762178500 + 60 * number)
+    return payload
+
+
+def _carrying(payload: dict[str, Any], latest: int) -> dict[str, Any]:
+    """``payload`` whose (nested) conversation carries message m<latest>, as Chatwoot's webhook job builds it."""
+    nested = {k: v for k, v in _message(latest).items() if k not in ("conversation", "event", "account")}
+    conv = payload.get("conversation", payload)
+    conv["messages"] = [nested]
+    return payload
+
+
+@pytest.mark.parametrize(
+    "arrivals",
+    [
+        # conversation_created delivered first, already carrying m3 (its webhook job ran late); so do the first
+        # messages' nested conversations.
+        ["conversation_created@3", "m1@3", "m2@3", "m3@3", "m4@4"],
+        # conversation_created delivered after the third message.
+        ["m1@1", "m2@2", "m3@3", "conversation_created@3", "m4@4"],
+        # messages out of order (Chatwoot's job queue), one delivered twice.
+        ["m2@2", "conversation_created@2", "m1@2", "m4@4", "m3@4", "m2@4"],
+    ],
+)
+def test_a_ticket_reads_in_chatwoots_order_whatever_order_the_events_arrive_in(arrivals: list[str]) -> None:
+    import orjson
+
+    from app.sync.state import message_key
+
+    contact, conversation = MARTA, None
+    messages: dict[int, MessageRecord] = {}
+    tickets: list[CreateTicket] = []
+    followups: list[CreateFollowup] = []
+    ids = iter(range(2000, 2100))
+    for arrival in arrivals:
+        name, latest = arrival.split("@")
+        if name == "conversation_created":
+            payload = _carrying(load_example("conversation_created"), int(latest))
+        else:
+            payload = _carrying(_message(int(name[1:])), int(latest))
+        ev = parse_envelope(orjson.dumps(envelope(payload["event"], payload)))
+        message_id = record_ids(ev)[2]  # the records the store loads for this event
+        view = SyncView(
+            hook=hook(),
+            contact=contact,
+            conversation=conversation,
+            message=messages.get(message_id) if message_id else None,
+        )
+        commands, _, view = run(view, ev, [Resolved(next(ids)) for _ in range(3)])
+        tickets += [c for c in commands if isinstance(c, CreateTicket)]
+        followups += [c for c in commands if isinstance(c, CreateFollowup)]
+        conversation = view.conversation
+        if view.message is not None:
+            messages[view.message.message_id] = view.message
+            assert message_key(7, view.message.message_id)
+    (ticket,) = tickets
+    assert not any(f"text {n}" in ticket.input["content"] for n in range(1, 5))  # no message as the description
+    # Each message exactly once, dated as in Chatwoot: GLPI's timeline (by date) reads m1, m2, m3, m4.
+    assert sorted(f.message_id for f in followups) == [4411, 4412, 4413, 4414]
+    by_date = sorted(followups, key=lambda f: f.input["date"])
+    assert [f.message_id for f in by_date] == [4411, 4412, 4413, 4414]
+    assert all(f"m{f.message_id - 4410}: text" in f.input["content"] for f in followups)
