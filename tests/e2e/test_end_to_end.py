@@ -182,7 +182,7 @@ def test_worker_restart_mid_stream_loses_and_duplicates_nothing(sync_env: SyncEn
     second = sync_env.worker("w2")
     second.start()
     wait_until(
-        lambda: len(emulator.state()["ITILFollowup"]) >= conversations * 3 and len(second.outcomes()) > 0,
+        lambda: len(emulator.state()["ITILFollowup"]) >= conversations * 4 and len(second.outcomes()) > 0,
         120,
         what="all followups",
     )
@@ -190,7 +190,7 @@ def test_worker_restart_mid_stream_loses_and_duplicates_nothing(sync_env: SyncEn
     state = emulator.state()
     assert len(state["Ticket"]) == conversations
     markers = [_decoded(f["content"]).split("[cw-msg:")[1].split("]")[0] for f in state["ITILFollowup"]]
-    assert len(markers) == len(set(markers)) == conversations * 3
+    assert len(markers) == len(set(markers)) == conversations * 4  # each carried message and its three others
     assert len([u for u in state["User"] if u["id"] >= FIRST_USER_ID]) == 1
 
 
@@ -281,7 +281,7 @@ def test_no_event_is_acknowledged_without_a_trace(sync_env: SyncEnv, emulator: E
 
 
 def _logins(emulator: EmulatorProcess) -> set[str]:
-    return {u["name"] for u in emulator.state()["User"] if u["id"] != 2}
+    return {u["name"] for u in emulator.state()["User"] if u["id"] >= FIRST_USER_ID}
 
 
 def test_emulator_runs_on_its_own() -> None:
@@ -308,7 +308,8 @@ def test_cli_publishes_raw_webhook_bodies_keyed_by_hook(
     )
     assert result.returncode == 0, result.stderr
     assert f"published 3 event(s) to {sync_env.topic}" in result.stdout
-    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 1, 60, what="the followup")
+    # The message conversation_created carries, and the message's own.
+    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 2, 60, what="the followups")
     outcomes = _wait_outcomes(sync_env, 4)
     assert {o["partition"] for o in outcomes} == {outcomes[0]["partition"]}  # one hook, one partition
     assert len(emulator.state()["Ticket"]) == 1

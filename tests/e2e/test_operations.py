@@ -154,7 +154,7 @@ def test_repair_resync_and_reset(sync_env: SyncEnv, emulator: EmulatorProcess) -
     (ticket,) = before["Ticket"]
     conversation = cli_json(sync_env, worker, "inspect", "conversation", "57", "--hook-id", "7")
     assert conversation["conversation"]["ticket_id"] == ticket["id"]
-    assert [m["message_id"] for m in conversation["messages"]] == [4412, 4415]
+    assert [m["message_id"] for m in conversation["messages"]] == [4410, 4412, 4415]
     # trace: each event of the conversation, how it ended, and the ticket's page in GLPI.
     trace = cli(sync_env, worker, "trace", "conversation", "57", "--hook-id", "7").stdout
     link = f"{emulator.api_url.removesuffix('/apirest.php')}/front/ticket.form.php?id={ticket['id']}"
@@ -173,7 +173,7 @@ def test_repair_resync_and_reset(sync_env: SyncEnv, emulator: EmulatorProcess) -
     emulator.delete(f"ITILFollowup/{before['ITILFollowup'][0]['id']}")
     cli(sync_env, worker, "resync", "conversation", "57", "--hook-id", "7")
     wait_outcome(sync_env, lambda o: o["event"] == "resync_conversation", "resync 1")
-    assert sorted(markers(emulator.state())) == ["4412", "4415"]
+    assert sorted(markers(emulator.state())) == ["4410", "4412", "4415"]
     emulator.delete(f"Ticket/{ticket['id']}?force_purge=true")
     cli(sync_env, worker, "resync", "conversation", "57", "--hook-id", "7")
     done = wait_outcome(sync_env, lambda o: o["event"] == "resync_conversation" and "recreated" in o["msg"], "resync 2")
@@ -182,7 +182,7 @@ def test_repair_resync_and_reset(sync_env: SyncEnv, emulator: EmulatorProcess) -
     state = emulator.state()
     (new_ticket,) = state["Ticket"]
     assert new_ticket["id"] != ticket["id"] and "ticket recreated" in done["msg"]
-    assert sorted(markers(state)) == ["4412", "4415"]
+    assert sorted(markers(state)) == ["4410", "4412", "4415"]
 
     # resync contact: the GLPI user was purged by an admin; it is re-created (found first, never doubled).
     users = [u for u in state["User"] if u["id"] >= FIRST_USER_ID]
