@@ -194,11 +194,13 @@ async def worker_lines(env: ToolSettings, worker_url: str, hook_ids: list[int] |
             error = workers.get("error") if isinstance(workers, dict) else str(workers)[:200]
             return [Line("workers reachable", "fail", f"{worker_url} answered {status}: {error}", "see the detail")]
         errors: dict[str, float] = {}
+        stuck: list[Line] = []
         for url in workers["workers"]:
             try:
                 live_status, live = await _get(http, f"{url}/health/live")
                 ready_status, _ = await _get(http, f"{url}/health/ready")
                 _, metrics = await _get(http, f"{url}/metrics")
+                _, state = await _get(http, f"{url}/state/workers")
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 lines.append(
                     Line(
@@ -223,6 +225,8 @@ async def worker_lines(env: ToolSettings, worker_url: str, hook_ids: list[int] |
             )
             for code, value in re.findall(r'^cwglpi_glpi_errors_total\{code="([^"]+)"\} (\S+)$', str(metrics), re.M):
                 errors[code] = errors.get(code, 0.0) + float(value)
+            stuck += [_stuck_line(url, partition) for partition in (state or {}).get("stuck", [])]
+        lines += stuck or [Line("stuck work", "ok", "every partition with waiting records makes progress")]
         summary = ", ".join(f"{code} ×{int(n)}" for code, n in sorted(errors.items(), key=lambda kv: -kv[1])) or "none"
         lines.append(
             Line(
@@ -269,6 +273,20 @@ async def worker_lines(env: ToolSettings, worker_url: str, hook_ids: list[int] |
                 )
                 lines.append(Line(f"hook {hid} GLPI requests", "ok", detail))
     return lines
+
+
+def _stuck_line(worker: str, stuck: dict[str, Any]) -> Line:
+    """A stuck partition as the worker described it (``app/progress.py``)."""
+    who = f"hook {stuck['hook']}" if stuck.get("hook") else "no event of it held by the worker"
+    detail = (
+        f"partition {stuck['partition']} of {stuck['topic']} at offset {stuck['offset']} ({who}, "
+        f"{stuck['pending']} waiting): no progress for {stuck['seconds']:.0f} s on {worker}"
+    )
+    if stuck.get("running"):
+        fix = "its event still runs (a very slow GLPI or Chatwoot?): glpi-sync trace, the worker's log"
+    else:
+        fix = "the worker reads it again from the committed offset by itself; if it stays, restart the worker"
+    return Line("stuck work", "fail", detail, fix)
 
 
 def _counters(text: str, name: str) -> dict[str, float]:

@@ -50,6 +50,7 @@ from app.glpi import (
     GlpiNotFoundError,
     GlpiRejectedError,
     GlpiRetryableError,
+    GlpiSessionInvalidError,
     GlpiUnexpectedResponseError,
     missing_rights,
 )
@@ -196,11 +197,17 @@ class GlpiExecutor:
         deadline = loop.time() + self.policy.budget
         attempt = 0
         self._after_refusal = after_refusal
+        #: An update whose attempt may still land later (GLPI never answered it): when it no longer can.
+        update_landing = 0.0
         while True:
             attempt += 1
             self._waited = 0.0
+            started = self.policy.clock()
             try:
-                return await self._run_once(cmd, before_post)
+                outcome = await self._run_once(cmd, before_post)
+                if update_landing and isinstance(cmd, UpdateItem):
+                    await self._settle(cmd, update_landing)
+                return outcome
             except CreateOutcomeUnknownError as exc:
                 # The POST may have created the object, or may still: look first, and no new POST before it
                 # can no longer land (GLPI's own error answers mean PHP is done: looking once is enough).
@@ -209,6 +216,13 @@ class GlpiExecutor:
                 error: GlpiRetryableError = exc
             except GlpiRetryableError as exc:
                 error = exc
+                if exc.still_running and isinstance(cmd, UpdateItem):
+                    update_landing = max(update_landing, started + self.policy.late_commit_window)
+            except GlpiSessionInvalidError as exc:
+                # GLPI lost the session again right after the client opened a new one (sessions expiring fast, a
+                # GLPI behind a load balancer whose nodes do not share sessions): GLPI refused the request before
+                # doing anything, so trying again is safe, and no reason to give this event up.
+                error = GlpiRetryableError(exc.code, exc.message, exc.status, uncertain=False)
             deadline += self._waited  # waiting for an earlier POST to become impossible is not retrying
             wait = self.policy.delay(attempt, error.retry_after)
             if loop.time() + wait > deadline:
@@ -216,6 +230,22 @@ class GlpiExecutor:
             if self._on_retry is not None:
                 self._on_retry(error.code)
             await self._wait(wait)
+
+    async def _settle(self, cmd: UpdateItem, landing: float) -> None:
+        """After an update an earlier attempt of which may land later: once it can no longer, make ours the last.
+
+        A timed-out ``PUT status=5`` that PHP carries out a minute later would otherwise undo the ``status=2`` of the
+        conversation's next event. The event waits (an operator command cuts it short), reads the item and, when a
+        late attempt overwrote what this command set, sets it again.
+        """
+        # The window is how long GLPI may take; a little more covers one that took exactly that long.
+        pause = landing + self.policy.verify_delay - self.policy.clock()
+        if pause > 0:
+            await self._wait(pause)
+            self._waited += pause
+        item = await self.client.get_item(cmd.itemtype, cmd.item_id)
+        if any(item.get(key) != value for key, value in cmd.input.items() if key == "status"):
+            await self.client.update(cmd.itemtype, cmd.item_id, await self._fitted(cmd.itemtype, cmd.input))
 
     async def _wait(self, seconds: float) -> None:
         """Sleep between two attempts; an operator command for the hook cuts it short (:class:`OperatorInterrupt`)."""

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class _Entry:
     placement: Placement
     tp: TP
     done: bool = False
+    running: bool = False
 
 
 @dataclass(eq=False)
@@ -128,6 +130,10 @@ class LaneDispatcher:
         #: the later ones acknowledged past them).
         self._replay_from: dict[TP, int] = {}
         self._replay_sought: set[TP] = set()
+        #: Per partition, when an event of it was last dispatched or acknowledged (monotonic): its progress.
+        self._progress_at: dict[TP, float] = {}
+        #: Partitions whose first record of the current generation was seen (logged once: where reading started).
+        self._started: set[TP] = set()
 
     # ------------------------------------------------------------------------------------------------ state
 
@@ -168,6 +174,37 @@ class LaneDispatcher:
         """Per topic-partition, the oldest event not yet acknowledged (the one holding the commit back)."""
         return {tp: window[0].event for tp, window in self._windows.items() if window}
 
+    def progress_at(self, tp: TP) -> float | None:
+        """When an event of ``tp`` was last dispatched or acknowledged here (``time.monotonic``), if ever."""
+        return self._progress_at.get(tp)
+
+    def head(self, tp: TP) -> tuple[int, bytes, bool] | None:
+        """The oldest event of ``tp`` held here: its offset, its group (hook) and whether its handler runs now."""
+        window = self._windows.get(tp)
+        if not window:
+            return None
+        entry = window[0]
+        return entry.event.message.offset, entry.placement.group, entry.running
+
+    async def reread(self, tp: TP, offset: int) -> bool:
+        """Read ``tp`` again from ``offset`` when nothing of it is held here; False (nothing done) otherwise.
+
+        For a partition whose records past its committed offset never reached an outcome and are not here either
+        (lost between faust's fetcher and the agent): they are delivered again; a duplicate is harmless.
+        """
+        if self._windows.get(tp):
+            return False
+        self._replay_from.pop(tp, None)
+        self._replay_sought.discard(tp)
+        self._next_offset.pop(tp, None)
+        self._progress_at[tp] = time.monotonic()
+        await self.app.consumer.seek(tp, offset)
+        if tp in self._paused:
+            self._paused.discard(tp)
+            self.app.consumer.resume_partitions([tp])
+        _wake_fetcher(self.app.consumer)
+        return True
+
     # ------------------------------------------------------------------------------------------------ dispatch
 
     async def dispatch(self, event: EventT[Any]) -> None:
@@ -182,12 +219,29 @@ class LaneDispatcher:
             self._fetch_waits_tried = True
             _shorten_fetch_waits(self.app.consumer)
         if event.message.generation_id != self.app.consumer_generation_id:
+            if tp not in self._replay_from:
+                log.info(
+                    "partition %s: record at offset %d was fetched in generation %d, now %d: read again, unacked",
+                    tp,
+                    event.message.offset,
+                    event.message.generation_id,
+                    self.app.consumer_generation_id,
+                )
             self._must_replay(tp, event.message.offset)  # fetched before the rebalance: read again, unacked
             return
+        if tp not in self._started:
+            self._started.add(tp)
+            log.info(
+                "partition %s: generation %d starts at offset %d",
+                tp,
+                self.app.consumer_generation_id,
+                event.message.offset,
+            )
         if tp in self._replay_from and not await self._replayed(tp, event.message.offset):
             return  # dropped unacknowledged: the partition is read again from its oldest unfinished event
         entry = _Entry(event, contextvars.copy_context(), self.place(event), tp)
         self._next_offset[tp] = event.message.offset + 1
+        self._progress_at[tp] = time.monotonic()
         window = self._windows.setdefault(tp, deque())
         window.append(entry)
         self._inflight += 1
@@ -249,6 +303,7 @@ class LaneDispatcher:
         if message.generation_id != self.app.consumer_generation_id:
             self._forget(entry)  # fetched before a rebalance: faust delivers it again, unacked
             return
+        entry.running = True
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
             self.handler(entry.event, entry.placement.prepared), context=entry.context
         )
@@ -262,7 +317,7 @@ class LaneDispatcher:
                 "group %r: handler failed; the event stays unacknowledged", entry.placement.group, exc_info=True
             )
             raise
-        entry.done = True
+        entry.done, entry.running = True, False
         self._release(entry.tp)
 
     def _forget(self, entry: _Entry) -> None:
@@ -307,6 +362,7 @@ class LaneDispatcher:
             finished = window.popleft()
             finished.event.ack()
             self._inflight -= 1
+            self._progress_at[tp] = time.monotonic()
         self._maybe_resume(tp)
         if self._inflight < self.max_inflight:
             self._space.set()
@@ -339,7 +395,12 @@ class LaneDispatcher:
         later, what the other worker did meanwhile.
         """
         for tp in [tp for tp in self._replay_from if tp not in tps]:
+            log.info("partition %s went to another worker: its replay point %d is forgotten", tp, self._replay_from[tp])
             del self._replay_from[tp]
+        self._started.clear()
+        now = time.monotonic()
+        for tp in tps:
+            self._progress_at[tp] = now  # a fresh start: the stuck-work clock counts from the assignment
 
     def resume_drained(self) -> None:
         """Resume the partitions whose window emptied while a rebalance forbade it (called by a timer)."""

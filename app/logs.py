@@ -7,7 +7,11 @@ that passes through the root handler, whoever logged it.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,6 +89,52 @@ class FirstStartNoise(logging.Filter):
         return True
 
 
+#: Loggers whose repeated warnings and errors are damped (the product's own lines are never held back).
+LIBRARY_LOGGERS = ("aiokafka", "faust", "mode", "kafka")
+#: Numbers, addresses and ids in a library message: two lines that differ only there repeat each other.
+_VARYING = re.compile(r"0x[0-9a-f]+|\d+(\.\d+)*|<[^>]*>|'[^']*'|\([^)]*\)")
+
+
+@dataclass
+class _Burst:
+    started: float
+    held: int = 0
+
+
+class RepeatDamper(logging.Filter):
+    """A library warning or error that repeats is logged once per ``window`` seconds, with how many were held back.
+
+    While a broker is down aiokafka logs a line (often with a traceback) per connection attempt: a thousand a
+    second. The first line of a burst says what changed; while it lasts, one line per window says it still does and
+    how many like it were not logged. Lines differing only in numbers, addresses or quoted values repeat each other.
+    """
+
+    def __init__(self, window: float = 30.0, clock: Callable[[], float] = time.monotonic, kept: int = 500) -> None:
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self.kept = kept
+        self._bursts: dict[tuple[str, int, str], _Burst] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith(LIBRARY_LOGGERS):
+            return True
+        message = record.getMessage()
+        key = (record.name, record.levelno, _VARYING.sub("#", message)[:200])
+        now = self.clock()
+        burst = self._bursts.get(key)
+        if burst is not None and now - burst.started < self.window:
+            burst.held += 1
+            return False
+        if len(self._bursts) >= self.kept:
+            self._bursts = {k: b for k, b in self._bursts.items() if now - b.started < self.window}
+        self._bursts[key] = _Burst(now)
+        if burst is not None and burst.held:
+            record.msg = f"{message} (and {burst.held} more like it in the last {now - burst.started:.0f} s)"
+            record.args = ()
+        return True
+
+
 def configure(level: str = "INFO", fmt: str = "json") -> None:
     """Install one stderr handler on the root logger (idempotent)."""
     root = logging.getLogger()
@@ -92,6 +142,7 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RepeatDamper())
     root.addHandler(handler)
     root.setLevel(level)
     # The libraries' INFO lines (every rebalance step) only at DEBUG, where they tell a stuck partition's story.

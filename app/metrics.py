@@ -121,6 +121,18 @@ class Metrics:
             "Longest time a partition with lag has gone without its committed offset moving.",
             registry=registry,
         )
+        self.stuck_work = Gauge(
+            "cwglpi_stuck_work_seconds",
+            "Seconds a partition's records past its committed offset have made no progress, once past "
+            "GLPI_SYNC_STUCK_SECONDS (absent otherwise).",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.stuck_recoveries = Counter(
+            "cwglpi_stuck_work_recoveries",
+            "Stuck partitions read again from their committed offset (nothing of them was held by the worker).",
+            registry=registry,
+        )
         self.misrouted = Counter(
             "cwglpi_records_misrouted",
             "Records dead-lettered because their key is not their hook id (null_key, wrong_key).",

@@ -12,18 +12,15 @@
 from __future__ import annotations
 
 import hmac
-import time
 from typing import Any, cast
 
 import aiohttp
 from aiokafka.partitioner import DefaultPartitioner
-from faust.types import TP, AppT
+from faust.types import AppT
 
 from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootRefusedError
 from app.events import TOKEN_FIELDS, TokenEncrypted, TokenFromEnv, TokenFromFile
 from app.glpi_checks import Check, glpi_checks
-from app.lanes import LaneDispatcher
-from app.metrics import Metrics
 from app.pipeline import Pipeline
 from app.pipeline.clients import glpi_ssl_context
 from app.secrets import HookConfigError, TokenVault, resolve_token
@@ -390,67 +387,3 @@ async def chatwoot_checks(
             )
         )
     return checks
-
-
-class ProgressMonitor:
-    """Samples lag, the oldest unfinished event and commit progress every few seconds."""
-
-    def __init__(self, app: AppT, settings: WorkerSettings, lanes: LaneDispatcher, metrics: Metrics) -> None:
-        self.app = app
-        self.settings = settings
-        self.lanes = lanes
-        self.metrics = metrics
-        self._commits: dict[TP, tuple[int | None, float]] = {}
-        self.stalled_for = 0.0
-        self.last_sample = time.time()
-        self.announced = False
-
-    def sample(self) -> None:
-        now = time.time()
-        if not self.ready():
-            # Recovering tables or rebalancing: nothing commits, by design. A long recovery is not a stall, so
-            # liveness cannot kill it; the clocks start again once events flow.
-            self._commits.clear()
-            self.stalled_for = 0.0
-            self.metrics.commit_stalled.set(0)
-            self.last_sample = now
-            return
-        consumer = self.app.consumer
-        oldest = self.lanes.oldest_pending()
-        worst = 0.0
-        self.metrics.consumer_lag.clear()
-        self.metrics.oldest_pending_age.clear()
-        for tp in sorted(consumer.assignment()):
-            if tp.topic not in (self.settings.topic, self.settings.control_topic):
-                continue
-            committed = cast(Any, consumer)._committed_offset.get(tp)  # faust exposes no public getter
-            try:
-                highwater = consumer.highwater(tp)
-            except Exception:  # highwater is unknown until the first fetch
-                highwater = None
-            lag = max(0, (highwater or 0) - (committed or 0)) if highwater is not None else 0
-            if tp.topic == self.settings.topic:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-            event = oldest.get(tp)
-            age = max(0.0, now - float(event.message.timestamp)) if event is not None else 0.0
-            self.metrics.oldest_pending_age.labels(tp.topic, str(tp.partition)).set(age)
-            previous = self._commits.get(tp)
-            if previous is None or previous[0] != committed or lag == 0:
-                self._commits[tp] = (committed, now)
-            else:
-                worst = max(worst, now - previous[1])
-        self.stalled_for = worst
-        self.metrics.commit_stalled.set(worst)
-        self.metrics.inflight.set(self.lanes.inflight)
-        self.last_sample = now
-
-    def ready(self) -> bool:
-        """Table recovery is done and no rebalance runs: this worker processes events."""
-        recovery = cast(Any, self.app.tables).recovery
-        return bool(recovery.completed.is_set()) and not self.app.rebalancing
-
-    def live(self) -> tuple[bool, dict[str, Any]]:
-        """Not live when commits stopped with lag, or when the sampling timer itself stopped (loop wedged)."""
-        sample_age = time.time() - self.last_sample
-        ok = self.stalled_for < self.settings.liveness_stall_seconds and sample_age < 120
-        return ok, {"commit_stalled_seconds": round(self.stalled_for, 1), "last_sample_age": round(sample_age, 1)}

@@ -155,6 +155,8 @@ class WorkerSettings(ToolSettings):
     rocksdb_block_cache_mb: int = Field(8, ge=1)
     rocksdb_write_buffer_mb: int = Field(4, ge=1)
     liveness_stall_seconds: float = Field(600.0, gt=0)
+    #: Seconds without progress after which a partition's waiting records are stuck work (app/progress.py).
+    stuck_seconds: float = Field(120.0, gt=0)
     advertised_url: str | None = None
     replication_factor: int = Field(1, ge=1)
     #: Inline tokens in hook configurations: ``encrypt`` them in the hook table (needs a token key), ``refuse``

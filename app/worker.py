@@ -31,9 +31,10 @@ from app import logs
 from app.kafka_io import BrokerUnreachableError, KafkaConnection
 from app.lanes import LaneDispatcher, Placement
 from app.metrics import Metrics
-from app.ops import FORWARDED, Operations, ProgressMonitor, admin_gate
+from app.ops import FORWARDED, Operations, admin_gate
 from app.pipeline import DurableTable, Pipeline
 from app.pipeline.dead_letters import MAX_REQUEST_BYTES
+from app.progress import ProgressMonitor
 from app.settings import WorkerSettings
 from app.topology import TopologyError, prepare_topics
 
@@ -196,6 +197,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     async def sample_progress() -> None:
         lanes.resume_drained()
         monitor.sample()
+        await monitor.watch_stuck_work()
         if monitor.ready() and not monitor.announced:
             monitor.announced = True
             assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic)
@@ -258,7 +260,8 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
         if (denied := refused(view, request)) is not None:
             return denied
         body = {"self": ops.self_url, "workers": ops.worker_urls(), "partitions": ops.distribution()}
-        return reply(view, 200, {**body, "lanes": lanes.describe()})
+        stuck = [partition.as_json() for partition in monitor.stuck]
+        return reply(view, 200, {**body, "lanes": lanes.describe(), "stuck": stuck})
 
     @page("/state/hook/{hook_id}")
     async def hook_page(view: Any, request: Any, hook_id: str) -> Any:

@@ -467,6 +467,60 @@ def scenario_rebalance_and_broker_restart(kafka: KafkaBroker, workdir: Path, hoo
         emulator.stop()
 
 
+#: Broker faults beside a graceful restart: what each does to the broker (or the network), and for how long.
+BROKER_FAULTS = {
+    "kill9": "kill -9 of the broker, started again 5 s later",
+    "freeze": "the broker stopped (SIGSTOP) for 14 s, longer than the consumers' 6 s session timeout",
+    "cut": "every worker connection cut by a TCP proxy, new ones refused for 10 s, then restored",
+}
+
+
+def scenario_broker_fault(kafka: KafkaBroker, workdir: Path, fault: str, hooks: int = 8) -> dict[str, Any]:
+    """Two workers (reaching the broker through :class:`~tests.harness.TcpProxy`), a workload flowing, one fault.
+
+    The log lines the workers wrote while the fault lasted are counted: an outage must not flood the log.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = SyncEnv(kafka, workdir, partitions=4)
+    emulator = EmulatorProcess(workdir)
+    emulator.start()
+    try:
+        emulator.faults({"path": ".*", "method": "POST", "kind": "delay", "seconds": 0.02, "count": -1})
+        work = Workload.build(hooks, conversations=3, messages=6, first_hook=500 + 10 * list(BROKER_FAULTS).index(fault))
+        env.publish(work.hook_events(dict.fromkeys(work.logins, emulator.api_url)))
+        workers = [env.worker("w1"), env.worker("w2")]
+        for worker in workers:
+            worker.env["KAFKA_BOOTSTRAP_SERVERS"] = kafka.proxied_bootstrap
+            worker.start()
+        publisher = publish_in_background(env, work.events, chunks=20, pause=0.5)
+        time.sleep(4)
+        before = sum(len(worker.log_path.read_text(errors="replace").splitlines()) for worker in workers)
+        if fault == "kill9":
+            kafka.kill9()
+            time.sleep(5)
+            kafka.relaunch()
+        elif fault == "freeze":
+            kafka.freeze()
+            time.sleep(14)
+            kafka.thaw()
+        else:
+            kafka.proxy.cut()
+            time.sleep(10)
+            kafka.proxy.restore()
+        during = sum(len(worker.log_path.read_text(errors="replace").splitlines()) for worker in workers) - before
+        publisher.join()
+        verdict = wait_complete(work, [emulator], 300)
+        return {
+            "fault": BROKER_FAULTS[fault],
+            "events published": len(work.events) + hooks,
+            "worker log lines while it lasted": during,
+            **tally(work, verdict),
+        }
+    finally:
+        env.stop()
+        emulator.stop()
+
+
 def scenario_late_commits(
     kafka: KafkaBroker, workdir: Path, hooks: int = 4, conversations: int = 3, messages: int = 4, seed: int = 17
 ) -> dict[str, Any]:

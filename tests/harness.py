@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -71,14 +72,17 @@ SCRAM_USER, SCRAM_PASSWORD = "alice", "scram-secret-alice-91"
 class KafkaBroker:
     """A single-node KRaft Apache Kafka in a temporary directory.
 
-    Two client listeners: PLAINTEXT (most tests) and SASL_SSL (SCRAM-SHA-256/512 and PLAIN over TLS, with a
-    certificate the harness makes), for the security tests.
+    Three client listeners: PLAINTEXT (most tests), SASL_SSL (SCRAM-SHA-256/512 and PLAIN over TLS, with a
+    certificate the harness makes) for the security tests, and PROXIED, which advertises the address of
+    :attr:`proxy` (a TCP proxy in front of it) so that a test can cut its clients' connections and restore them.
     """
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.secure_port = free_port()
+        self.proxied_port = free_port()
+        self.proxy = TcpProxy(free_port(), self.proxied_port)
         self.controller_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "kafka.log"
@@ -87,6 +91,11 @@ class KafkaBroker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def proxied_bootstrap(self) -> str:
+        """The bootstrap of clients whose every connection goes through :attr:`proxy`."""
+        return f"127.0.0.1:{self.proxy.port}"
 
     @property
     def secure_bootstrap(self) -> str:
@@ -116,11 +125,13 @@ class KafkaBroker:
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
                     f"listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_SSL://127.0.0.1:{self.secure_port},"
-                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_SSL://127.0.0.1:{self.secure_port}",
+                    f"PROXIED://127.0.0.1:{self.proxied_port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_SSL://127.0.0.1:{self.secure_port},"
+                    f"PROXIED://127.0.0.1:{self.proxy.port}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,PROXIED:PLAINTEXT,"
+                    "CONTROLLER:PLAINTEXT",
                     "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
                     f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
                     f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
@@ -182,6 +193,7 @@ class KafkaBroker:
         )
         wait_port(self.port, timeout, self.proc)
         asyncio.run(self._wait_ready(timeout))
+        self.proxy.start()
 
     async def _wait_ready(self, timeout: float) -> None:
         from aiokafka.admin import AIOKafkaAdminClient
@@ -202,6 +214,7 @@ class KafkaBroker:
                 await asyncio.sleep(0.5)
 
     def stop(self) -> None:
+        self.thaw()
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -214,6 +227,22 @@ class KafkaBroker:
     def restart(self) -> None:
         self.stop()
         self.relaunch()
+
+    def kill9(self) -> None:
+        """``kill -9`` the broker: no clean shutdown, its log is recovered at the next :meth:`relaunch`."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def freeze(self) -> None:
+        """Stop the broker's process (SIGSTOP): connections stay open, nothing answers (a GC pause, a stalled VM)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
 
     def relaunch(self) -> None:
         """Start the broker again after :meth:`stop`, with its data and its port."""
@@ -236,6 +265,84 @@ class KafkaBroker:
         )
         wait_port(self.port, 90, self.proc)
         asyncio.run(self._wait_ready(90))
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 (in a thread) that can cut every connection and refuse new ones, then restore.
+
+    Stands between the workers and the broker's PROXIED listener: a network partition, a failover, a proxy
+    restart, as the clients see it.
+    """
+
+    def __init__(self, port: int, target_port: int) -> None:
+        self.port = port
+        self.target_port = target_port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.cut_count = 0
+
+    def start(self) -> None:
+        if self._loop is not None:
+            return
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            loop.run_until_complete(self._listen())
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=run, daemon=True, name="tcp-proxy").start()
+        ready.wait(10)
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, upstream_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+        self._writers -= {writer, upstream_writer}
+
+    def _call(self, job: Any) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(job(), self._loop).result(10)
+
+    def cut(self) -> None:
+        """Close every connection and stop accepting new ones (clients see resets, then refused connections)."""
+
+        async def job() -> None:
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+                self._server = None
+            for writer in list(self._writers):
+                transport = writer.transport
+                transport.abort()
+            self._writers.clear()
+
+        self._call(job)
+        self.cut_count += 1
+
+    def restore(self) -> None:
+        self._call(self._listen)
 
 
 class EmulatorProcess:

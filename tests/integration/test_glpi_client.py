@@ -31,6 +31,7 @@ from app.sync.commands import (
     Lookup,
     Resolved,
     SearchCriterion,
+    UpdateItem,
 )
 from tests.glpi_emulator import FIRST_USER_ID, Emulator, Rule, build_app
 from tests.harness import free_port
@@ -114,6 +115,27 @@ async def test_session_that_keeps_failing_raises_after_one_reinit(served: Served
         await served.client().create("User", {"name": "x@y.example"})
     assert caught.value.code == "ERROR_SESSION_TOKEN_INVALID"
     assert _paths(served.emu).count("initSession") == 2
+
+
+async def test_a_status_update_glpi_carries_out_late_never_overwrites_the_next_one(served: Served) -> None:
+    """PUT status=5 times out while PHP carries it out later; the conversation's next status (2) must stay last."""
+    client = served.client(timeout=0.3)
+    ticket = await client.create("Ticket", {"name": "t", "content": "c"})
+    served.emu.faults.append(Rule(path=r"^Ticket/\d+$", method="PUT", kind="late_commit", seconds=1.0, count=1))
+    executor = GlpiExecutor(client, RetryPolicy(base=0.01, budget=5, late_commit_window=1.5))
+    await executor.run(UpdateItem("Ticket", ticket, {"status": 5}))
+    await executor.run(UpdateItem("Ticket", ticket, {"status": 2}))
+    await asyncio.sleep(1.2)  # past the moment the held PUT was carried out
+    assert served.emu.items["Ticket"][ticket]["status"] == 2
+
+
+async def test_a_session_lost_twice_in_a_row_is_retried_not_given_up(served: Served) -> None:
+    """GLPI drops the session again right after the re-init (sessions expiring fast): the executor tries again."""
+    served.emu.faults.append(Rule(path="^User$", method="POST", kind="expire_session", count=2))
+    executor = GlpiExecutor(served.client(), RetryPolicy(base=0.01, budget=5))
+    created = await executor.run(_ensure_user())
+    assert isinstance(created, Resolved) and created.created
+    assert len([u for u in served.emu.items["User"].values() if u["id"] >= FIRST_USER_ID]) == 1
 
 
 @pytest.mark.parametrize(
