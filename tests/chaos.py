@@ -486,7 +486,9 @@ def scenario_broker_fault(kafka: KafkaBroker, workdir: Path, fault: str, hooks: 
     emulator.start()
     try:
         emulator.faults({"path": ".*", "method": "POST", "kind": "delay", "seconds": 0.02, "count": -1})
-        work = Workload.build(hooks, conversations=3, messages=6, first_hook=500 + 10 * list(BROKER_FAULTS).index(fault))
+        work = Workload.build(
+            hooks, conversations=3, messages=6, first_hook=500 + 10 * list(BROKER_FAULTS).index(fault)
+        )
         env.publish(work.hook_events(dict.fromkeys(work.logins, emulator.api_url)))
         workers = [env.worker("w1"), env.worker("w2")]
         for worker in workers:
