@@ -16,6 +16,7 @@ import contextlib
 import html
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -85,6 +86,10 @@ class Demo:
         self.webhook_secret = "demo-webhook-secret"
         self.topic = "chatwoot.events"
         self.worker_log = workdir / "worker.log"
+        #: The workers' admin token: the command line can inspect, trace and repair the demo (``demo.env``).
+        self.admin_token = secrets.token_urlsafe(24)
+        #: What the command line needs to reach the demo: ``source`` it, then try any command of the README.
+        self.cli_env = workdir / "demo.env"
 
     @property
     def bootstrap(self) -> str:
@@ -145,6 +150,7 @@ class Demo:
             "GLPI_SYNC_ALLOW_HTTP": "true",
             "GLPI_SYNC_LOG_FORMAT": "json",
             "GLPI_SYNC_CHATWOOT_URL": os.environ.get("GLPI_SYNC_CHATWOOT_URL", "https://chat.northwind.example"),
+            "GLPI_SYNC_ADMIN_TOKEN": self.admin_token,
         }
         # Hooks may only reference variables named GLPI_SYNC_HOOK_SECRET_* (README "Security").
         env["GLPI_SYNC_HOOK_SECRET_DEMO_APP"] = os.environ.get("GLPI_APP_TOKEN", "emulator-app-token")
@@ -162,6 +168,34 @@ class Demo:
         _wait_port(self.ingress_port, ingress)
         asyncio.run(self._ingress_ready())
         print(f"✔ webhook ingress on {self.webhook_url} (signed Chatwoot webhooks → Kafka)")
+        self._write_cli_env()
+
+    def _write_cli_env(self) -> None:
+        """``demo.env`` (owner-only: it holds the admin token): the variables the command line needs."""
+        values = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "GLPI_SYNC_TOPIC": self.topic,
+            "GLPI_SYNC_WORKER_URL": f"http://127.0.0.1:{self.worker_port}",
+            "GLPI_SYNC_INGRESS_URL": f"http://127.0.0.1:{self.ingress_port}",
+            "GLPI_SYNC_ADMIN_TOKEN": self.admin_token,
+            "GLPI_SYNC_ALLOW_HTTP": "true",
+        }
+        fd = os.open(self.cli_env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(f"export {name}={value}\n" for name, value in values.items())
+
+    def committed(self, timeout: float = 30) -> int:
+        """Wait until the worker committed every record it read; the consumer lag left (0 when all is done)."""
+        from app.doctor import consumer_lag
+        from app.settings import ToolSettings
+
+        env = ToolSettings(kafka_bootstrap_servers=self.bootstrap, topic=self.topic)
+        deadline = time.monotonic() + timeout
+        lag = asyncio.run(consumer_lag(env))
+        while lag and time.monotonic() < deadline:
+            time.sleep(0.5)
+            lag = asyncio.run(consumer_lag(env))
+        return lag
 
     @property
     def webhook_url(self) -> str:
@@ -280,7 +314,12 @@ class Demo:
                     os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, make run stopped) cleans up as Ctrl-C does
+
+
 def main(once: bool) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
     demo = Demo(workdir)
     failed = True
@@ -290,10 +329,14 @@ def main(once: bool) -> int:
         for line in outcomes:
             print(f"  {line['event']:<28} {line['outcome']:<13} {line['msg'].split(': ', 1)[-1]}")
         print(demo.glpi_summary())
+        lag = demo.committed()
+        print(f"{'✔' if lag == 0 else '✘'} offsets committed: consumer lag {lag}")
         failed = False
         if once:
             return 0
         print(f"Running (logs in {workdir}); press Ctrl-C to stop.")
+        print(f"Try the command line against it: source {demo.cli_env}; then glpi-sync doctor, glpi-sync hook list,")
+        print("  glpi-sync trace conversation 57 --hook-id 7, glpi-sync inspect hook --hook-id 7")
         with contextlib.suppress(KeyboardInterrupt):
             while all(p.poll() is None for p in demo.procs):
                 time.sleep(1)

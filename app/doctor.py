@@ -55,7 +55,8 @@ async def kafka_lines(env: ToolSettings) -> list[Line]:
     except Exception as exc:
         with contextlib.suppress(Exception):
             await admin.close()
-        return [Line("broker reachable", "fail", str(conn.unreachable(exc)), "see the detail")]
+        fix = "check KAFKA_BOOTSTRAP_SERVERS (and the KAFKA_SECURITY_PROTOCOL, SASL and SSL variables) and the broker"
+        return [Line("broker reachable", "fail", str(conn.unreachable(exc)), fix)]
     try:
         topics = set(await admin.list_topics())
         lines.append(Line("broker reachable", "ok", f"{env.kafka_bootstrap_servers} ({len(topics)} topics)"))
@@ -121,17 +122,25 @@ async def kafka_lines(env: ToolSettings) -> list[Line]:
             )
         )
         try:
-            lag = await _lag(env)
-        except KafkaError:
-            lag = await _topic_size(env, env.topic)  # no committed offsets yet: everything is behind
-        lines.append(
-            Line(
-                "consumer lag",
-                "ok" if lag < 1000 else "warn",
-                f"{lag} message(s) behind",
-                "see cwglpi_consumer_lag_messages and the slowest hooks in the dashboard",
+            lag = await consumer_lag(env)
+        except KafkaError as exc:
+            lines.append(
+                Line(
+                    "consumer lag",
+                    "warn",
+                    f"unknown: the group's committed offsets could not be read ({type(exc).__name__})",
+                    "see cwglpi_consumer_lag_messages on the workers' /metrics",
+                )
             )
-        )
+        else:
+            lines.append(
+                Line(
+                    "consumer lag",
+                    "ok" if lag < 1000 else "warn",
+                    f"{lag} message(s) behind",
+                    "see cwglpi_consumer_lag_messages and the slowest hooks in the dashboard",
+                )
+            )
         dlq = await _topic_size(env, env.dlq_topic) if env.dlq_topic in topics else 0
         lines.append(
             Line(
@@ -161,7 +170,8 @@ async def _topic_size(env: ToolSettings, topic: str) -> int:
         await consumer.stop()
 
 
-async def _lag(env: ToolSettings) -> int:
+async def consumer_lag(env: ToolSettings) -> int:
+    """Records of the input topic past the group's committed offsets (all of them for a group never committed)."""
     committed = await committed_offsets(KafkaConnection.from_settings(env), env.app_id, env.topic)
     consumer = AIOKafkaConsumer(**KafkaConnection.from_settings(env).kwargs(), enable_auto_commit=False)
     await consumer.start()
@@ -192,7 +202,11 @@ async def worker_lines(env: ToolSettings, worker_url: str, hook_ids: list[int] |
             ]
         if status != 200 or not isinstance(workers, dict) or "workers" not in workers:
             error = workers.get("error") if isinstance(workers, dict) else str(workers)[:200]
-            return [Line("workers reachable", "fail", f"{worker_url} answered {status}: {error}", "see the detail")]
+            if status in (401, 403):
+                fix = "set GLPI_SYNC_ADMIN_TOKEN (or GLPI_SYNC_ADMIN_TOKEN_FILE) here to the workers' admin token"
+            else:
+                fix = "is GLPI_SYNC_WORKER_URL a sync worker's HTTP port (default 6066)? see the worker's logs"
+            return [Line("workers reachable", "fail", f"{worker_url} answered {status}: {error}", fix)]
         errors: dict[str, float] = {}
         stuck: list[Line] = []
         for url in workers["workers"]:
@@ -334,9 +348,7 @@ async def ingress_lines(ingress_urls: list[str]) -> list[Line]:
 async def run(
     env: ToolSettings, worker_url: str, hook_ids: list[int] | None, ingress_urls: list[str] | None = None
 ) -> list[Line]:
-    lines = await kafka_lines(env)
-    if lines and lines[0].check == "broker reachable" and lines[0].level == "fail":
-        return lines
+    lines = await kafka_lines(env)  # the workers and ingresses are checked even when the broker is not reachable
     lines += await worker_lines(env, worker_url.rstrip("/"), hook_ids)
     return lines + await ingress_lines(ingress_urls or [])
 

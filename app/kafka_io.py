@@ -317,10 +317,20 @@ async def end_offsets(target: Target, topic: str, partitions: list[int]) -> dict
 
 
 async def committed_offsets(target: Target, group: str, topic: str) -> dict[int, int]:
-    """The consumer group's committed offset per partition of ``topic``."""
+    """The consumer group's committed offset per partition of ``topic``; partitions never committed are absent.
+
+    The partitions are named in the request: a request for all of a group's offsets is optional in Kafka's
+    protocol, and some brokers (Tansu) answer it with a reply aiokafka cannot read.
+    """
     conn = connection(target)
+    consumer = AIOKafkaConsumer(**conn.kwargs(), enable_auto_commit=False)
+    async with _started(consumer, conn):
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    if not tps:
+        return {}
     async with _started(_admin(conn), conn) as admin:
-        offsets = await admin.list_consumer_group_offsets(group)
+        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
         return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
 
 

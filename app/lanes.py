@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import logging
 import time
 from collections import deque
@@ -134,6 +135,8 @@ class LaneDispatcher:
         self._progress_at: dict[TP, float] = {}
         #: Partitions whose first record of the current generation was seen (logged once: where reading started).
         self._started: set[TP] = set()
+        #: Per partition, a gap being checked: (offset expected, offset seen); reading again from the expected one.
+        self._gap_checks: dict[TP, tuple[int, int]] = {}
 
     # ------------------------------------------------------------------------------------------------ state
 
@@ -196,7 +199,8 @@ class LaneDispatcher:
             return False
         self._replay_from.pop(tp, None)
         self._replay_sought.discard(tp)
-        self._next_offset.pop(tp, None)
+        self._gap_checks.pop(tp, None)
+        self._next_offset[tp] = offset
         self._progress_at[tp] = time.monotonic()
         await self.app.consumer.seek(tp, offset)
         if tp in self._paused:
@@ -239,6 +243,8 @@ class LaneDispatcher:
             )
         if tp in self._replay_from and not await self._replayed(tp, event.message.offset):
             return  # dropped unacknowledged: the partition is read again from its oldest unfinished event
+        if not await self._in_sequence(tp, event.message.offset):
+            return  # dropped unacknowledged: the partition is read again from the record that should come now
         entry = _Entry(event, contextvars.copy_context(), self.place(event), tp)
         self._next_offset[tp] = event.message.offset + 1
         self._progress_at[tp] = time.monotonic()
@@ -300,23 +306,42 @@ class LaneDispatcher:
 
     async def _execute(self, entry: _Entry) -> None:
         message = entry.event.message
-        if message.generation_id != self.app.consumer_generation_id:
-            self._forget(entry)  # fetched before a rebalance: faust delivers it again, unacked
-            return
         entry.running = True
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
-            self.handler(entry.event, entry.placement.prepared), context=entry.context
-        )
-        try:
-            await task
-        except Exception:
-            # The handler promises never to raise. If it does, the event stays unacknowledged: the partition's
-            # commit stops here, liveness fails after GLPI_SYNC_LIVENESS_STALL_SECONDS, and the restarted worker
-            # delivers the event again. Losing it silently would be worse.
-            log.critical(
-                "group %r: handler failed; the event stays unacknowledged", entry.placement.group, exc_info=True
+        for attempt in itertools.count(1):
+            if message.generation_id != self.app.consumer_generation_id:
+                entry.running = False
+                self._forget(entry)  # fetched before a rebalance: faust delivers it again, unacked
+                return
+            task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+                self.handler(entry.event, entry.placement.prepared), context=entry.context
             )
-            raise
+            try:
+                await task
+                break
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the lanes stop (revoke, shutdown): the event stays unacknowledged, read again later
+                # Something the handler awaited was cancelled under it (a library's future, during a broker
+                # outage): the event has no outcome yet.
+                log.error(
+                    "partition %s offset %d: its handler was cancelled from within (attempt %d); running it again",
+                    entry.tp,
+                    message.offset,
+                    attempt,
+                )
+            except Exception:
+                # The handler promises never to raise (a bug). The event has no outcome yet.
+                log.critical(
+                    "partition %s offset %d: its handler failed (attempt %d); running it again",
+                    entry.tp,
+                    message.offset,
+                    attempt,
+                    exc_info=True,
+                )
+            # Run it again, in its place: the sync is idempotent, and the events behind it in its group must not
+            # start first. Meanwhile the partition's commit waits here, and shows as stuck work (app/progress.py).
+            await asyncio.sleep(min(30.0, 0.5 * attempt))
         entry.done, entry.running = True, False
         self._release(entry.tp)
 
@@ -355,6 +380,67 @@ class LaneDispatcher:
             )
             await self.app.consumer.seek(tp, replay)
         return False
+
+    async def _in_sequence(self, tp: TP, offset: int) -> bool:
+        """Whether the record at ``offset`` is the next of ``tp``: never let a record go by unseen.
+
+        faust acknowledges (and so commits past) any record missing from the acks it is given, and commits a
+        never-committed partition from wherever reading started: a record that never reached this dispatcher (a
+        re-read dropped by faust, an agent restarted by faust mid-dispatch) would be lost for good. So each
+        partition's records must arrive in order, from its committed offset (offset 0 when it never committed). A
+        record after a gap makes the partition be read again from the record expected; when the re-read brings the
+        same record again, the offsets in between do not exist (transaction markers, compaction, retention) and
+        reading goes on. A record already dispatched in this generation is dropped.
+        """
+        check = self._gap_checks.get(tp)
+        if check is not None:
+            start, seen = check
+            if offset > seen:
+                return False  # read before the re-read arrived
+            del self._gap_checks[tp]
+            if offset < start:
+                return False
+            if offset == seen and seen > start:
+                log.info("partition %s: offsets %d to %d hold no record (read twice); going on", tp, start, seen - 1)
+                await self._no_records(tp, start, seen - 1)
+            return True
+        expected = self._next_offset.get(tp)
+        if expected is None:
+            expected = self._next_offset[tp] = self._start_offset(tp)
+        if offset == expected:
+            return True
+        if offset < expected:
+            return False
+        self._gap_checks[tp] = (expected, offset)
+        log.warning(
+            "partition %s: record %d arrived where %d was expected: reading again from %d (nothing may go by unseen)",
+            tp,
+            offset,
+            expected,
+            expected,
+        )
+        await self.app.consumer.seek(tp, expected)
+        return False
+
+    async def _no_records(self, tp: TP, first: int, last: int) -> None:
+        """Tell faust that offsets ``first`` to ``last`` of ``tp`` hold no record, so its commits may pass them.
+
+        faust commits the first unbroken run of acknowledged offsets; a run of missing offsets (an aborted
+        transaction, compaction, records expired before being read) would hold its commits back forever.
+        """
+        add_gap = getattr(self.app.consumer, "_add_gap", None)  # faust's own bookkeeping of offsets with no record
+        if add_gap is not None:
+            await add_gap(tp, first, last)
+
+    def _start_offset(self, tp: TP) -> int:
+        """Where ``tp`` must be read from in a new generation: its committed offset, else 0.
+
+        0 for a partition never committed, without asking the broker (that call can fail or hang while the broker is
+        away): when 0 is gone (retention), the seek back lands on the partition's first record, which then arrives
+        twice and is taken as the start.
+        """
+        committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)  # faust exposes no public getter
+        return int(committed) if committed is not None else 0
 
     def _release(self, tp: TP) -> None:
         window = self._windows.get(tp)
@@ -425,6 +511,7 @@ class LaneDispatcher:
             if window:  # its head is the oldest event not acknowledged: everything before it is done
                 self._must_replay(tp, window[0].event.message.offset)
         self._replay_sought.clear()  # a seek of the generation that ends now does not count for the next one
+        self._gap_checks.clear()
         self._groups.clear()
         self._windows.clear()
         self._paused.clear()  # faust re-seeks and resumes the partitions it assigns
@@ -437,6 +524,43 @@ class LaneDispatcher:
             await self.app.producer.flush()
         if groups:
             log.info("stopped %d groups", len(groups))
+
+
+class _UnfilteredReadOffsets(dict[TP, int | None]):
+    """faust's read offsets, except that the topics the lanes read always answer None (every record passes)."""
+
+    def __init__(self, topics: frozenset[str]) -> None:
+        super().__init__()
+        self._topics = topics
+
+    def __getitem__(self, tp: TP) -> int | None:
+        return None if tp.topic in self._topics else dict.get(self, tp)
+
+    def __missing__(self, tp: TP) -> None:
+        return None
+
+    def get(self, tp: TP, default: Any = None) -> Any:
+        return default if tp.topic in self._topics else dict.get(self, tp, default)
+
+
+def read_every_record(consumer: Any, topics: frozenset[str]) -> bool:
+    """Make faust's consumer hand every fetched record of ``topics`` over; call it before the consumer starts.
+
+    faust drops a fetched record whose offset is below the partition's "read offset"; a seek sets that offset, but
+    a batch still being handed over after the seek sets it again, higher, so the records the seek asked for again
+    were dropped unseen, and faust, which commits past records never acknowledged, lost them. The lanes keep each
+    partition's records in sequence themselves (:meth:`LaneDispatcher.dispatch`), so for their topics faust's
+    filter is switched off (its gap bookkeeping, fed by the same offsets, with it). False when faust changed and
+    the filter could not be found: the lanes' sequence check still sees every gap, but re-reads may stall.
+    """
+    current = getattr(consumer, "_read_offset", None)
+    if not isinstance(current, dict):
+        log.warning("faust's consumer keeps no read offsets where this module looks (faust changed)")
+        return False
+    replacement = _UnfilteredReadOffsets(topics)
+    replacement.update(current)
+    consumer._read_offset = replacement
+    return True
 
 
 #: Longest wait (ms) of a fetch request at the broker (faust asks aiokafka for 1500).

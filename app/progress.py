@@ -56,6 +56,18 @@ class StuckPartition:
         return asdict(self)
 
 
+def _consumer_state(app: AppT, tp: TP) -> str:
+    """What faust's consumer says of ``tp`` (for the stuck-work line: which layer holds the records back)."""
+    consumer: Any = app.consumer
+    parts = [
+        f"faust active={tp in (getattr(consumer, '_active_partitions', None) or ())}",
+        f"paused={tp in getattr(consumer, '_paused_partitions', ())}",
+        f"buffered={tp in getattr(consumer, '_buffered_partitions', ())}",
+        f"flow={getattr(consumer, 'flow_active', '?')}",
+    ]
+    return ", ".join(parts)
+
+
 class ProgressMonitor:
     """Samples lag, the oldest unfinished event, commit progress and stuck work every few seconds."""
 
@@ -147,11 +159,12 @@ class ProgressMonitor:
             )
             found.append(stuck)
             self.metrics.stuck_work.labels(tp.topic, str(tp.partition)).set(idle)
+            state = _consumer_state(self.app, tp)
             if head is None and await self.lanes.reread(tp, start):
                 self.metrics.stuck_recoveries.inc()
-                log.warning("stuck work: %s; reading it again from offset %d", stuck.describe(), start)
+                log.warning("stuck work: %s; reading it again from offset %d (%s)", stuck.describe(), start, state)
             else:
-                log.warning("stuck work: %s", stuck.describe())
+                log.warning("stuck work: %s (%s)", stuck.describe(), state)
         self.stuck = found
         return found
 

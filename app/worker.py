@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from app import logs
 from app.kafka_io import BrokerUnreachableError, KafkaConnection
-from app.lanes import LaneDispatcher, Placement
+from app.lanes import LaneDispatcher, Placement, read_every_record
 from app.metrics import Metrics
 from app.ops import FORWARDED, Operations, admin_gate
 from app.pipeline import DurableTable, Pipeline
@@ -54,6 +54,13 @@ class SyncApp(faust.App):
     logger = logging.getLogger("faust.app")
     pipeline: Pipeline
     lanes: LaneDispatcher
+    #: Topics whose every fetched record faust hands to the lanes (:func:`app.lanes.read_every_record`).
+    lane_topics: frozenset[str] = frozenset()
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        read_every_record(consumer, self.lane_topics)
+        return consumer
 
     async def maybe_start_producer(self) -> Any:
         """The started producer, without a trip through the event loop (faust's version always makes one).
@@ -162,6 +169,7 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     )
     app.pipeline = pipeline
     app.lanes = lanes
+    app.lane_topics = frozenset({settings.topic, settings.control_topic})
     ops = Operations(app, settings, pipeline)
     monitor = ProgressMonitor(app, settings, lanes, metrics)
     source = app.topic(

@@ -8,12 +8,17 @@ followups per message (by their markers) and the final ticket statuses: duplicat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
+import logging
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -475,10 +480,11 @@ BROKER_FAULTS = {
 }
 
 
-def scenario_broker_fault(kafka: KafkaBroker, workdir: Path, fault: str, hooks: int = 8) -> dict[str, Any]:
-    """Two workers (reaching the broker through :class:`~tests.harness.TcpProxy`), a workload flowing, one fault.
+def scenario_broker_fault(kafka: KafkaBroker, workdir: Path, *faults: str, hooks: int = 8) -> dict[str, Any]:
+    """Two workers (reaching the broker through :class:`~tests.harness.TcpProxy`), a workload flowing, the faults
+    one after the other (4 s apart).
 
-    The log lines the workers wrote while the fault lasted are counted: an outage must not flood the log.
+    The log lines the workers wrote while the faults lasted are counted: an outage must not flood the log.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     env = SyncEnv(kafka, workdir, partitions=4)
@@ -486,36 +492,36 @@ def scenario_broker_fault(kafka: KafkaBroker, workdir: Path, fault: str, hooks: 
     emulator.start()
     try:
         emulator.faults({"path": ".*", "method": "POST", "kind": "delay", "seconds": 0.02, "count": -1})
-        work = Workload.build(
-            hooks, conversations=3, messages=6, first_hook=500 + 10 * list(BROKER_FAULTS).index(fault)
-        )
+        work = Workload.build(hooks, conversations=3, messages=3 + 3 * len(faults), first_hook=500)
         env.publish(work.hook_events(dict.fromkeys(work.logins, emulator.api_url)))
         workers = [env.worker("w1"), env.worker("w2")]
         for worker in workers:
             worker.env["KAFKA_BOOTSTRAP_SERVERS"] = kafka.proxied_bootstrap
             worker.start()
-        publisher = publish_in_background(env, work.events, chunks=20, pause=0.5)
-        time.sleep(4)
-        before = sum(len(worker.log_path.read_text(errors="replace").splitlines()) for worker in workers)
-        if fault == "kill9":
-            kafka.kill9()
-            time.sleep(5)
-            kafka.relaunch()
-        elif fault == "freeze":
-            kafka.freeze()
-            time.sleep(14)
-            kafka.thaw()
-        else:
-            kafka.proxy.cut()
-            time.sleep(10)
-            kafka.proxy.restore()
-        during = sum(len(worker.log_path.read_text(errors="replace").splitlines()) for worker in workers) - before
+        publisher = publish_in_background(env, work.events, chunks=10 * len(faults), pause=0.5)
+        lines: list[int] = []
+        for fault in faults:
+            time.sleep(4)
+            before = sum(len(w.log_path.read_text(errors="replace").splitlines()) for w in workers)
+            if fault == "kill9":
+                kafka.kill9()
+                time.sleep(5)
+                kafka.relaunch()
+            elif fault == "freeze":
+                kafka.freeze()
+                time.sleep(14)
+                kafka.thaw()
+            else:
+                kafka.proxy.cut()
+                time.sleep(10)
+                kafka.proxy.restore()
+            lines.append(sum(len(w.log_path.read_text(errors="replace").splitlines()) for w in workers) - before)
         publisher.join()
         verdict = wait_complete(work, [emulator], 300)
         return {
-            "fault": BROKER_FAULTS[fault],
+            "faults": "; ".join(BROKER_FAULTS[fault] for fault in faults),
             "events published": len(work.events) + hooks,
-            "worker log lines while it lasted": during,
+            "worker log lines while each lasted": ", ".join(map(str, lines)),
             **tally(work, verdict),
         }
     finally:
@@ -751,55 +757,94 @@ def printable(figures: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in figures.items() if not k.startswith("_")}
 
 
+@contextlib.contextmanager
+def starved(busy: int) -> Iterator[None]:
+    """``busy`` processes spinning beside the scenario: the workers, the broker and GLPI get what CPU is left.
+
+    Production nodes are shared: a worker short of CPU answers heartbeats late, rebalances mid-work and sees its
+    timers fire late. Each loop runs at the workers' priority.
+    """
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Fault-injection suite (long form of tests/e2e/test_chaos.py)")
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--outage", type=float, default=60.0)
     parser.add_argument("--conversations", type=int, default=5)
     parser.add_argument("--messages", type=int, default=9)
+    parser.add_argument("--starve", type=int, default=0, help="busy loops beside every scenario (CPU starvation)")
+    parser.add_argument("--runs", type=int, default=1, help="run each chosen scenario this many times")
+    parser.add_argument("--only", nargs="*", default=[], help="scenario names (see the list below)")
     args = parser.parse_args()
+    # The scenarios' own producers see every broker fault too; the report is about the workers (their logs).
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     workdir = Path(tempfile.mkdtemp(prefix="glpi-sync-chaos-"))
     kafka = KafkaBroker(workdir / "kafka")
     (workdir / "kafka").mkdir()
     kafka.start()
-    failures = 0
+    runs: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {
+        "kill9": (
+            "kill -9 at random points",
+            lambda wd: scenario_kill9(kafka, wd, args.kills, conversations=args.conversations, messages=args.messages),
+        ),
+        "glpi": (
+            "GLPI faults: 5xx, hangs, expired sessions, 429, lost replies",
+            lambda wd: scenario_glpi_faults(kafka, wd),
+        ),
+        "dead": ("one hook's GLPI down", lambda wd: scenario_dead_hook(kafka, wd, args.outage)),
+        "rebalance": ("rebalance and broker restart", lambda wd: scenario_rebalance_and_broker_restart(kafka, wd)),
+        **{
+            f"broker-{fault}": (
+                f"broker fault: {text}",
+                lambda wd, fault=fault: scenario_broker_fault(kafka, wd, fault),
+            )
+            for fault, text in BROKER_FAULTS.items()
+        },
+        "late": (
+            "creates GLPI commits after the client gave up (pre-existing 3-partition topic)",
+            lambda wd: scenario_late_commits(kafka, wd, hooks=8, conversations=4, messages=6),
+        ),
+        "drain": ("kill -9 during drains", lambda wd: scenario_drain_kills(kafka, wd, kills=8)),
+        "closed": (
+            "closed tickets, a restricted profile, 950 kB messages",
+            lambda wd: scenario_closed_tickets_and_big_messages(kafka, wd),
+        ),
+        "shared": (
+            "many conversations of one contact at once, an outage, kill -9",
+            lambda wd: scenario_shared_contacts(kafka, wd, conversations=30, kills=4),
+        ),
+    }
+    chosen = args.only or list(runs)
+    unknown = sorted(set(chosen) - set(runs))
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(runs)}")
+    failures = total = 0
     try:
-        runs = [
-            (
-                "kill -9 at random points",
-                lambda: scenario_kill9(
-                    kafka, workdir / "kill9", args.kills, conversations=args.conversations, messages=args.messages
-                ),
-            ),
-            (
-                "GLPI faults: 5xx, hangs, expired sessions, 429, lost replies",
-                lambda: scenario_glpi_faults(kafka, workdir / "faults"),
-            ),
-            ("one hook's GLPI down", lambda: scenario_dead_hook(kafka, workdir / "dead", args.outage)),
-            ("rebalance and broker restart", lambda: scenario_rebalance_and_broker_restart(kafka, workdir / "rebal")),
-            (
-                "creates GLPI commits after the client gave up (pre-existing 3-partition topic)",
-                lambda: scenario_late_commits(kafka, workdir / "late", hooks=8, conversations=4, messages=6),
-            ),
-            ("kill -9 during drains", lambda: scenario_drain_kills(kafka, workdir / "drain", kills=8)),
-            (
-                "closed tickets, a restricted profile, 950 kB messages",
-                lambda: scenario_closed_tickets_and_big_messages(kafka, workdir / "closed"),
-            ),
-            (
-                "many conversations of one contact at once, an outage, kill -9",
-                lambda: scenario_shared_contacts(kafka, workdir / "shared", conversations=30, kills=4),
-            ),
-        ]
-        for title, run in runs:
-            figures = run()
-            report(title, printable(figures))
-            failures += 0 if figures["_verdict"].ok else 1
-            if not figures["_verdict"].ok:
-                print("   details:", figures["_verdict"].details[:20])
+        with starved(args.starve):
+            for name in chosen:
+                title, run = runs[name]
+                for attempt in range(1, args.runs + 1):
+                    total += 1
+                    figures = run(workdir / f"{name}-{attempt}")
+                    suffix = f" (run {attempt} of {args.runs}{f', {args.starve} busy loops' if args.starve else ''})"
+                    report(title + suffix, printable(figures))
+                    if not figures["_verdict"].ok:
+                        failures += 1
+                        print(
+                            "   details:",
+                            figures["_verdict"].details[:20],
+                            f"(logs in {workdir / f'{name}-{attempt}'})",
+                        )
     finally:
         kafka.stop()
-    print(f"chaos: {len(runs) - failures} passed, {failures} failed")
+    print(f"chaos: {total - failures} passed, {failures} failed")
     return 1 if failures else 0
 
 

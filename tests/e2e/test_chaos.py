@@ -9,6 +9,7 @@ import pytest
 from tests.chaos import (
     printable,
     report,
+    scenario_broker_fault,
     scenario_closed_tickets_and_big_messages,
     scenario_dead_hook,
     scenario_drain_kills,
@@ -84,3 +85,13 @@ def test_many_conversations_of_one_contact_at_once(
     assert figures["parked during the outage"] >= 5
     assert figures["_fetcher_missing"] == 0  # windows refill at once after a pause (app/lanes.py)
     _check("many conversations of one contact at once (short)", figures, capsys)
+
+
+def test_broker_killed_frozen_and_cut_off(
+    kafka: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kill -9 of the broker, then SIGSTOP past the session timeout, then the network cut: nothing lost or doubled,
+    and the workers' log stays short while each lasts (aiokafka's errors are damped)."""
+    figures = scenario_broker_fault(kafka, tmp_path / "broker", "kill9", "freeze", "cut")
+    assert all(int(n) < 400 for n in figures["worker log lines while each lasted"].split(", ")), figures
+    _check("broker killed, frozen and cut off", figures, capsys)

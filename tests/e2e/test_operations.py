@@ -290,6 +290,8 @@ def test_doctor_green_and_every_red_line(sync_env: SyncEnv, emulator: EmulatorPr
         code, checks = doctor_json(sync_env, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9")
         assert code == 1
         assert checks[0]["check"] == "broker reachable"
+        assert "KAFKA_BOOTSTRAP_SERVERS" in checks[0]["fix"]
+        assert {"workers reachable", "webhook ingress"} <= {c["check"] for c in checks}  # the rest is still checked
         assert "wrong-app-token" not in worker.log_path.read_text()
     finally:
         restricted.stop()
@@ -311,6 +313,34 @@ def test_metrics_expose_lag_pauses_and_per_hook_freshness(sync_env: SyncEnv, emu
         "cwglpi_commit_stalled_seconds",
     ):
         assert name in metrics, name
+
+
+def test_work_held_back_shows_as_stuck_then_clears(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:
+    """A followup GLPI holds for 14 s: the partition is stuck work (metric, doctor, log) until it is done."""
+    worker = sync_env.worker()
+    worker.env["GLPI_SYNC_STUCK_SECONDS"] = "3"
+    worker.env["GLPI_SYNC_GLPI_TIMEOUT"] = "30"  # GLPI is slow, not gone: the handler waits for it
+    worker.start()
+    emulator.faults({"path": "ITILFollowup", "method": "POST", "kind": "delay", "seconds": 14, "count": 1})
+    sync_env.publish([hook_envelope(emulator.api_url), *story()])
+    partition = hook_partition(7, sync_env.partitions)
+
+    def stuck_gauge() -> float:
+        metrics = worker.http_get("/metrics")[1].decode()
+        prefix = f'cwglpi_stuck_work_seconds{{partition="{partition}",topic="{sync_env.topic}"}} '
+        found = [float(line.removeprefix(prefix)) for line in metrics.splitlines() if line.startswith(prefix)]
+        return found[0] if found else 0.0
+
+    wait_until(lambda: stuck_gauge() > 0, 30, what="the stuck-work gauge")
+    _, checks = doctor_json(sync_env, GLPI_SYNC_WORKER_URL=f"http://127.0.0.1:{worker.http_port}")
+    stuck = [c for c in checks if c["check"] == "stuck work"]
+    assert len(stuck) == 1 and stuck[0]["level"] == "fail", stuck
+    assert f"partition {partition} of {sync_env.topic}" in stuck[0]["detail"] and "hook 7" in stuck[0]["detail"]
+    assert "its event still runs" in stuck[0]["fix"]
+    assert "stuck work: partition" in worker.log_path.read_text()
+    wait_until(lambda: len(emulator.state()["ITILFollowup"]) == 3, 60, what="the story, once GLPI answers")
+    wait_until(lambda: stuck_gauge() == 0, 30, what="the gauge back to 0")
+    assert len(emulator.state()["ITILFollowup"]) == 3  # shown, never read again while its handler ran
 
 
 def test_resets_keep_operator_decisions_and_never_replay_replays(sync_env: SyncEnv, emulator: EmulatorProcess) -> None:

@@ -181,6 +181,7 @@ async def test_a_partition_given_to_another_worker_forgets_its_replay_point() ->
     await lanes.stop()
     lanes.assigned(set())  # the partition went to another worker, which commits as it goes
     app.consumer_generation_id = 3
+    app.consumer._committed_offset = {TP0: 40}  # type: ignore[attr-defined]  # what the other worker committed
     await lanes.dispatch(FakeEvent(FakeMessage(b"A", 40, generation_id=3)))  # given back later: from its commit
     assert not any(call[0] == "seek" for call in app.consumer.calls)
     assert lanes.inflight == 1
@@ -366,3 +367,131 @@ async def test_a_window_that_empties_during_a_rebalance_resumes_after_it() -> No
     await asyncio.sleep(0.01)
     assert app.consumer.paused == set()
     await lanes.stop()
+
+
+# ------------------------------------------------------------------------------------------ nothing goes by unseen
+
+
+class CommittedConsumer(FakeConsumer):
+    """A consumer that knows the partition's committed offset (or its first offset) and re-reads after a seek."""
+
+    def __init__(self, committed: int | None) -> None:
+        super().__init__()
+        self._committed_offset = {TP0: committed}
+
+
+async def _run(app: Any, offsets: list[int]) -> list[int]:
+    handled: list[int] = []
+
+    async def handler(event: Any, prepared: Any) -> None:
+        handled.append(event.message.offset)
+
+    lanes = LaneDispatcher(app, handler)
+    for offset in offsets:
+        await lanes.dispatch(FakeEvent(FakeMessage(b"7", offset)))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    await lanes.stop()
+    return handled
+
+
+async def test_a_partition_read_from_past_its_start_is_read_again_from_it() -> None:
+    """Never committed, read from 57 (faust keeps a partition's position): the records before 57 come first."""
+    app: Any = FakeApp()
+    app.consumer = CommittedConsumer(committed=None)
+    handled = await _run(app, [57, 58, *range(0, 60)])  # after the seek, the broker sends 0 onwards
+    assert ("seek", TP0, 0) in app.consumer.calls
+    assert handled == list(range(0, 60))  # each once, in order, nothing skipped
+
+
+async def test_a_record_missing_in_the_middle_is_read_again_never_skipped() -> None:
+    app: Any = FakeApp()
+    app.consumer = CommittedConsumer(committed=30)
+    handled = await _run(app, [30, 31, 33, 34, 32, 33, 34, 35])  # 32 went missing on the way, then the re-read
+    assert ("seek", TP0, 32) in app.consumer.calls
+    assert handled == [30, 31, 32, 33, 34, 35]
+
+
+async def test_offsets_that_hold_no_record_are_checked_once_then_passed() -> None:
+    """A transaction marker takes an offset: the re-read brings the same next record, and reading goes on."""
+    app: Any = FakeApp()
+    app.consumer = CommittedConsumer(committed=30)
+    handled = await _run(app, [30, 31, 33, 33, 34])
+    assert [call for call in app.consumer.calls if call[0] == "seek"] == [("seek", TP0, 32)]
+    assert handled == [30, 31, 33, 34]
+
+
+async def test_a_record_whose_dispatch_was_cut_short_is_read_again() -> None:
+    """faust restarts its agent when a dispatch is cancelled: the record at 0 never reached the lanes, 1 comes next."""
+    app: Any = FakeApp()
+    app.consumer = CommittedConsumer(committed=None)
+    handled = await _run(app, [1, 2, 0, 1, 2])
+    assert ("seek", TP0, 0) in app.consumer.calls
+    assert handled == [0, 1, 2]
+
+
+class GapConsumer(CommittedConsumer):
+    def __init__(self, committed: int | None) -> None:
+        super().__init__(committed)
+        self.gaps: list[tuple[TP, int, int]] = []
+
+    async def _add_gap(self, tp: TP, first: int, last: int) -> None:
+        self.gaps.append((tp, first, last))
+
+
+async def test_offsets_with_no_record_are_told_to_faust_so_its_commits_pass_them() -> None:
+    """An aborted transaction leaves offsets 32 to 35 empty: faust commits its first unbroken run of acks only."""
+    app: Any = FakeApp()
+    app.consumer = GapConsumer(committed=30)
+    handled = await _run(app, [30, 31, 36, 36, 37])
+    assert handled == [30, 31, 36, 37]
+    assert app.consumer.gaps == [(TP0, 32, 35)]
+
+
+async def test_a_partition_whose_first_records_expired_starts_at_its_first_record() -> None:
+    """Never committed, offsets 0 to 39 deleted by retention: the seek to 0 lands on 40, which comes twice."""
+    app: Any = FakeApp()
+    app.consumer = GapConsumer(committed=None)
+    handled = await _run(app, [40, 40, 41])
+    assert [call for call in app.consumer.calls if call[0] == "seek"] == [("seek", TP0, 0)]
+    assert handled == [40, 41]
+    assert app.consumer.gaps == [(TP0, 0, 39)]
+
+
+async def test_a_handler_cancelled_from_within_runs_again_before_the_next_event_of_its_group() -> None:
+    """A library future cancelled under the handler (a broker outage) must not end the event without an outcome."""
+    app: Any = FakeApp()
+    app.consumer = CommittedConsumer(committed=0)
+    calls: list[int] = []
+    acks: list[int] = []
+
+    async def handler(event: Any, prepared: Any) -> None:
+        calls.append(event.message.offset)
+        if calls.count(event.message.offset) == 1 and event.message.offset == 0:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future  # raises CancelledError inside the handler, as a cancelled changelog future does
+
+    lanes = LaneDispatcher(app, handler, place=lambda e: Placement(e.message.key, None, None))  # barriers
+    for event in events("77", acks):
+        await lanes.dispatch(event)
+    await asyncio.sleep(1.0)
+    assert calls == [0, 0, 1]  # run again in its place; the next event of the group waited for it
+    assert acks == [0, 1]
+    await lanes.stop()
+
+
+def test_faust_hands_every_record_of_the_lanes_topics_over_even_after_a_seek(tmp_path: Any) -> None:
+    """faust's drain loop drops a record below its "read offset", which an in-flight batch raises past a seek."""
+    from app.settings import WorkerSettings
+    from app.worker import build_app
+
+    settings = WorkerSettings(topic="events", control_topic="events.control", data_dir=tmp_path)  # type: ignore[call-arg]
+    consumer: Any = build_app(settings).consumer
+    lanes_tp, changelog_tp = TP("events", 3), TP("some-changelog", 0)
+    get_read_offset = consumer._read_offset.__getitem__  # what faust's _drain_messages binds at its start
+    consumer._read_offset[lanes_tp] = 10  # what faust's seek sets
+    consumer._read_offset[lanes_tp] = 57  # the rest of the batch fetched before the seek went through
+    consumer._read_offset[changelog_tp] = 57
+    assert get_read_offset(lanes_tp) is None  # faust's test: "r_offset is None or offset >= r_offset" lets 10 in
+    assert get_read_offset(changelog_tp) == 57  # other topics keep faust's own filter
+    assert get_read_offset(TP("other", 1)) is None
