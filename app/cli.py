@@ -19,6 +19,7 @@ import asyncio
 import getpass
 import logging
 import os
+import signal
 import sys
 import time
 import uuid
@@ -455,7 +456,7 @@ def cmd_dlq_replay(args: argparse.Namespace, env: ToolSettings) -> int:
     from app.kafka_io import publish_raw, read_record
 
     if not args.all and not args.offset and args.hook is None:
-        raise CliError("choose what to replay: --offset N (repeatable), --hook H, or --all")
+        raise CliError("choose what to replay: --offset N (repeatable), --hook-id H, or --all")
     conn = kafka(env)
     selected, parse_failures = [], 0
     for record in _dlq_records(env):
@@ -914,7 +915,15 @@ def _with_wait(parser: argparse.ArgumentParser) -> None:
 
 
 def _hook_id(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hook-id", type=int, required=True, help="the Chatwoot integration hook id, e.g. --hook-id 7")
+    parser.add_argument(
+        "--hook-id", type=int, required=True, help="the hook's id (yours to choose, one per Chatwoot account), e.g. 7"
+    )
+
+
+def _hook_filter(parser: argparse.ArgumentParser, text: str) -> None:
+    """An optional ``--hook-id`` (``--hook``, its old name, still works and is not shown)."""
+    parser.add_argument("--hook-id", type=int, dest="hook", help=f"{text}, e.g. --hook-id 7")
+    parser.add_argument("--hook", type=int, dest="hook", help=argparse.SUPPRESS)
 
 
 def _worker_url(parser: argparse.ArgumentParser) -> None:
@@ -986,21 +995,21 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="inspect, replay and purge the dead-letter topic")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
     dl = dlq_sub.add_parser("list", help="what was dead-lettered, and why")
-    dl.add_argument("--hook", type=int, help="only this hook's records, e.g. --hook 7")
+    _hook_filter(dl, "only this hook's records")
     dl.add_argument("--since", help="only records since this time, e.g. --since 2026-11-01T00:00:00Z")
     dl.add_argument("--limit", type=int, default=0, help="only the last N records, e.g. --limit 20")
     dl.add_argument("--json", action="store_true", help="machine-readable output")
     dl.set_defaults(func=cmd_dlq_list)
     dr = dlq_sub.add_parser("replay", help="publish dead-lettered records back onto the input topic (safe to repeat)")
     dr.add_argument("--offset", type=int, action="append", default=[], help="DLQ offset (repeatable), e.g. --offset 12")
-    dr.add_argument("--hook", type=int, help="replay this hook's records, e.g. --hook 7")
+    _hook_filter(dr, "replay this hook's records")
     dr.add_argument("--all", action="store_true", help="replay everything")
     dr.add_argument("--force", action="store_true", help="also replay records that failed to parse")
     dr.add_argument("--dry-run", action="store_true", help="say what would be replayed")
     dr.set_defaults(func=cmd_dlq_replay)
     dp = dlq_sub.add_parser("purge", help="delete dead letters older than a time")
     dp.add_argument("--before", required=True, help="delete records older than this, e.g. --before 2026-11-01")
-    dp.add_argument("--hook", type=int, help="only this hook's (others are kept, moved to the end), e.g. --hook 7")
+    _hook_filter(dp, "only this hook's (others are kept, moved to the end)")
     dp.add_argument("--dry-run", action="store_true", help="say what would be purged")
     dp.set_defaults(func=cmd_dlq_purge)
 
@@ -1068,7 +1077,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp = hook_sub.add_parser(name, help=text)
         _hook_id(sp)
         if name in ("pause", "skip"):
-            sp.add_argument("--reason", default="", help='recorded with the command, e.g. --reason "GLPI upgrade"')
+            example = "GLPI upgrade" if name == "pause" else "ticket deleted in GLPI by hand"
+            sp.add_argument("--reason", default="", help=f'recorded with the command, e.g. --reason "{example}"')
         _with_wait(sp)
         sp.set_defaults(func=cmd_hook_command)
     ht = hook_sub.add_parser("test", help="the health checklist for one hook, run by the worker that owns it")
@@ -1143,8 +1153,20 @@ def cmd_completion(args: argparse.Namespace, env: ToolSettings) -> int:
     return 0
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        # argparse would only say that a COMMAND is required, without naming what it did not understand.
+        print(f"glpi-sync: unknown option {argv[0]}: a COMMAND comes first (glpi-sync --help)", file=sys.stderr)
+        return EXIT_INPUT
     args = build_parser().parse_args(argv)
+    # SIGTERM (kill, a container stopping) ends a command as Ctrl-C does; the worker and the ingress install their
+    # own handlers, which stop them gracefully.
+    signal.signal(signal.SIGTERM, _interrupted)
     # aiokafka logs every failed connection attempt; a command says it once, in its own words.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:

@@ -75,7 +75,8 @@ async def kafka_lines(env: ToolSettings) -> list[Line]:
                         f"topic {spec.name}",
                         "fail",
                         "missing",
-                        "start a worker (it creates its topics) or apply deploy/k8s/topics.yaml (Strimzi)",
+                        "start a worker (it creates its topics), or with Strimzi apply "
+                        "deploy/k8s/components/strimzi-topics/topics.yaml",
                     )
                 )
             elif spec.co_partitioned and count != partitions:

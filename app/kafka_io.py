@@ -159,7 +159,7 @@ async def require_topic(target: Target, topic: str, what: str) -> None:
     if topic not in await topic_partitions(target, [topic]):
         raise TopicMissingError(
             f"the {what} topic {topic} does not exist yet: start a worker first (it creates its topics), "
-            "or create it (deploy/k8s/topics.yaml)"
+            "or create it (deploy/k8s/components/strimzi-topics/topics.yaml)"
         )
 
 

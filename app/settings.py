@@ -8,6 +8,7 @@ pydantic's errors into one line per variable: its name, what it accepts, and wha
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -220,10 +221,15 @@ S = TypeVar("S", bound=ToolSettings)
 
 
 def _variable(model: type[BaseSettings], field: str) -> str:
-    info = model.model_fields.get(field)
-    alias = info.validation_alias if info is not None else None
-    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
-        return alias.choices[0]
+    """The variable the user set for ``field`` (a field read from one of several variables names the one set)."""
+    for info in model.model_fields.values():
+        alias = info.validation_alias
+        if not isinstance(alias, AliasChoices):
+            continue
+        choices = [str(choice).upper() for choice in alias.choices]
+        if field.upper() in choices:
+            present = {name.upper() for name in os.environ}
+            return next((choice for choice in choices if choice in present), choices[0])
     return "GLPI_SYNC_" + field.upper()
 
 

@@ -102,7 +102,7 @@ def plan_layout(existing: Mapping[str, int], settings: WorkerSettings) -> Layout
         elif count is None:
             missing.append(
                 f"topic {spec.name} is missing and GLPI_SYNC_CREATE_TOPICS is false: create it with {wanted} "
-                "partition(s) (deploy/k8s/topics.yaml) or let the worker create it"
+                "partition(s) (deploy/k8s/components/strimzi-topics/topics.yaml) or let the worker create it"
             )
         elif spec.co_partitioned and count != partitions:
             mismatched.append(f"topic {spec.name} has {count} partition(s), but {source}")

@@ -19,7 +19,13 @@ from typing import Any
 import orjson
 
 from app.backfill.plan import BACKFILL_HEADER, conversation_envelopes, counted_messages
-from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootNotFoundError, ChatwootRefusedError
+from app.chatwoot.api import (
+    ChatwootClient,
+    ChatwootError,
+    ChatwootNotFoundError,
+    ChatwootRefusedError,
+    ChatwootUnreachableError,
+)
 from app.kafka_io import Record
 
 Send = Callable[[list[Record]], Awaitable[int]]
@@ -127,6 +133,8 @@ async def backfill(
     except ChatwootRefusedError:
         raise
     except ChatwootError as exc:  # the listing itself failed: what is done is checkpointed; run again to go on
+        if isinstance(exc, ChatwootUnreachableError) and not client.reached:
+            raise  # it never answered: a wrong URL or a network in the way, not a partial run
         summary.errors += 1
         summary.error_details.append(str(exc))
     return summary

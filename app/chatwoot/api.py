@@ -23,6 +23,8 @@ from app.events import ECHO_ATTRIBUTE
 
 #: Attempts per request (429, 5xx, connection errors) before the request fails.
 ATTEMPTS = 8
+#: Attempts before a Chatwoot that never answered yet counts as unreachable (a wrong URL fails in seconds).
+FIRST_CONTACT_ATTEMPTS = 3
 MAX_BACKOFF_SECONDS = 60.0
 #: Chatwoot's page sizes: conversations per list page, messages per cursor page.
 PAGE_SIZE = 25
@@ -58,6 +60,8 @@ class ChatwootClient:
         self._http: aiohttp.ClientSession | None = None
         self.requests = 0
         self.throttled = 0
+        #: Chatwoot answered at least once (before that, connection errors fail after FIRST_CONTACT_ATTEMPTS).
+        self.reached = False
 
     async def __aenter__(self) -> ChatwootClient:
         self._http = aiohttp.ClientSession(timeout=self.timeout, headers={"api_access_token": self._token})
@@ -90,7 +94,7 @@ class ChatwootClient:
         where = f"{self.base} ({path.split('?')[0]})"
         backoff = 1.0
         problem = ""
-        for _ in range(ATTEMPTS):
+        for attempt in range(1, ATTEMPTS + 1):
             await self._pace()
             self.requests += 1
             wait = backoff
@@ -102,6 +106,7 @@ class ChatwootClient:
                     json=body,
                     allow_redirects=False,
                 ) as resp:
+                    self.reached = True
                     answer = await resp.read()
                     if resp.status == 200:
                         return orjson.loads(answer)
@@ -127,6 +132,11 @@ class ChatwootClient:
                 problem = f"{type(exc).__name__}: {exc}"[:200]
                 if not retry:
                     raise ChatwootUnreachableError(f"Chatwoot at {where}: {problem} (it may have landed)") from None
+                if not self.reached and attempt >= FIRST_CONTACT_ATTEMPTS:
+                    raise ChatwootUnreachableError(
+                        f"Chatwoot at {self.base} cannot be reached ({problem}; tried {attempt} times): check the "
+                        "URL and that this host may reach it"
+                    ) from None
             except orjson.JSONDecodeError:
                 raise ChatwootError(f"Chatwoot at {where} did not answer JSON (is this the Chatwoot URL?)") from None
             await asyncio.sleep(min(wait, MAX_BACKOFF_SECONDS))

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import socket
 import time
 from typing import Any
 
@@ -314,11 +315,20 @@ def run_ingress(settings: IngressSettings, port: int | None = None) -> int:
         )
     ingress = Ingress(settings, secrets)
     host, bound = settings.ingress_host, settings.ingress_port if port is None else port
+    try:
+        listener = socket.create_server((host, bound), reuse_port=False)
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s:%d: %s (choose another with --port or GLPI_SYNC_INGRESS_PORT)",
+            host,
+            bound,
+            exc.strerror or exc,
+        )
+        return 2
     log.info("ingress listening on %s:%d, producing to %s", host, bound, settings.topic)
     web.run_app(
         ingress.application(),
-        host=host,
-        port=bound,
+        sock=listener,
         shutdown_timeout=settings.ingress_shutdown_timeout,
         access_log=None,
         print=None,

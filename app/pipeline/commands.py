@@ -6,7 +6,7 @@
 | ``hook_resume``                 | clear any pause and drain the parked events                                |
 | ``hook_retry``                  | the worker's own: clear a self-healing pause, or continue a drain          |
 | ``hook_disable``                | new events are set aside (dead-lettered with the reason); parked ones stay |
-| ``hook_enable``                 | sync again, drain the parked events (``dlq replay --hook N``: set aside)   |
+| ``hook_enable``                 | sync again, drain the parked events (``dlq replay --hook-id N``: set aside)   |
 | ``hook_skip``                   | the parked event the hook is stuck on goes to the DLQ, with who and why    |
 | ``hook_reset``/``hook_rebuilt`` | forget the hook's mappings and adopt what GLPI holds while replaying       |
 | ``set_*_mapping``               | point a contact or conversation at a GLPI id, or clear it                  |

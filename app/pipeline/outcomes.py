@@ -1,7 +1,7 @@
 """Every record ends with one outcome, counted and logged once: synced, skipped, parked, set aside, dead-lettered.
 
 ``set_aside`` is a dead letter by decision (the hook is disabled, removed, or cannot hold more events): the record
-is in the dead-letter topic with the reason, and ``glpi-sync dlq replay --hook N`` brings it back.
+is in the dead-letter topic with the reason, and ``glpi-sync dlq replay --hook-id N`` brings it back.
 """
 
 from __future__ import annotations

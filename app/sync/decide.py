@@ -122,14 +122,17 @@ def validate_hook_settings(
     problems: list[str] = []
     url = settings.api_url.strip().rstrip("/")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        problems.append(f"api_url must be an absolute http(s) URL, got {url!r}")
+    absolute = parts.scheme in ("http", "https") and bool(parts.netloc)
+    if not absolute:
+        problems.append(
+            f"api_url must be an absolute http(s) URL, got {url!r}, e.g. https://glpi.example.com/apirest.php"
+        )
     elif parts.scheme == "http" and not allow_http:
         problems.append(
             "api_url uses plain http; use https (for a local GLPI: --allow-http on hook set, "
             "GLPI_SYNC_ALLOW_HTTP=true on the worker)"
         )
-    if not (url.endswith("/apirest.php") or url.endswith("/api.php/v1")):
+    if absolute and not (url.endswith("/apirest.php") or url.endswith("/api.php/v1")):
         problems.append(
             f"api_url must end with /apirest.php: did you mean {url.split('?')[0].rstrip('/')}/apirest.php ?"
         )

@@ -87,7 +87,7 @@ class HookRecord(HookSlot):
     pause: Pause | None = None
     #: After ``hook reset``: every create looks in GLPI first, so replayed events adopt what exists.
     rebuilding: bool = False
-    #: Events dead-lettered because the hook was disabled (recover them with ``glpi-sync dlq replay --hook N``).
+    #: Events dead-lettered because the hook was disabled (recover them with ``glpi-sync dlq replay --hook-id N``).
     set_aside: int = 0
     #: Drains in a row in which the queue's head failed on its own while GLPI answered other requests.
     head_failures: int = 0

@@ -273,8 +273,8 @@ def test_no_event_is_acknowledged_without_a_trace(sync_env: SyncEnv, emulator: E
     assert _cli(sync_env, "hook", "enable", "--hook-id", "12").returncode == 0
     wait_until(lambda: any(o["event"] == "hook_enable" for o in _outcomes(sync_env)), 60, what="hook 12 enabled")
     enabled = next(o for o in _outcomes(sync_env) if o["event"] == "hook_enable")
-    assert "1 event(s) set aside while disabled: glpi-sync dlq replay --hook 12" in enabled["msg"]
-    replay = _cli(sync_env, "dlq", "replay", "--hook", "12")
+    assert "1 event(s) set aside while disabled: glpi-sync dlq replay --hook-id 12" in enabled["msg"]
+    replay = _cli(sync_env, "dlq", "replay", "--hook", "12")  # the old name of --hook-id still works
     assert replay.returncode == 0, replay.stderr
     wait_until(lambda: "person12@example.org" in _logins(emulator), 60, what="hook 12's replayed contact")
     assert _logins(emulator) == {"person11@example.org", "person12@example.org"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from app.metrics import Metrics
+from app.metrics import IngressMetrics, Metrics
 from app.settings import IngressSettings, WorkerSettings
 from app.topology import TABLES, plan_layout, topic_specs
 
@@ -23,12 +25,27 @@ K8S = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.31.0"
 
 
-def resources() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    docs = []
-    for name in kustomization["resources"]:
-        docs += [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+OVERLAY = K8S / "overlays" / "strimzi-prometheus-operator"
+EXAMPLES = K8S / "examples"
+
+
+def kustomized(directory: Path) -> list[dict[str, Any]]:
+    """The documents a kustomization lists (resources and components, followed into directories); no transforms."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for name in [*kustomization.get("resources", []), *kustomization.get("components", [])]:
+        path = (directory / name).resolve()
+        if path.is_dir():
+            docs += kustomized(path)
+        else:
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
+
+
+def resources() -> list[dict[str, Any]]:
+    """The overlay with every component, and the examples an operator edits and applies beside it."""
+    examples = [d for f in sorted(EXAMPLES.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    return kustomized(OVERLAY) + examples
 
 
 def of_kind(kind: str) -> list[dict[str, Any]]:
@@ -181,6 +198,7 @@ def test_statefulset_probes_grace_and_security() -> None:
 def exported_metric_names() -> set[str]:
     registry = CollectorRegistry()
     Metrics(registry)
+    IngressMetrics(registry)
     text = generate_latest(registry).decode()
     names = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
@@ -240,3 +258,46 @@ def test_metrics_are_scraped_while_pods_are_unready_and_deliberate_pauses_do_not
     (rule,) = of_kind("PrometheusRule")
     paused = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "CwglpiHookPaused")
     assert 'kind!="operator"' in paused["expr"]
+
+
+def test_the_base_applies_as_it_is_with_no_placeholder_secret() -> None:
+    base = kustomized(K8S / "base")
+    assert [d["kind"] for d in base if d["kind"] in ("Secret", "KafkaTopic", "ServiceMonitor", "PrometheusRule")] == []
+    assert "replace-me" not in yaml.safe_dump_all(base)
+    for doc in base:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    for kind in ("StatefulSet", "Deployment"):  # a plain Prometheus finds every pod by its annotations
+        (workload,) = [d for d in base if d["kind"] == kind]
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        port = workload["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == str(port)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed here")
+def test_kubectl_kustomize_renders_the_base_and_the_overlay() -> None:
+    strimzi = {"KafkaTopic", "ServiceMonitor", "PrometheusRule"}
+    for directory, kinds, creates in ((K8S / "base", set(), "true"), (OVERLAY, strimzi, "false")):
+        out = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, check=True)
+        rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
+        assert "Secret" not in {d["kind"] for d in rendered}
+        assert kinds <= {d["kind"] for d in rendered}
+        assert {d["metadata"].get("namespace") for d in rendered if d["kind"] != "Namespace"} == {"chatwoot-glpi-sync"}
+        (configmap,) = [d for d in rendered if d["kind"] == "ConfigMap"]
+        assert configmap["data"]["GLPI_SYNC_CREATE_TOPICS"] == creates  # Strimzi owns its topics
+
+
+def test_plain_prometheus_gets_the_same_rules_as_the_operator() -> None:
+    (rule,) = of_kind("PrometheusRule")
+    plain = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
+    assert plain == {"groups": rule["spec"]["groups"]}
+
+
+def test_the_ingress_is_scraped_and_alerted_on_and_two_way_has_panels() -> None:
+    monitors = {m["metadata"]["name"]: m for m in of_kind("ServiceMonitor")}
+    (service,) = [s for s in of_kind("Service") if s["metadata"]["name"] == "chatwoot-glpi-sync-ingress"]
+    ingress_monitor = monitors["chatwoot-glpi-sync-ingress"]
+    assert ingress_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert {e["port"] for e in ingress_monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    everything = " ".join(queries())
+    for prefix in ("cwglpi_ingress_producer_up", "cwglpi_ingress_produce_errors", "cwglpi_twoway_lag_seconds"):
+        assert prefix in everything
