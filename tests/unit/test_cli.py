@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import CliError, _load_records, to_envelopes
+from app.cli.common import CliError
+from app.cli.publish import load_records, to_envelopes
 from app.kafka_io import envelope_key
 from tests.conftest import load_example
 from tests.harness import WORKER_BIN
@@ -24,12 +25,12 @@ def test_jsonl_and_json_files_are_read(tmp_path: Path) -> None:
     jsonl.write_text(json.dumps(body) + "\n\n" + json.dumps(body) + "\n")
     array = tmp_path / "events.json"
     array.write_text(json.dumps([body, body, body]))
-    assert len(_load_records(str(jsonl))) == 2
-    assert len(_load_records(str(array))) == 3
+    assert len(load_records(str(jsonl))) == 2
+    assert len(load_records(str(array))) == 3
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"event": "x"}\nnot json\n')
     with pytest.raises(CliError, match=r"bad\.jsonl:2"):
-        _load_records(str(bad))
+        load_records(str(bad))
 
 
 def test_raw_bodies_are_wrapped_and_keyed_by_hook() -> None:
