@@ -231,7 +231,7 @@ class HookSettings(_Model):
     """GLPI settings of one hook. Values may arrive as strings, as Chatwoot stores them.
 
     Structural checks only; the https rule depends on the worker's ``GLPI_SYNC_ALLOW_HTTP`` and is applied by
-    :func:`app.sync.decide.validate_hook_settings`.
+    :func:`app.sync.hook_config.validate_hook_settings`.
     """
 
     api_url: str = Field(min_length=1)

@@ -25,7 +25,7 @@ from app.pipeline import Pipeline
 from app.pipeline.clients import glpi_ssl_context
 from app.secrets import HookConfigError, TokenVault, resolve_token
 from app.settings import WorkerSettings
-from app.sync.decide import validate_hook_settings
+from app.sync.hook_config import validate_hook_settings
 from app.sync.state import AnyHook, ContactRecord, ConversationRecord, HookPolicy, HookRecord
 
 FORWARDED = "X-Cwglpi-Forwarded"

@@ -19,7 +19,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from app.events import TOKEN_FIELDS, HookSettings, TokenEncrypted, TokenFromEnv, TokenFromFile, TokenRef
 from app.settings import ToolSettings, WorkerSettings
-from app.sync.decide import token_reference_problem
+from app.sync.hook_config import token_reference_problem
 from app.sync.state import HookPolicy
 
 

@@ -28,8 +28,9 @@ from faust.types import TP, EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app import logs
+from app.faust_consumer import read_every_record
 from app.kafka_io import BrokerUnreachableError, KafkaConnection
-from app.lanes import LaneDispatcher, Placement, read_every_record
+from app.lanes import LaneDispatcher, Placement
 from app.metrics import Metrics
 from app.ops import FORWARDED, Operations, admin_gate
 from app.pipeline import DurableTable, Pipeline
@@ -54,7 +55,7 @@ class SyncApp(faust.App):
     logger = logging.getLogger("faust.app")
     pipeline: Pipeline
     lanes: LaneDispatcher
-    #: Topics whose every fetched record faust hands to the lanes (:func:`app.lanes.read_every_record`).
+    #: Topics whose every fetched record faust hands to the lanes (:func:`app.faust_consumer.read_every_record`).
     lane_topics: frozenset[str] = frozenset()
 
     def _new_consumer(self) -> Any:
@@ -196,9 +197,9 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     async def resume_paused_hooks() -> None:
         if app.rebalancing:
             return
-        pipeline.refresh_gauges()
-        for hook in pipeline.hooks_to_retry():
-            await pipeline.request_drain(hook, "timer")
+        pipeline.status.refresh_gauges()
+        for hook in pipeline.requests.hooks_to_retry():
+            await pipeline.requests.request_drain(hook, "timer")
 
     cast(Any, app).timer(interval=settings.resume_interval)(_contained(resume_paused_hooks))
 
@@ -225,8 +226,8 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     async def poll_two_way_hooks() -> None:
         if app.rebalancing:
             return
-        for hook in pipeline.hooks_to_poll():
-            await pipeline.request_poll(hook)
+        for hook in pipeline.requests.hooks_to_poll():
+            await pipeline.requests.request_poll(hook)
 
     cast(Any, app).timer(interval=settings.two_way_poll_seconds)(_contained(poll_two_way_hooks))
 

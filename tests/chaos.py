@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.lanes import FETCHER_MISSING
+from app.faust_consumer import FETCHER_MISSING
 from tests.conftest import SyncEnv, envelope, hook_envelope, load_example
 from tests.glpi_emulator import FIRST_USER_ID
 from tests.harness import EmulatorProcess, KafkaBroker, wait_until

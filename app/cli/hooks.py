@@ -29,7 +29,7 @@ from app.cli.common import (
 )
 from app.events import HookSettings
 from app.settings import ToolSettings
-from app.sync.decide import validate_hook_settings
+from app.sync.hook_config import validate_hook_settings
 
 
 def _token_ref(env: ToolSettings, inline: str | None, var: str | None, file: str | None, name: str) -> Any:

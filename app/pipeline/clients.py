@@ -24,7 +24,7 @@ from app.glpi import GlpiClient
 from app.glpi.limiter import AdaptiveLimit, RequestLimiter
 from app.metrics import Metrics
 from app.secrets import HookConfigError, TokenVault, resolve_token
-from app.sync.decide import host_problem
+from app.sync.hook_config import host_problem
 from app.sync.state import HookPolicy, HookRecord
 
 #: A probe's answer is reused this long (many events may fail at once; GLPI is asked once).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,8 @@ from app.pipeline.source import SourceRecord
 from app.pipeline.store import SyncStore
 
 log = logging.getLogger("cwglpi.worker")
+#: Command results kept per worker for ``--wait`` (the oldest go first).
+RESULTS_KEPT = 1000
 _WARN = frozenset({"dead_lettered", "parked", "set_aside"})
 
 
@@ -106,3 +109,21 @@ class OutcomeLog:
             "lag_s": round(lag, 3) if lag is not None else None,
         }
         log.log(level, "%s %s: %s", parsed.event if parsed else "record", outcome, logs.redact(reason), extra=extra)
+
+
+class CommandResults:
+    """How the latest operator commands ended, by event id, for the CLI's ``--wait`` (bounded, this worker's only)."""
+
+    def __init__(self, kept: int = RESULTS_KEPT) -> None:
+        self.kept = kept
+        self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def remember(self, event_id: str | None, outcome: str, reason: str) -> None:
+        if not event_id:
+            return
+        self._results[event_id] = {"outcome": outcome, "reason": reason, "at": time.time()}
+        while len(self._results) > self.kept:
+            self._results.popitem(last=False)
+
+    def get(self, event_id: str) -> dict[str, Any] | None:
+        return self._results.get(event_id)

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import html
 import time
-from typing import TYPE_CHECKING
 
 from app.events import Contact, ControlCommand
-from app.execute import GlpiExecutor
+from app.execute import GlpiExecutor, RetryPolicy
 from app.glpi import GlpiClient, GlpiNotFoundError
+from app.pipeline.clients import HookClients
+from app.pipeline.store import SyncStore
 from app.sync import mapping
 from app.sync.commands import Command, Create, CreateFollowup, CreateTicket, Outcome, cautious
-from app.sync.decide import ensure_contact_command
+from app.sync.contacts import ensure_contact_command
 from app.sync.record import record, ticket_replaced, with_intent
-from app.sync.state import HookRecord, SyncView
-
-if TYPE_CHECKING:
-    from app.pipeline.records import Pipeline
+from app.sync.state import HookRecord, SyncContext, SyncView
 
 
 async def _exists(client: GlpiClient, itemtype: str, item_id: int) -> bool:
@@ -32,11 +30,12 @@ async def _exists(client: GlpiClient, itemtype: str, item_id: int) -> bool:
 
 
 class _Resync:
-    def __init__(self, pipeline: Pipeline, hook: HookRecord) -> None:
-        self.pipeline = pipeline
+    def __init__(self, store: SyncStore, client: GlpiClient, policy: RetryPolicy, ctx: SyncContext, hook: HookRecord):
+        self.store = store
+        self.ctx = ctx
         self.hook = hook
-        self.client = pipeline.clients.client_for(hook)
-        self.executor = GlpiExecutor(self.client, pipeline.policy)
+        self.client = client
+        self.executor = GlpiExecutor(client, policy)
 
     async def run(self, view: SyncView, cmd: Command) -> tuple[SyncView, Outcome]:
         """Run one create with a durable intent before its POST; returns the recorded view and the outcome."""
@@ -45,15 +44,15 @@ class _Resync:
         async def before_post(create: Create, at: float) -> None:
             nonlocal current
             before, current = current, with_intent(current, create, at)
-            await self.pipeline.store.persist(before, current, True)
+            await self.store.persist(before, current, True)
 
         outcome = await self.executor.run(cmd, before_post)
         after = record(current, cmd, outcome, time.time())
-        await self.pipeline.store.persist(current, after, True)
+        await self.store.persist(current, after, True)
         return after, outcome
 
     async def contact(self, contact_id: int) -> str:
-        store, hook = self.pipeline.store, self.hook
+        store, hook = self.store, self.hook
         contact = store.contact(hook.account_id, contact_id)
         if contact is None:
             return f"contact {contact_id} was never synced: publish its contact_created again"
@@ -63,12 +62,12 @@ class _Resync:
             id=contact.contact_id, name=contact.name, email=(contact.emails or (None,))[0], phone_number=contact.phone
         )
         view = SyncView(hook=hook, contact=contact.model_copy(update={"glpi_id": None}))
-        cmd = ensure_contact_command(view, hook.account_id, chatwoot, hook.settings, self.pipeline.ctx)
+        cmd = ensure_contact_command(view, hook.account_id, chatwoot, hook.settings, self.ctx)
         _, outcome = await self.run(view, cautious(cmd))
         return f"contact {contact_id}: {contact.glpi_itemtype} {contact.glpi_id} was missing, now {outcome}"
 
     async def conversation(self, conversation_id: int) -> str:
-        store, hook = self.pipeline.store, self.hook
+        store, hook = self.store, self.hook
         conv = store.conversation(hook.account_id, conversation_id)
         if conv is None:
             return f"conversation {conversation_id} was never synced: publish its events again"
@@ -119,14 +118,23 @@ class _Resync:
         return f"conversation {conversation_id} → ticket {ticket_id}: " + ", ".join(notes)
 
 
-async def resync(pipeline: Pipeline, hook: HookRecord, command: ControlCommand) -> str:
-    """Run ``resync_contact`` or ``resync_conversation``; returns what it found and what it recreated."""
-    job = _Resync(pipeline, hook)
-    payload = command.payload
-    if command.event == "resync_contact":
-        if payload.contact_id is None:
-            return "resync_contact needs a contact_id"
-        return await job.contact(payload.contact_id)
-    if payload.conversation_id is None:
-        return "resync_conversation needs a conversation_id"
-    return await job.conversation(payload.conversation_id)
+class Resync:
+    """The ``resync_contact`` and ``resync_conversation`` commands."""
+
+    def __init__(self, store: SyncStore, clients: HookClients, policy: RetryPolicy, ctx: SyncContext) -> None:
+        self.store = store
+        self.clients = clients
+        self.policy = policy
+        self.ctx = ctx
+
+    async def run(self, hook: HookRecord, command: ControlCommand) -> str:
+        """Run the command for ``hook``; returns what it found and what it recreated."""
+        job = _Resync(self.store, self.clients.client_for(hook), self.policy, self.ctx, hook)
+        payload = command.payload
+        if command.event == "resync_contact":
+            if payload.contact_id is None:
+                return "resync_contact needs a contact_id"
+            return await job.contact(payload.contact_id)
+        if payload.conversation_id is None:
+            return "resync_conversation needs a conversation_id"
+        return await job.conversation(payload.conversation_id)

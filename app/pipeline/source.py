@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from faust.types import EventT
+
+#: How handling a record ended. ``done``: it reached a final outcome. ``paused``: a parked record stays at its
+#: queue's head (its hook cannot go on yet).
+Disposition = Literal["done", "paused"]
 
 
 def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:

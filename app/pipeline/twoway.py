@@ -35,9 +35,15 @@ from app.chatwoot.api import (
 )
 from app.events import GlpiChange
 from app.glpi import GlpiError, GlpiNotFoundError
+from app.metrics import Metrics
+from app.pipeline.clients import HookClients
+from app.pipeline.dead_letters import DeadLetters
+from app.pipeline.locks import KeyedLocks
+from app.pipeline.outcomes import OutcomeLog
 from app.pipeline.source import SourceRecord
-from app.secrets import HookConfigError, resolve_token
-from app.sync.state import HookRecord, SyncView
+from app.pipeline.store import SyncStore
+from app.secrets import HookConfigError, TokenVault, resolve_token
+from app.sync.state import HookRecord, SyncContext, SyncView
 from app.twoway.plan import (
     Cursor,
     action_for,
@@ -51,7 +57,6 @@ from app.twoway.plan import (
 
 if TYPE_CHECKING:
     from app.glpi.client import GlpiClient
-    from app.pipeline.records import Pipeline
 
 log = logging.getLogger("cwglpi.worker")
 #: Rows read per itemtype and page, and pages per poll (a busier GLPI is caught up over the next polls).
@@ -71,9 +76,31 @@ AUTHORS_KEPT = 2000
 class TwoWay:
     """Poll and apply for the hooks with ``two_way`` on."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-        self.store = pipeline.store
+    def __init__(
+        self,
+        *,
+        store: SyncStore,
+        clients: HookClients,
+        control: Any,
+        hook_locks: KeyedLocks,
+        ctx: SyncContext,
+        vault: TokenVault,
+        chatwoot_timeout: float,
+        outcomes: OutcomeLog,
+        dead_letters: DeadLetters,
+        metrics: Metrics,
+    ) -> None:
+        self.store = store
+        self.clients = clients
+        #: The control topic: polls publish the GLPI changes there, keyed by hook.
+        self.control = control
+        self.hook_locks = hook_locks
+        self.ctx = ctx
+        self.vault = vault
+        self.chatwoot_timeout = chatwoot_timeout
+        self.outcomes = outcomes
+        self.dead_letters = dead_letters
+        self.metrics = metrics
         #: (hook, GLPI user id) → (display name or None, read at): technicians' names for the message signature.
         self._authors: dict[tuple[int, int], tuple[str | None, float]] = {}
 
@@ -166,7 +193,7 @@ class TwoWay:
         if hook.pause is not None or hook.status != "enabled":
             return "skipped", f"hook {hook.status}{' and paused' if hook.pause else ''}: not polled"
         tickets, statuses = self._tickets(hook.account_id)
-        client = self.pipeline.clients.client_for(hook)
+        client = self.clients.client_for(hook)
         events: list[dict[str, Any]] = []
         cursors = dict(hook.glpi_cursors)
         first = not cursors
@@ -188,12 +215,12 @@ class TwoWay:
         for event in events:
             if event["event"] != "glpi_status_changed":
                 event["payload"]["attachments"] = await self._attachments(client, hook, event["payload"])
-            sent = await self.pipeline.control.send(
+            sent = await self.control.send(
                 key=str(hook.hook_id).encode(), value=orjson.dumps(event), partition=hook.partition
             )
             await sent
         if cursors != hook.glpi_cursors:
-            async with self.pipeline.hook_locks.hold(hook.hook_id):  # lanes change the slot meanwhile
+            async with self.hook_locks.hold(hook.hook_id):  # lanes change the slot meanwhile
                 current = self.store.hook(hook.hook_id) or hook
                 await self.store.save_slot(current.model_copy(update={"glpi_cursors": cursors}))
         if first:
@@ -206,21 +233,19 @@ class TwoWay:
         settings = hook.settings
         if not settings.chatwoot_url:
             raise HookConfigError("two-way sync needs chatwoot_url in the hook's settings")
-        token = resolve_token(
-            settings.chatwoot_token, "chatwoot_token", self.pipeline.ctx.hook_policy, self.pipeline.vault
-        )
+        token = resolve_token(settings.chatwoot_token, "chatwoot_token", self.ctx.hook_policy, self.vault)
         if not token:
             raise HookConfigError("two-way sync needs chatwoot_token in the hook's settings")
         logs.register_secret(token)
-        timeout = self.pipeline.settings.chatwoot_timeout
+        timeout = self.chatwoot_timeout
         return ChatwootClient(settings.chatwoot_url, hook.account_id, token, rate=0, timeout=timeout)
 
     async def apply(self, record: SourceRecord, change: GlpiChange, started: float) -> None:
         """Apply one GLPI change to its conversation and log its outcome."""
         outcome, reason = await self._apply(record, change)
-        self.pipeline.outcomes.finish(record, change, outcome, reason, started)
+        self.outcomes.finish(record, change, outcome, reason, started)
         if outcome == "synced":
-            self.pipeline.metrics.twoway.labels(change.event).inc()
+            self.metrics.twoway.labels(change.event).inc()
 
     async def _apply(self, record: SourceRecord, change: GlpiChange) -> tuple[str, str]:
         hook = self.store.hook(change.hook_id)
@@ -247,7 +272,7 @@ class TwoWay:
                     done.append(f"posted message {message_id}")
                     since = glpi_epoch(change.payload.date, settings.timezone)
                     if since is not None:
-                        self.pipeline.metrics.twoway_lag.observe(max(0.0, time.time() - since))
+                        self.metrics.twoway_lag.observe(max(0.0, time.time() - since))
                 if action.status is not None and reply.get("status") != action.status:
                     await self._set_status(hook, client, conversation_id, action.status)
                     await self.store.replies.put_durable(
@@ -255,15 +280,15 @@ class TwoWay:
                     )
                     done.append(f"{'resolved' if action.status == 'resolved' else 'reopened'} the conversation")
         except HookConfigError as exc:
-            await self.pipeline.dead_letters.send(record, "chatwoot", "TwoWayNotConfigured", str(exc))
+            await self.dead_letters.send(record, "chatwoot", "TwoWayNotConfigured", str(exc))
             return "dead_lettered", str(exc)
         except ChatwootNotFoundError as exc:
             return "skipped", f"conversation {conversation_id} is gone from Chatwoot ({exc})"[:300]
         except ChatwootRefusedError as exc:
-            await self.pipeline.dead_letters.send(record, "chatwoot", "ChatwootRefused", str(exc))
+            await self.dead_letters.send(record, "chatwoot", "ChatwootRefused", str(exc))
             return "dead_lettered", f"{exc} (fix the token, then glpi-sync dlq replay --hook {hook.hook_id})"
         except ChatwootError as exc:
-            await self.pipeline.dead_letters.send(record, "chatwoot", "ChatwootUnavailable", str(exc)[:300])
+            await self.dead_letters.send(record, "chatwoot", "ChatwootUnavailable", str(exc)[:300])
             return "dead_lettered", f"{exc} (glpi-sync dlq replay --hook {hook.hook_id} posts it, never twice)"[:400]
         if not done:
             return "skipped", f"{action.ref} is in conversation {conversation_id} already"

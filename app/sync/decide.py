@@ -18,190 +18,33 @@ Rules (see README "Sync rules"); which events get here at all is :mod:`app.sync.
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
 from app.events import (
     ECHO_ATTRIBUTE,
-    TOKEN_FIELDS,
     Contact,
     ContactEvent,
     Conversation,
     ConversationEvent,
-    HookConfigured,
-    HookRemoved,
     HookSettings,
     KnownEvent,
     Message,
     MessageEvent,
-    TokenFromEnv,
-    TokenFromFile,
-    TokenRef,
     UnknownEvent,
 )
 from app.sync import mapping
 from app.sync.commands import (
-    AddRequester,
     CheckTicket,
     Command,
-    ContactSnapshot,
     CreateFollowup,
     CreateTicket,
-    EnsureContact,
-    EnsureUser,
-    EnsureUserEmail,
     Finished,
-    Lookup,
-    SearchCriterion,
     Step,
     UpdateItem,
 )
-from app.sync.state import AnyHook, HookPolicy, HookRecord, Intent, SyncContext, SyncView, UnconfiguredHook
-
-#: ``contact_updated`` changes that never reach GLPI.
-CONTACT_NOISE = frozenset(
-    {"last_activity_at", "updated_at", "additional_attributes", "custom_attributes", "avatar", "thumbnail"}
-)
-
-
-# --------------------------------------------------------------------------------------------------- hook config
-
-
-def token_reference_problem(ref: TokenRef | None, name: str, policy: HookPolicy) -> str | None:
-    """Why ``ref`` may not be used (None when granted). Never echoes an inline token's value."""
-    if ref is None:
-        return None
-    if isinstance(ref, str):
-        if policy.refuse_inline_tokens:
-            return f"{name} is given inline, and inline tokens are refused here: use an env or file reference"
-        return None
-    if isinstance(ref, TokenFromEnv):
-        if not ref.env.startswith(policy.env_prefix) or ref.env == policy.env_prefix:
-            granted = f"only variables named {policy.env_prefix}* are granted to hooks"
-            return f"{name} names the environment variable {ref.env!r}: {granted}"
-        return None
-    if isinstance(ref, TokenFromFile):
-        path = PurePosixPath(ref.file)
-        root = PurePosixPath(policy.secrets_dir)
-        if not path.is_absolute() or ".." in path.parts or not path.is_relative_to(root) or path == root:
-            return f"{name} names the file {ref.file!r}: only files under {policy.secrets_dir}/ are granted to hooks"
-        return None
-    # {"encrypted": ...} is how the worker stores inline tokens in its own table; a producer sending one could make
-    # the worker decrypt a token it copied from a changelog and send it to a server of its choosing.
-    return f"{name} is an encrypted reference: send the token inline or by env/file reference"
-
-
-def host_problem(api_url: str, policy: HookPolicy) -> str | None:
-    """Why ``api_url``'s host may not receive a hook's tokens (None when allowed)."""
-    host = (urlsplit(api_url).hostname or "").lower()
-    port = urlsplit(api_url).port
-    if not policy.allowed_hosts or host in policy.allowed_hosts or f"{host}:{port}" in policy.allowed_hosts:
-        return None
-    return (
-        f"api_url host {host!r} is not one of GLPI_SYNC_ALLOWED_GLPI_HOSTS ({', '.join(sorted(policy.allowed_hosts))})"
-    )
-
-
-def grant_problems(settings: HookSettings, policy: HookPolicy) -> list[str]:
-    """What ``settings`` ask for that the operators did not grant (token references, the GLPI host)."""
-    found = [host_problem(settings.api_url, policy)]
-    found += [token_reference_problem(getattr(settings, name), name, policy) for name in TOKEN_FIELDS]
-    return [problem for problem in found if problem]
-
-
-def validate_hook_settings(
-    settings: HookSettings, *, allow_http: bool, policy: HookPolicy | None = None
-) -> tuple[HookSettings, list[str]]:
-    """Normalise ``api_url`` and list what is wrong with the settings (empty list = usable).
-
-    Catches the guide's classic mistakes (missing ``/apirest.php``, plain http, a trailing slash, which is removed)
-    and, given a ``policy``, anything the operators did not grant: token references and GLPI hosts (settings the
-    worker stored itself, with encrypted tokens, are checked without one).
-    """
-    problems: list[str] = []
-    url = settings.api_url.strip().rstrip("/")
-    parts = urlsplit(url)
-    absolute = parts.scheme in ("http", "https") and bool(parts.netloc)
-    if not absolute:
-        problems.append(
-            f"api_url must be an absolute http(s) URL, got {url!r}, e.g. https://glpi.example.com/apirest.php"
-        )
-    elif parts.scheme == "http" and not allow_http:
-        problems.append(
-            "api_url uses plain http; use https (for a local GLPI: --allow-http on hook set, "
-            "GLPI_SYNC_ALLOW_HTTP=true on the worker)"
-        )
-    if absolute and not (url.endswith("/apirest.php") or url.endswith("/api.php/v1")):
-        problems.append(
-            f"api_url must end with /apirest.php: did you mean {url.split('?')[0].rstrip('/')}/apirest.php ?"
-        )
-    if parts.query or parts.fragment:
-        problems.append("api_url must not have a query string or fragment")
-    if settings.two_way:
-        chatwoot = urlsplit(settings.chatwoot_url or "")
-        if chatwoot.scheme not in ("http", "https") or not chatwoot.netloc:
-            problems.append("two_way needs chatwoot_url, Chatwoot's base URL (e.g. https://chat.example.com)")
-        elif chatwoot.scheme == "http" and not allow_http:
-            problems.append("chatwoot_url uses plain http; use https (the agent's token travels with every call)")
-        if settings.chatwoot_token is None:
-            problems.append("two_way needs chatwoot_token, an agent's or agent bot's api_access_token reference")
-    if policy is not None:
-        problems += grant_problems(settings, policy)
-    try:
-        mapping.glpi_datetime(mapping.EPOCH, settings.timezone)
-    except (KeyError, ValueError):
-        problems.append(f"timezone {settings.timezone!r} is not an IANA time zone name")
-    return settings.model_copy(update={"api_url": url}), problems
-
-
-def apply_hook_event(
-    current: AnyHook | None, event: HookConfigured | HookRemoved, ctx: SyncContext
-) -> tuple[AnyHook | None, list[str]]:
-    """The hook's slot after a control event, and the problems that made it refuse the change.
-
-    A refused ``hook_configured`` leaves the current slot untouched. ``hook_removed`` keeps a ``removed`` slot (its
-    partition and queue counters) so later events of the hook are set aside with that reason, not lost.
-    """
-    if isinstance(event, HookRemoved):
-        if current is None:
-            return None, []
-        return (
-            UnconfiguredHook(
-                hook_id=current.hook_id,
-                partition=current.partition,
-                parked_first=current.parked_first,
-                parked_next=current.parked_next,
-                status="removed",
-            ),
-            [],
-        )
-    settings, problems = validate_hook_settings(
-        event.payload.settings, allow_http=ctx.allow_http, policy=ctx.hook_policy
-    )
-    if problems:
-        return current, problems
-    configured = current if isinstance(current, HookRecord) else None
-    # A new configuration is the operator's fix for a transient or credentials pause; an operator pause stays.
-    keep_pause = configured.pause if configured and configured.pause and configured.pause.kind == "operator" else None
-    return (
-        HookRecord(
-            hook_id=event.hook_id,
-            account_id=event.account_id,
-            status=event.payload.status,
-            account_features=tuple(event.payload.account_features),
-            settings=settings,
-            pause=keep_pause,
-            parked_first=current.parked_first if current else 0,
-            parked_next=current.parked_next if current else 0,
-            partition=current.partition if current else None,
-            rebuilding=configured.rebuilding if configured else False,
-            glpi_cursors=configured.glpi_cursors if configured else {},
-            set_aside=configured.set_aside if configured else 0,
-        ),
-        [],
-    )
-
+from app.sync.contacts import contact_ids, contact_sync_step, decide_contact, identity, requester_step
+from app.sync.record import earlier_attempt, looks_first
+from app.sync.state import HookRecord, SyncContext, SyncView
 
 # ------------------------------------------------------------------------------------------------------ routing
 
@@ -243,7 +86,7 @@ def decide(view: SyncView, event: KnownEvent | UnknownEvent, ctx: SyncContext) -
     settings = view.hook.settings
     match event:
         case ContactEvent():
-            return _decide_contact(view, event, settings, ctx)
+            return decide_contact(view, event, settings, ctx)
         case ConversationEvent():
             return _decide_conversation(view, event, settings, ctx)
         case MessageEvent():
@@ -252,190 +95,13 @@ def decide(view: SyncView, event: KnownEvent | UnknownEvent, ctx: SyncContext) -
             return Finished("skipped", f"{event.event} is a control event")
 
 
-# ------------------------------------------------------------------------------------------------------ contacts
-
-
-def _rebuilding(view: SyncView) -> bool:
-    return view.cautious or (view.hook is not None and view.hook.rebuilding)
-
-
-def _earlier_attempt(pending: Intent | None, marker: str, ctx: SyncContext) -> tuple[bool, float]:
-    """``(lookup_first, not_before)`` for a create whose record holds ``pending``.
-
-    An intent for the same object means an earlier POST may have created it, now or later: look first, and do not
-    POST again before that attempt can no longer land.
-    """
-    if pending is None or pending.marker != marker:
-        return False, 0.0
-    return True, (pending.attempt_at + ctx.late_commit_window) if pending.attempt_at else 0.0
-
-
-def ensure_contact_command(
-    view: SyncView, account_id: int, contact: Contact, settings: HookSettings, ctx: SyncContext
-) -> EnsureUser | EnsureContact:
-    """Find-else-create for a contact (used by ``resync contact`` after its GLPI record vanished)."""
-    return _ensure_contact_command(view, account_id, contact, settings, ctx)
-
-
-def _identity(contact: Contact, settings: HookSettings) -> tuple[str | None, str | None, str | None]:
-    return (
-        mapping.real_name(contact.name),
-        mapping.normalise_email(contact.email),
-        mapping.normalise_phone(contact.phone_number, settings.phone_region),
-    )
-
-
-def _snapshot(account_id: int, contact: Contact, settings: HookSettings) -> ContactSnapshot:
-    name, email, phone = _identity(contact, settings)
-    return ContactSnapshot(account_id, contact.id, name, phone, email)
-
-
-def _exact(field: int, value: str, link: str = "OR") -> SearchCriterion:
-    return SearchCriterion(field, "contains", f"^{value}$", "AND" if link == "AND" else "OR")
-
-
-def _ensure_contact_command(
-    view: SyncView, account_id: int, contact: Contact, settings: HookSettings, ctx: SyncContext
-) -> EnsureUser | EnsureContact:
-    snap = _snapshot(account_id, contact, settings)
-    first, last = mapping.split_name(snap.name)
-    pending = view.contact.pending if view.contact else None
-    if settings.sync_type == "user":
-        login = mapping.user_login(account_id, contact.id, snap.email, snap.phone)
-        lookups = []
-        if snap.email:
-            lookups.append(Lookup((_exact(5, snap.email),), "email"))
-        if snap.phone and settings.match_by_phone:
-            lookups.append(Lookup((_exact(6, snap.phone), _exact(11, snap.phone)), "phone"))
-        user_input: dict[str, Any] = {
-            "name": login,
-            "firstname": first,
-            "realname": last,
-            "is_active": 1,
-            "entities_id": settings.entity_id,
-        }
-        if snap.phone:
-            user_input["phone"] = snap.phone
-        if snap.email:
-            user_input["_useremails"] = [snap.email]
-        earlier, not_before = _earlier_attempt(pending, login, ctx)
-        return EnsureUser(
-            tuple(lookups), user_input, login, snap, lookup_first=_rebuilding(view) or earlier, not_before=not_before
-        )
-    marker = mapping.contact_marker(account_id, contact.id)
-    contact_lookups = []
-    if snap.email:
-        contact_lookups.append(Lookup((_exact(6, snap.email),), "email"))
-    if snap.phone and settings.match_by_phone:
-        contact_lookups.append(Lookup((_exact(3, snap.phone),), "phone"))
-    earlier, not_before = _earlier_attempt(pending, marker, ctx)
-    # After an uncertain create (or a reset) the marker in the comment finds the exact contact we made; contacts
-    # made before markers existed are found by name when they have no email or phone.
-    fallbacks = [Lookup((SearchCriterion(16, "contains", marker),), "marker")]
-    name_criteria = [_exact(1, last or first)] if (last or first) else []
-    if first and last:
-        name_criteria.append(_exact(11, first, "AND"))
-    if name_criteria and not contact_lookups:
-        fallbacks.append(Lookup(tuple(name_criteria), "name"))
-    contact_input: dict[str, Any] = {
-        "name": last or first or snap.email or snap.phone or f"Chatwoot contact {contact.id}",
-        "firstname": first if last else "",
-        "entities_id": settings.entity_id,
-        "comment": f"Chatwoot contact {marker}",
-    }
-    if snap.email:
-        contact_input["email"] = snap.email
-    if snap.phone:
-        contact_input["phone"] = snap.phone
-    return EnsureContact(
-        tuple(contact_lookups), contact_input, snap, marker, _rebuilding(view) or earlier, tuple(fallbacks), not_before
-    )
-
-
-def _contact_sync_step(
-    view: SyncView, account_id: int, contact: Contact, settings: HookSettings, ctx: SyncContext, *, update: bool
-) -> Command | None:
-    """The next command that makes GLPI hold this contact, or None when it already does.
-
-    With ``update`` False (conversation and message events) an existing GLPI record is left as it is.
-    """
-    name, email, phone = _identity(contact, settings)
-    if not (name or email or phone):
-        return None
-    record = view.contact
-    if record is None or record.glpi_id is None:
-        return _ensure_contact_command(view, account_id, contact, settings, ctx)
-    if not update:
-        return None
-    snap = ContactSnapshot(account_id, contact.id, name or record.name, phone or record.phone, email)
-    fields: dict[str, Any] = {}
-    first, last = mapping.split_name(snap.name)
-    if name and name != record.name:
-        if settings.sync_type == "user":
-            fields.update(firstname=first, realname=last)
-        else:
-            fields.update(name=last or first, firstname=first if last else "")
-    if phone and phone != record.phone:
-        fields["phone"] = phone
-    if settings.sync_type == "contact" and email and email not in record.emails:
-        fields["email"] = email
-    if fields:
-        return UpdateItem(record.glpi_itemtype or "User", record.glpi_id, fields, snapshot=snap)
-    if settings.sync_type == "user" and email and email not in record.emails:
-        return EnsureUserEmail(record.glpi_id, email, snap)
-    return None
-
-
-def _requester_step(view: SyncView, contact: Contact, settings: HookSettings) -> AddRequester | None:
-    """Give the tickets created while this contact was anonymous their requester, once the contact is known.
-
-    A User when ``sync_type=user`` (once GLPI holds one); an email-only requester when ``sync_type=contact``.
-    """
-    record = view.contact
-    if record is None or not record.tickets_without_requester:
-        return None
-    ticket_id = record.tickets_without_requester[0]
-    if settings.sync_type == "user":
-        if record.glpi_id is None:
-            return None
-        return AddRequester(
-            ticket_id, record.account_id, record.contact_id, record.glpi_id, None, settings.notify_requester
-        )
-    email = mapping.normalise_email(contact.email) or (record.emails[0] if record.emails else None)
-    if email is None:
-        return None
-    return AddRequester(ticket_id, record.account_id, record.contact_id, None, email, settings.notify_requester)
-
-
-def _decide_contact(view: SyncView, event: ContactEvent, settings: HookSettings, ctx: SyncContext) -> Step:
-    contact = event.payload
-    changed = contact.changed_keys()
-    if event.event == "contact_updated" and changed and changed <= CONTACT_NOISE:
-        return Finished("skipped", "noise: only " + ", ".join(sorted(changed)) + " changed")
-    name, email, phone = _identity(contact, settings)
-    if not (name or email or phone):
-        return Finished("skipped", "contact not identifiable (no name, email or phone)")
-    step = _contact_sync_step(view, event.account, contact, settings, ctx, update=True) or _requester_step(
-        view, contact, settings
-    )
-    if step is not None:
-        return step
-    return Finished("skipped", "GLPI already holds this contact", _contact_ids(view))
-
-
-def _contact_ids(view: SyncView) -> dict[str, int]:
-    if view.contact and view.contact.glpi_id is not None:
-        return {(view.contact.glpi_itemtype or "User").lower() + "_id": view.contact.glpi_id}
-    return {}
-
-
 # ------------------------------------------------------------------------------------------------------ tickets
 
 
 def _contact_line(contact: Contact | None, settings: HookSettings) -> str:
     if contact is None:
         return ""
-    name, email, phone = _identity(contact, settings)
+    name, email, phone = identity(contact, settings)
     details = " · ".join(mapping.html_text(v) for v in (name, email, phone) if v)
     return f"<p>From: {details}</p>" if details else ""
 
@@ -493,7 +159,7 @@ def _create_ticket_command(
     """
     record = view.conversation
     sender = conv.meta.sender
-    name, email, _ = _identity(sender, settings) if sender else (None, None, None)
+    name, email, _ = identity(sender, settings) if sender else (None, None, None)
     who = name or email or (sender.phone_number if sender else None) or "a Chatwoot contact"
     channel = _channel(conv)
     subject = conv.additional_attributes.get("mail_subject")
@@ -546,14 +212,14 @@ def _create_ticket_command(
         ticket["_users_id_requester_notif"] = {"use_notification": notify, "alternative_email": email}
     elif sender is not None:
         without_requester = sender.id
-    earlier, not_before = _earlier_attempt(record.pending if record else None, marker, ctx)
+    earlier, not_before = earlier_attempt(record.pending if record else None, marker, ctx)
     return CreateTicket(
         ticket,
         marker,
         account_id,
         conv.id,
         conv.status,
-        lookup_first=_rebuilding(view) or earlier,
+        lookup_first=looks_first(view) or earlier,
         not_before=not_before,
         contact_without_requester=without_requester,
     )
@@ -565,13 +231,13 @@ def _conversation_prelude(
     """What every conversation or message event needs first: the contact in GLPI, the ticket, its requester."""
     sender = conv.meta.sender
     if sender is not None:
-        contact_step = _contact_sync_step(view, account_id, sender, settings, ctx, update=False)
+        contact_step = contact_sync_step(view, account_id, sender, settings, ctx, update=False)
         if contact_step is not None:
             return contact_step
     record = view.conversation
     if record is None or record.ticket_id is None:
         return _create_ticket_command(view, account_id, conv, settings, ctx)
-    return _requester_step(view, sender, settings) if sender is not None else None
+    return requester_step(view, sender, settings) if sender is not None else None
 
 
 def _recheck_step(view: SyncView, ctx: SyncContext) -> CheckTicket | None:
@@ -588,7 +254,7 @@ def _recheck_step(view: SyncView, ctx: SyncContext) -> CheckTicket | None:
 
 
 def _ticket_ids(view: SyncView) -> dict[str, int]:
-    ids = _contact_ids(view)
+    ids = contact_ids(view)
     if view.conversation and view.conversation.ticket_id is not None:
         ids["ticket_id"] = view.conversation.ticket_id
     return ids
@@ -737,7 +403,7 @@ def _message_step(
     }
     if msg.created_at is not None and not deleted:
         followup["date"] = mapping.glpi_datetime(msg.created_at, settings.timezone)
-    earlier, not_before = _earlier_attempt(record.pending if record else None, marker, ctx)
+    earlier, not_before = earlier_attempt(record.pending if record else None, marker, ctx)
     # A message at or below the cursor without a record of its own was maybe synced before its record was lost
     # (reset, repair): look before creating. Late deliveries below the cursor are still synced, never dropped.
     below_cursor = (conversation.last_synced_message_id or 0) >= msg.id
@@ -748,7 +414,7 @@ def _message_step(
         account,
         conv.id,
         msg.id,
-        lookup_first=below_cursor or _rebuilding(view) or earlier,
+        lookup_first=below_cursor or looks_first(view) or earlier,
         purpose="deletion" if purpose == "deletion" else "message",
         not_before=not_before,
     )

@@ -23,11 +23,35 @@ from app.sync.commands import (
     UpdateItem,
 )
 from app.sync.mapping import stored_input
-from app.sync.state import ContactRecord, ConversationRecord, Intent, MessageRecord, ReplacedBecause, SyncView
+from app.sync.state import (
+    ContactRecord,
+    ConversationRecord,
+    Intent,
+    MessageRecord,
+    ReplacedBecause,
+    SyncContext,
+    SyncView,
+)
 
 #: GLPI ticket status Closed: terminal; a conversation that goes on gets a new ticket linked to it.
 CLOSED = 6
 MAX_TICKETS_WITHOUT_REQUESTER = 50
+
+
+def looks_first(view: SyncView) -> bool:
+    """Creates look in GLPI first: the partition's state was rebuilt, or the hook is being reset."""
+    return view.cautious or (view.hook is not None and view.hook.rebuilding)
+
+
+def earlier_attempt(pending: Intent | None, marker: str, ctx: SyncContext) -> tuple[bool, float]:
+    """``(lookup_first, not_before)`` for a create whose record holds ``pending``.
+
+    An intent for the same object means an earlier POST may have created it, now or later: look first, and do not
+    POST again before that attempt can no longer land.
+    """
+    if pending is None or pending.marker != marker:
+        return False, 0.0
+    return True, (pending.attempt_at + ctx.late_commit_window) if pending.attempt_at else 0.0
 
 
 def _contact_record(view: SyncView, account_id: int, contact_id: int) -> ContactRecord:

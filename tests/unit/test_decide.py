@@ -23,7 +23,8 @@ from app.sync.commands import (
     TicketState,
     UpdateItem,
 )
-from app.sync.decide import apply_hook_event, decide, record_ids, validate_hook_settings
+from app.sync.decide import decide, record_ids
+from app.sync.hook_config import apply_hook_event, validate_hook_settings
 from app.sync.record import record, with_intent
 from app.sync.state import (
     ContactRecord,

@@ -14,7 +14,7 @@ from app.ops import admin_gate, contact_view
 from app.pipeline.dead_letters import without_inline_tokens
 from app.secrets import HookConfigError, TokenVault, resolve_token
 from app.settings import SettingsError, ToolSettings, WorkerSettings, load
-from app.sync.decide import HookPolicy, grant_problems, token_reference_problem
+from app.sync.hook_config import HookPolicy, grant_problems, token_reference_problem
 from app.sync.state import ContactRecord
 
 POLICY = HookPolicy(secrets_dir="/run/secrets/glpi-sync")

@@ -1,34 +1,6 @@
-"""The shell around the core: run the core's commands on GLPI, with the retry policy, until the event is done.
+"""Running the core's commands on GLPI: the retry policy, the intent and late-commit protocol, the outcome classes.
 
-``sync_event`` is the whole life of one event:
-
-    loop: step = decide(view, event, ctx)           (pure)
-          Finished?  -> return
-          outcome = await executor.run(step, before_post)
-                        before every create POST: view = with_intent(view, cmd, now); persist(durable)
-          view = record(view, step, outcome, now); persist(buffered)
-
-**Creates that GLPI finishes after we gave up.** GLPI (PHP) keeps working on a request whose client timed out, and a
-proxy's 502/504 says nothing about what PHP did: the insert can land seconds later. So after a create whose outcome
-is unknown, the executor never POSTs again until that attempt can no longer land (its start plus the late-commit
-window): meanwhile it keeps looking for the object and adopts it when it appears. Each POST's start is made durable
-first (the intent's ``attempt_at``), so a restarted worker waits too. A create made after such a wait is then checked:
-exactly one object may carry its marker, and a late duplicate we made is removed (tickets and contacts to GLPI's
-trash, followups purged).
-
-**Failures leave as two shell-level exceptions**, classified here and nowhere else:
-
-| failure                                                | raised as                                       |
-|--------------------------------------------------------|-------------------------------------------------|
-| GLPI refused the data (400 ``ERROR_GLPI_ADD``, ...)     | :class:`EventRejected`: the event is dead-lettered |
-| auth, rights or a non-GLPI answer; the probe fails     | :class:`HookUnavailable`: the hook is paused     |
-| the same, the probe passes (a closed ticket, an entity) | the ticket is replaced, else :class:`EventRejected` |
-| transient past the budget; the probe fails             | :class:`HookUnavailable` ``transient``           |
-| GLPI's own 5xx past the budget; the probe passes       | :class:`EventRejected` (GLPI cannot handle it)    |
-| timeouts past the budget; the probe passes             | :class:`HookUnavailable`, ``request_specific``   |
-
-The probe (:func:`probe_hook`) asks GLPI for something every event of the hook needs (the session, the profile's
-rights, the hook's entity): never the error message, which is the same for one closed ticket and a whole profile.
+The design (what is retried, what pauses a hook, what is dead-lettered) is in :mod:`app.execute`.
 """
 
 from __future__ import annotations
@@ -39,22 +11,17 @@ import html
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from app.events import HookSettings, KnownEvent, UnknownEvent
 from app.glpi import (
     Criterion,
     GlpiAuthError,
     GlpiClient,
     GlpiError,
-    GlpiNotFoundError,
     GlpiRejectedError,
     GlpiRetryableError,
     GlpiSessionInvalidError,
-    GlpiUnexpectedResponseError,
-    missing_rights,
 )
-from app.glpi.rights import needed_rights
 from app.sync import mapping
 from app.sync.commands import (
     AddRequester,
@@ -67,7 +34,6 @@ from app.sync.commands import (
     EnsureContact,
     EnsureUser,
     EnsureUserEmail,
-    Finished,
     Lookup,
     Outcome,
     Resolved,
@@ -76,9 +42,7 @@ from app.sync.commands import (
     UpdateItem,
     cautious,
 )
-from app.sync.decide import decide
-from app.sync.record import record, ticket_replaced, with_intent, without_intent
-from app.sync.state import PauseKind, SyncContext, SyncView
+from app.sync.state import PauseKind
 
 #: A decision needs at most: contact ensure, ticket, requester, check, replacement, followup (+ update, email).
 MAX_STEPS = 12
@@ -417,172 +381,3 @@ class GlpiExecutor:
                 except GlpiRejectedError:
                     return Applied(changed=False)  # ["ERROR_GLPI_ADD", ""]: already the requester
                 return Applied()
-
-
-async def probe_hook(client: GlpiClient, settings: HookSettings) -> HookUnavailable | None:
-    """Whether the hook as a whole can work: None when it can, else why not (a pause to apply).
-
-    Checks what every event needs: a session, a GLPI answer, the profile's rights, the hook's entity.
-    """
-    try:
-        profile = await client.get_active_profile()
-        entities = await client.get_my_entities()
-    except GlpiRetryableError as exc:
-        return HookUnavailable("transient", f"GLPI unreachable: {exc.code} {exc.message}".strip()[:300], exc.code)
-    except GlpiUnexpectedResponseError as exc:
-        return HookUnavailable("endpoint", exc.message[:300], exc.code)
-    except GlpiError as exc:
-        return HookUnavailable("auth", f"{exc.code}: {exc.message}"[:300], exc.code)
-    name = html.unescape(str(profile.get("name", "?")))
-    missing = missing_rights(profile, needed_rights(settings.sync_type))
-    if missing:
-        lacks = ", ".join(right.name for right in missing)
-        return HookUnavailable("auth", f"GLPI profile {name!r} may not {lacks}", "PROFILE_RIGHTS")
-    if settings.entity_id not in {e.get("id") for e in entities}:
-        return HookUnavailable(
-            "auth", f"GLPI profile {name!r} cannot work in entity {settings.entity_id}", "ENTITY_NOT_VISIBLE"
-        )
-    return None
-
-
-Persist = Callable[[SyncView, bool], Awaitable[None]]
-Probe = Callable[[], Awaitable[HookUnavailable | None]]
-
-
-_NOUNS = {
-    "ensure_user": "user",
-    "ensure_contact": "contact",
-    "create_ticket": "ticket",
-    "create_followup": "followup",
-}
-
-
-def describe_step(step: Command, outcome: Outcome) -> str:
-    """What one step did, for the outcome line and the trace: ``created ticket 100``, ``adopted user 10``."""
-    if isinstance(outcome, Resolved):
-        noun = _NOUNS.get(step.op, step.op)
-        if isinstance(step, CreateFollowup) and step.purpose == "deletion":
-            noun = "deletion note"
-        return f"{'created' if outcome.created else 'adopted existing'} {noun} {outcome.glpi_id}"
-    match step:
-        case UpdateItem():
-            return f"updated {step.itemtype.lower()} {step.item_id} ({', '.join(sorted(step.input))})"
-        case EnsureUserEmail():
-            added = isinstance(outcome, Applied) and outcome.changed
-            return f"{'added' if added else 'kept'} email of user {step.user_id}"
-        case CheckTicket():
-            state = f"status {outcome.status}" if isinstance(outcome, TicketState) else "read"
-            return f"checked ticket {step.ticket_id} ({state})"
-        case AddRequester():
-            return f"requester of ticket {step.ticket_id}"
-        case _:
-            return step.op
-
-
-def _ticket_of(step: Command) -> int | None:
-    """The ticket a command writes to, when an unusable ticket means "continue in a new one"."""
-    if isinstance(step, CreateFollowup | CheckTicket):
-        return step.ticket_id
-    if isinstance(step, UpdateItem) and step.itemtype == "Ticket":
-        return step.item_id
-    return None
-
-
-@dataclass(frozen=True)
-class EventResult:
-    finished: Finished
-    commands: tuple[str, ...]
-    view: SyncView
-
-    @property
-    def outcome(self) -> str:
-        return "synced" if self.commands else self.finished.outcome
-
-
-async def sync_event(
-    view: SyncView,
-    event: KnownEvent | UnknownEvent,
-    ctx: SyncContext,
-    executor_for: Callable[[], GlpiExecutor],
-    persist: Persist,
-    probe: Probe,
-    clock: Callable[[], float] = time.time,
-) -> EventResult:
-    """Drive ``event`` to completion and return how it finished.
-
-    ``persist(view, durable)`` writes the changed records; with ``durable`` it must not return before the write is
-    safe from a crash (the intent protocol relies on it). ``probe()`` tells whether the hook as a whole works.
-
-    Raises:
-        HookUnavailable: the hook cannot work now (pause it, park the event).
-        EventRejected: this event cannot be synced (dead-letter it).
-    """
-    ran: list[str] = []
-    replacements = 0
-    current = view
-
-    async def before_post(cmd: Create, at: float) -> None:
-        nonlocal current
-        current = with_intent(current, cmd, at)
-        await persist(current, True)
-
-    async def after_refusal(cmd: Create) -> None:
-        nonlocal current
-        current = without_intent(current, cmd)
-        await persist(current, False)
-
-    # The decisions see the time the event started: a ticket read during this event counts as seen (checked_at
-    # is then later than this), so one event reads its ticket at most once whatever the recheck window.
-    event_ctx = replace(ctx, now=clock())
-    for _ in range(MAX_STEPS):
-        step = decide(current, event, event_ctx)
-        if isinstance(step, Finished):
-            return EventResult(step, tuple(ran), current)
-        try:
-            outcome = await executor_for().run(step, before_post, after_refusal)
-        except GlpiNotFoundError as exc:
-            gone = _ticket_of(step)
-            if gone is None or replacements >= MAX_REPLACEMENTS:
-                raise EventRejected(f"{exc.code}: {exc.message}"[:300], exc) from None
-            replacements += 1
-            current = ticket_replaced(current, gone, "deleted")
-            await persist(current, True)
-            ran.append("ticket_gone")
-            continue
-        except GlpiRejectedError as exc:
-            raise EventRejected(f"GLPI refused the data: {exc.code}: {exc.message}"[:300], exc) from None
-        except (GlpiAuthError, GlpiUnexpectedResponseError) as exc:
-            problem = await probe()
-            if problem is not None:
-                raise problem from None
-            if isinstance(step, AddRequester):
-                outcome = Applied(changed=False)  # that old ticket refuses a requester: it keeps none
-            else:
-                # GLPI's own refusal of a ticket (closed for this profile, another entity): continue in a new one.
-                # Anything else answering for one request only (a WAF's page) says nothing about the ticket.
-                refused = _ticket_of(step) if isinstance(exc, GlpiAuthError) else None
-                if refused is None or replacements >= MAX_REPLACEMENTS:
-                    reason = f"GLPI refused this request only ({exc.code}: {exc.message}); the hook works"
-                    raise EventRejected(reason[:300], exc) from None
-                replacements += 1
-                current = ticket_replaced(current, refused, "refused")
-                await persist(current, True)
-                ran.append("ticket_refused")
-                continue
-        except GlpiRetryableError as exc:
-            problem = await probe()
-            if problem is not None:
-                raise problem from None
-            if not exc.still_running:
-                reason = f"GLPI keeps failing this request ({exc.code}: {exc.message}) while it answers others"
-                raise EventRejected(reason[:300], exc) from None
-            raise HookUnavailable(
-                "transient",
-                f"GLPI unreachable: {exc.code} {exc.message}".strip()[:300],
-                exc.code,
-                request_specific=True,
-            ) from None
-        current = record(current, step, outcome, clock())
-        await persist(current, False)
-        ran.append(describe_step(step, outcome))
-    raise RuntimeError(f"decision did not finish within {MAX_STEPS} steps (ran {ran})")
