@@ -269,6 +269,15 @@ class HookSettings(_Model):
     #: A GLPI solution is posted to the customer and, with this on, resolves the conversation.
     two_way_resolve_on_solution: Annotated[bool, BeforeValidator(_text_to_bool), WithJsonSchema(_BOOL_OR_TEXT)] = True
 
+    @property
+    def writes_back(self) -> bool:
+        """Whether the hook has a Chatwoot connection (write-back on, two-way or not).
+
+        The ticket's number, status and technician are then written on the conversation, and the requester on the
+        contact (README "What agents see in Chatwoot").
+        """
+        return bool(self.chatwoot_url and self.chatwoot_token)
+
     def __repr__(self) -> str:
         return f"HookSettings(api_url={self.api_url!r}, entity_id={self.entity_id}, sync_type={self.sync_type!r})"
 
@@ -344,7 +353,7 @@ class ControlCommand(_Model):
     payload: ControlCommandPayload = Field(default_factory=ControlCommandPayload)
 
 
-GlpiChangeName = Literal["glpi_followup_added", "glpi_solution_added", "glpi_status_changed"]
+GlpiChangeName = Literal["glpi_followup_added", "glpi_solution_added", "glpi_status_changed", "glpi_ticket_changed"]
 GLPI_CHANGES: tuple[str, ...] = get_args(GlpiChangeName)
 
 
@@ -359,6 +368,8 @@ class GlpiChangePayload(_Model):
     is_private: bool = False
     author: str | None = None
     status: int | None = None
+    #: ``glpi_ticket_changed`` (write-back): the technicians assigned to the ticket, comma-separated; None: nobody.
+    technician: str | None = None
     date: str | None = None
     #: Files the technician attached (GLPI Documents), as ``{"name", "url"}`` links to GLPI.
     attachments: list[dict[str, str]] = Field(default_factory=list)

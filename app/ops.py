@@ -18,7 +18,7 @@ import aiohttp
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import AppT
 
-from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootRefusedError
+from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootRefusedError, missing_definitions
 from app.events import TOKEN_FIELDS, TokenEncrypted, TokenFromEnv, TokenFromFile
 from app.glpi_checks import Check, glpi_checks
 from app.pipeline import Pipeline
@@ -27,6 +27,7 @@ from app.secrets import HookConfigError, TokenVault, resolve_token
 from app.settings import WorkerSettings
 from app.sync.hook_config import validate_hook_settings
 from app.sync.state import AnyHook, ContactRecord, ConversationRecord, HookPolicy, HookRecord
+from app.twoway.attributes import DEFINITIONS
 
 FORWARDED = "X-Cwglpi-Forwarded"
 
@@ -332,7 +333,7 @@ async def check_glpi(
         ssl_context=context,
         ca_label=str(settings.glpi_ca_file) if settings.glpi_ca_file else "the system trust store",
     )
-    if hook.settings.two_way:
+    if hook.settings.two_way or hook.settings.writes_back:
         checks += await chatwoot_checks(hook, policy, vault, min(settings.chatwoot_timeout, 10.0))
     return [c.as_dict() for c in checks]
 
@@ -340,8 +341,11 @@ async def check_glpi(
 async def chatwoot_checks(
     hook: HookRecord, policy: HookPolicy, vault: TokenVault | None, seconds: float
 ) -> list[Check]:
-    """Two-way: Chatwoot reachable, the agent's token valid, a member of the hook's account, with inboxes to post."""
-    fix = f"glpi-sync hook set --hook-id {hook.hook_id} --two-way --chatwoot-url … --chatwoot-token-file … again"
+    """Chatwoot reachable, the agent's token valid and a member of the hook's account.
+
+    Also: inboxes to post in (two-way), and write-back's attribute definitions in place.
+    """
+    fix = f"glpi-sync hook set --hook-id {hook.hook_id} --chatwoot-url … --chatwoot-token-file … again"
     try:
         token = resolve_token(hook.settings.chatwoot_token, "chatwoot_token", policy, vault)
     except HookConfigError as exc:
@@ -349,7 +353,7 @@ async def chatwoot_checks(
             Check("Chatwoot token resolvable", "fail", str(exc), "set the variable or mount the file on the worker")
         ]
     if not token or not hook.settings.chatwoot_url:
-        return [Check("Chatwoot settings", "fail", "two_way needs chatwoot_url and chatwoot_token", fix)]
+        return [Check("Chatwoot settings", "fail", "two-way needs chatwoot_url and chatwoot_token", fix)]
     checks = [Check("Chatwoot token resolvable", "ok", token_source(hook.settings.chatwoot_token))]
     try:
         async with ChatwootClient(hook.settings.chatwoot_url, hook.account_id, token, timeout=seconds) as client:
@@ -373,6 +377,17 @@ async def chatwoot_checks(
                     "fail",
                     "the agent sees no inbox: it cannot post",
                     "add the agent to the inboxes",
+                )
+            )
+            missing = await missing_definitions(client, DEFINITIONS)
+            checks.append(
+                Check("Chatwoot attribute definitions", "ok", "the GLPI attributes are defined")
+                if not missing
+                else Check(
+                    "Chatwoot attribute definitions",
+                    "warn",
+                    f"not defined yet: {', '.join(missing)} (hook set defines them; until then agents see raw values)",
+                    fix,
                 )
             )
     except ChatwootRefusedError as exc:

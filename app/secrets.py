@@ -104,6 +104,7 @@ def hook_policy(settings: ToolSettings, *, refuse_inline: bool = False) -> HookP
         env_prefix=settings.hook_secret_env_prefix,
         secrets_dir=str(settings.hook_secrets_dir).rstrip("/") or "/",
         allowed_hosts=settings.glpi_hosts,
+        allowed_chatwoot_hosts=settings.chatwoot_hosts,
         refuse_inline_tokens=refuse_inline,
     )
 

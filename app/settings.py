@@ -66,6 +66,8 @@ class ToolSettings(BaseSettings):
     hook_config_source: Literal["any", "control"] = "any"
     #: GLPI hosts hooks may use (``host`` or ``host:port``, comma-separated); empty: any host.
     allowed_glpi_hosts: str = ""
+    #: Chatwoot hosts hooks may send their Chatwoot token to (write-back, two-way); empty: any host.
+    allowed_chatwoot_hosts: str = ""
     embedded_broker: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
@@ -101,6 +103,10 @@ class ToolSettings(BaseSettings):
     @property
     def glpi_hosts(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.allowed_glpi_hosts.split(",") if h.strip())
+
+    @property
+    def chatwoot_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.allowed_chatwoot_hosts.split(",") if h.strip())
 
     def admin_secret(self) -> str | None:
         """The admin token (the file wins); None when neither is set: state and admin endpoints are then off."""

@@ -11,6 +11,8 @@ Test endpoints under ``/_emulator/``:
 - ``POST conversation`` ``{"contact": {...}, "content"}``: a visitor opens a conversation (``contact_created``,
   ``conversation_created``, ``message_created`` webhooks); ``POST message``, ``POST status`` likewise;
 - ``POST noise`` ``{"conversation_id"}``: a ``conversation_typing_on`` webhook;
+- ``POST conversation_attributes`` ``{"conversation_id", "custom_attributes"}``: an agent's own attributes;
+  ``GET conversation/{id}``: its status, messages and custom attributes (and its contact's);
 - ``POST seed`` ``{"conversations", "messages"}``: history made without webhooks (what backfill is for);
 - ``POST config`` ``{"rate_limit", "retry_after"}``: requests per second per token before 429 (0: none), and
   whether a 429 carries ``Retry-After`` (rack-attack's default response does not);
@@ -71,6 +73,9 @@ class Chatwoot:
         #: Faults of the message-post endpoint: ``{"hold_after": s}`` answers only ``s`` seconds after the message
         #: was created (the caller times out although it landed); ``{"hold_before": s}`` creates it only then.
         self.post_faults: dict[str, float] = {}
+        #: Custom attribute definitions, as ``GET /custom_attribute_definitions`` lists them.
+        self.definitions: list[dict[str, Any]] = []
+        self._definition_ids = itertools.count(1)
 
     # ------------------------------------------------------------------------------------------- model
 
@@ -107,6 +112,7 @@ class Chatwoot:
             "status": status,
             "created_at": now,
             "last_activity_at": now,
+            "custom_attributes": {},
         }
         self.conversations[display_id] = conversation
         self.messages[display_id] = []
@@ -184,7 +190,7 @@ class Chatwoot:
             "labels": [],
             "meta": {"sender": self._contact_push(contact), "assignee": None, "team": None, "hmac_verified": False},
             "status": conversation["status"],
-            "custom_attributes": {},
+            "custom_attributes": dict(conversation.get("custom_attributes") or {}),
             "snoozed_until": None,
             "unread_count": 0,
             "first_reply_created_at": None,
@@ -424,6 +430,103 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
             chatwoot.deliver({**push, "event": "conversation_status_changed", "changed_attributes": None})
         return web.json_response({"meta": {}, "payload": {"success": True, "current_status": wanted}})
 
+    @routes.post("/api/v1/accounts/{account_id}/conversations/{display_id}/custom_attributes")
+    async def conversation_attributes(request: web.Request) -> web.Response:
+        """Chatwoot *assigns* the object it is given (``custom_attributes = params[...]``): ``conversation_updated``."""
+        refused = chatwoot.guard(request, "conversation_attributes")
+        if refused is not None:
+            return refused
+        display_id = conversation_in(request)
+        if display_id is None:
+            return web.json_response(NOT_FOUND, status=404)
+        given = (await request.json()).get("custom_attributes")
+        conversation = chatwoot.conversations[display_id]
+        before = conversation["custom_attributes"]
+        conversation["custom_attributes"] = dict(given) if isinstance(given, dict) else {}
+        if conversation["custom_attributes"] != before:
+            changed = [
+                {"custom_attributes": {"previous_value": before, "current_value": conversation["custom_attributes"]}}
+            ]
+            push = chatwoot._conversation_push(display_id)
+            chatwoot.deliver({**push, "event": "conversation_updated", "changed_attributes": changed})
+        return web.json_response({"custom_attributes": conversation["custom_attributes"]})
+
+    @routes.put("/api/v1/accounts/{account_id}/contacts/{contact_id}")
+    async def update_contact(request: web.Request) -> web.Response:
+        """``custom_attributes`` are *merged* into the contact's (``contact_update_params``): ``contact_updated``."""
+        refused = chatwoot.guard(request, "update_contact")
+        if refused is not None:
+            return refused
+        contact_id = int(request.match_info["contact_id"]) if request.match_info["contact_id"].isdigit() else -1
+        if not account_ok(request) or contact_id not in chatwoot.contacts:
+            return web.json_response(NOT_FOUND, status=404)
+        body = await request.json()
+        found = chatwoot.contacts[contact_id]
+        before = dict(found)
+        for key in ("name", "email", "phone_number", "identifier"):
+            if key in body:
+                found[key] = body[key]
+        if isinstance(body.get("custom_attributes"), dict):
+            found["custom_attributes"] = {**found["custom_attributes"], **body["custom_attributes"]}
+        changed = [{k: {"previous_value": before[k], "current_value": v}} for k, v in found.items() if before[k] != v]
+        if changed:
+            chatwoot.deliver({**chatwoot.webhook_contact(found, "contact_updated"), "changed_attributes": changed})
+        return web.json_response({"payload": {**found, "availability_status": "offline", "contact_inboxes": []}})
+
+    @routes.get("/api/v1/accounts/{account_id}/custom_attribute_definitions")
+    async def definitions(request: web.Request) -> web.Response:
+        refused = chatwoot.guard(request, "definitions")
+        if refused is not None:
+            return refused
+        if not account_ok(request):
+            return web.json_response(NOT_FOUND, status=404)
+        model = request.query.get("attribute_model")
+        return web.json_response([d for d in chatwoot.definitions if not model or d["attribute_model"] == model])
+
+    @routes.post("/api/v1/accounts/{account_id}/custom_attribute_definitions")
+    async def define(request: web.Request) -> web.Response:
+        """Rails' ``params.require(:custom_attribute_definition)`` (JSON keys are wrapped into it when sent bare)."""
+        refused = chatwoot.guard(request, "define")
+        if refused is not None:
+            return refused
+        if not account_ok(request):
+            return web.json_response(NOT_FOUND, status=404)
+        body = await request.json()
+        given = body.get("custom_attribute_definition", body)
+        key, model = (
+            str(given.get("attribute_key") or "").strip(),
+            given.get("attribute_model", "conversation_attribute"),
+        )
+        if model not in ("conversation_attribute", "contact_attribute") or given.get("attribute_display_type") not in (
+            "text",
+            "number",
+            "currency",
+            "percent",
+            "link",
+            "date",
+            "list",
+            "checkbox",
+        ):
+            return web.json_response({"message": f"'{model}' is not a valid attribute_model"}, status=422)
+        if not key or not given.get("attribute_display_name"):
+            return web.json_response({"message": "Attribute key can't be blank"}, status=422)
+        if any(d["attribute_key"] == key and d["attribute_model"] == model for d in chatwoot.definitions):
+            return web.json_response({"message": "Attribute key has already been taken"}, status=422)
+        definition = {
+            "id": next(chatwoot._definition_ids),
+            "attribute_display_name": given["attribute_display_name"],
+            "attribute_display_type": given["attribute_display_type"],
+            "attribute_description": given.get("attribute_description"),
+            "attribute_key": key,
+            "attribute_model": model,
+            "attribute_values": [],
+            "default_value": None,
+            "regex_pattern": None,
+            "regex_cue": None,
+        }
+        chatwoot.definitions.append(definition)
+        return web.json_response(definition)
+
     @routes.get("/api/v1/accounts/{account_id}/inboxes")
     async def inboxes(request: web.Request) -> web.Response:
         refused = chatwoot.guard(request, "inboxes")
@@ -465,7 +568,23 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
         display_id = int(request.match_info["display_id"])
         conversation = chatwoot.conversations[display_id]
         messages = [dict(m) for m in chatwoot.messages[display_id]]
-        return web.json_response({"status": conversation["status"], "messages": messages})
+        contact = chatwoot.contacts[conversation["contact_id"]]
+        return web.json_response(
+            {
+                "status": conversation["status"],
+                "messages": messages,
+                "custom_attributes": conversation["custom_attributes"],
+                "contact_custom_attributes": contact["custom_attributes"],
+            }
+        )
+
+    @routes.post("/_emulator/conversation_attributes")
+    async def operator_attributes(request: web.Request) -> web.Response:
+        """An agent sets an attribute of their own in the side panel (replacing the object, as the UI does)."""
+        body = await request.json()
+        conversation = chatwoot.conversations[int(body["conversation_id"])]
+        conversation["custom_attributes"] = {**conversation["custom_attributes"], **body["custom_attributes"]}
+        return web.json_response({"ok": True})
 
     @routes.post("/_emulator/post_faults")
     async def set_post_faults(request: web.Request) -> web.Response:

@@ -643,6 +643,8 @@ class Emulator:
         new = self.insert("Ticket_User", row)
         if kind == 2 and ticket["status"] == 1:
             ticket["status"] = 2
+        # CommonITILActor::post_addItem: an actor added is a change of the ticket (updateDateMod).
+        ticket.update(date_mod=_now(), users_id_lastupdater=self._writer(session))
         return new
 
     def _parent_ticket(self, fields: dict[str, Any], session: dict[str, Any]) -> dict[str, Any]:
@@ -808,6 +810,9 @@ class Emulator:
             item["is_deleted"] = 1
             return ""
         del self.items[itemtype][item_id]
+        parent = self.items["Ticket"].get(item.get("tickets_id")) if itemtype == "Ticket_User" else None
+        if parent is not None:  # CommonITILActor::post_deleteFromDB: so is an actor removed
+            parent.update(date_mod=_now(), users_id_lastupdater=self._writer(session))
         if itemtype == "Ticket":
             for child in ("ITILFollowup", "ITILSolution"):
                 for cid in [c for c, row in self.items[child].items() if row["items_id"] == item_id]:
@@ -1162,7 +1167,7 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
 
     async def set_status(request: web.Request) -> web.Response:
         data = await request.json()
-        emu.items["Ticket"][int(data["ticket"])]["status"] = int(data["status"])
+        emu.items["Ticket"][int(data["ticket"])].update(status=int(data["status"]), date_mod=_now())
         return _json({"ok": True})
 
     async def move_ticket(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""A small client of Chatwoot's application API, for backfill: conversations, their messages, contacts.
+"""A small client of Chatwoot's application API: conversations, their messages, contacts, custom attributes.
 
 The ``api_access_token`` (an agent's or agent bot's) goes in a header, to the configured Chatwoot only: redirects
 are not followed. Requests are spaced to ``rate`` per second; a 429 (rack-attack) waits ``Retry-After`` when given,
@@ -109,7 +109,7 @@ class ChatwootClient:
                     self.reached = True
                     answer = await resp.read()
                     if resp.status == 200:
-                        return orjson.loads(answer)
+                        return orjson.loads(answer) if answer.strip() else {}
                     if resp.status in (401, 403):
                         raise ChatwootRefusedError(
                             f"Chatwoot at {self.base} refused the access token (HTTP {resp.status}) for account "
@@ -207,6 +207,35 @@ class ChatwootClient:
         """Resolve or reopen a conversation (``toggle_status`` with an explicit status: safe to repeat)."""
         await self.request("POST", f"conversations/{display_id}/toggle_status", body={"status": status})
 
+    async def set_conversation_attributes(self, display_id: int, attributes: dict[str, Any]) -> None:
+        """Replace the conversation's custom attributes (Chatwoot assigns the whole object: pass them all)."""
+        await self.request(
+            "POST", f"conversations/{display_id}/custom_attributes", body={"custom_attributes": attributes}
+        )
+
+    async def update_contact_attributes(self, contact_id: int, attributes: dict[str, Any]) -> None:
+        """Set these custom attributes of a contact (Chatwoot merges them into the contact's others)."""
+        await self.request("PUT", f"contacts/{contact_id}", body={"custom_attributes": attributes})
+
+    async def attribute_definitions(self, model: str) -> list[dict[str, Any]]:
+        """The account's custom attribute definitions of ``model`` (``conversation_attribute``, …)."""
+        body = await self.get("custom_attribute_definitions", attribute_model=model)
+        rows = body if isinstance(body, list) else body.get("payload") if isinstance(body, dict) else None
+        return [row for row in rows or [] if isinstance(row, dict)]
+
+    async def create_attribute_definition(
+        self, key: str, model: str, display_type: str, name: str, description: str
+    ) -> None:
+        """Define a custom attribute (key, model, display type, display name and description)."""
+        definition = {
+            "attribute_key": key,
+            "attribute_model": model,
+            "attribute_display_type": display_type,
+            "attribute_display_name": name,
+            "attribute_description": description,
+        }
+        await self.request("POST", "custom_attribute_definitions", body={"custom_attribute_definition": definition})
+
     async def inboxes(self) -> list[dict[str, Any]]:
         """The account's inboxes this token's user may see (and post in)."""
         body = await self.get("inboxes")
@@ -228,3 +257,20 @@ class ChatwootClient:
                     f"Chatwoot at {self.base} did not answer JSON (is this the Chatwoot URL?)"
                 ) from None
             return body if isinstance(body, dict) else {}
+
+
+async def missing_definitions(client: ChatwootClient, wanted: tuple[tuple[str, str, str, str, str], ...]) -> list[str]:
+    """The keys of ``wanted`` (key, model, display type, name, description) the account does not define yet."""
+    defined: set[tuple[str, str]] = set()
+    for model in sorted({model for _, model, *_ in wanted}):
+        defined |= {(str(d.get("attribute_key")), model) for d in await client.attribute_definitions(model)}
+    return [key for key, model, *_ in wanted if (key, model) not in defined]
+
+
+async def define_missing(client: ChatwootClient, wanted: tuple[tuple[str, str, str, str, str], ...]) -> list[str]:
+    """Create the definitions of ``wanted`` the account lacks; never changes one that exists. Returns the keys made."""
+    missing = await missing_definitions(client, wanted)
+    for key, model, display_type, name, description in wanted:
+        if key in missing:
+            await client.create_attribute_definition(key, model, display_type, name, description)
+    return missing

@@ -59,9 +59,13 @@ def _resolve_here(env: ToolSettings, settings: HookSettings) -> tuple[str | None
 
 
 def _check_chatwoot(env: ToolSettings, settings: HookSettings, account_id: int) -> None:
-    """Two-way: the Chatwoot token works (``/api/v1/profile``) and belongs to a member of the hook's account."""
-    from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootRefusedError
+    """The Chatwoot token works (``/api/v1/profile``) and belongs to a member of the hook's account.
+
+    Then write-back's attribute definitions are created where missing (the operators' own are never touched).
+    """
+    from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootRefusedError, define_missing
     from app.secrets import HookConfigError, hook_policy, resolve_token
+    from app.twoway.attributes import DEFINITIONS
 
     try:
         token = resolve_token(settings.chatwoot_token, "chatwoot_token", hook_policy(env))
@@ -69,27 +73,30 @@ def _check_chatwoot(env: ToolSettings, settings: HookSettings, account_id: int) 
         raise CliError(f"{exc} (here, where the hook is tested; --no-test skips the test)") from None
     url = settings.chatwoot_url or ""
     if not token:
-        raise CliError("two-way needs a Chatwoot token (--chatwoot-token-env or --chatwoot-token-file)")
+        raise CliError("a Chatwoot connection needs a token (--chatwoot-token-env or --chatwoot-token-file)")
 
-    async def go() -> dict[str, Any]:
+    async def go() -> tuple[dict[str, Any], list[str] | None]:
         async with ChatwootClient(url, account_id, token) as client:
-            return await client.profile()
+            profile = await client.profile()
+            accounts = [a.get("id") for a in profile.get("accounts", []) if isinstance(a, dict)]
+            if account_id not in accounts:
+                return profile, None
+            return profile, await define_missing(client, DEFINITIONS)
 
     try:
-        profile = asyncio.run(go())
+        profile, defined = asyncio.run(go())
     except ChatwootRefusedError as exc:
-        raise CliError(f"two-way: {exc}", EXIT_REFUSED) from None
+        raise CliError(f"Chatwoot: {exc}", EXIT_REFUSED) from None
     except (ChatwootError, aiohttp.ClientError, OSError) as exc:
+        raise CliError(f"Chatwoot at {settings.chatwoot_url} cannot be reached ({exc})", EXIT_UNREACHABLE) from None
+    if defined is None:
         raise CliError(
-            f"two-way: Chatwoot at {settings.chatwoot_url} cannot be reached ({exc})", EXIT_UNREACHABLE
-        ) from None
-    accounts = [a.get("id") for a in profile.get("accounts", []) if isinstance(a, dict)]
-    if account_id not in accounts:
-        raise CliError(
-            f"two-way: the Chatwoot token's user ({profile.get('name')}) is not a member of account {account_id}",
+            f"Chatwoot: the token's user ({profile.get('name')}) is not a member of account {account_id}",
             EXIT_REFUSED,
         )
     print(f"Chatwoot token valid: {profile.get('name')}, member of account {account_id}")
+    if defined:
+        print(f"Chatwoot attributes defined: {', '.join(defined)}")
 
 
 def cmd_hook_set(args: argparse.Namespace, env: ToolSettings) -> int:
@@ -142,7 +149,7 @@ def cmd_hook_set(args: argparse.Namespace, env: ToolSettings) -> int:
                 EXIT_UNREACHABLE if unreachable else EXIT_REFUSED,
             )
         print("GLPI connection successful")
-        if settings.two_way:
+        if settings.writes_back:
             _check_chatwoot(env, settings, args.account_id)
     event_id = uuid.uuid4().hex
     envelope = {
@@ -248,10 +255,14 @@ def register(sub: Any) -> None:
         help="find existing GLPI users by phone too (off where people share a number), e.g. --no-match-by-phone",
     )
     hs.add_argument("--two-way", action="store_true", help="technicians' GLPI answers go back to the conversation")
-    hs.add_argument("--chatwoot-url", help="two-way: Chatwoot's base URL, e.g. https://chat.example.com")
-    hs.add_argument("--chatwoot-token-env", metavar="VAR", help="two-way: variable with an agent's api_access_token")
-    hs.add_argument("--chatwoot-token-file", metavar="PATH", help="two-way: file with the api_access_token")
-    hs.add_argument("--chatwoot-token", help="two-way: the api_access_token itself (stored in Kafka: prefer -env)")
+    hs.add_argument(
+        "--chatwoot-url",
+        help="Chatwoot's base URL, e.g. https://chat.example.com: with a token, the ticket's number, status and "
+        "technician are written on the conversation (write-back); --two-way uses the same connection",
+    )
+    hs.add_argument("--chatwoot-token-env", metavar="VAR", help="variable with an agent's api_access_token")
+    hs.add_argument("--chatwoot-token-file", metavar="PATH", help="file with the agent's api_access_token")
+    hs.add_argument("--chatwoot-token", help="the api_access_token itself (stored in Kafka: prefer -env or -file)")
     hs.add_argument(
         "--private-followups", choices=["skip", "note"], default="skip", help="two-way: private GLPI followups"
     )

@@ -6,6 +6,8 @@
 - :mod:`~app.pipeline.parking` and :mod:`~app.pipeline.draining`: hooks' parked queues, and syncing them in order;
 - :mod:`~app.pipeline.commands`: operator commands from the control topic; :mod:`~app.pipeline.resync` re-sync;
 - :mod:`~app.pipeline.twoway`: two-way sync's polls of GLPI and posts to Chatwoot;
+- :mod:`~app.pipeline.write_back`: the ticket's number, status and technicians on its Chatwoot conversation;
+  :mod:`~app.pipeline.chatwoot`: a hook's Chatwoot client, shared by both;
 - :mod:`~app.pipeline.requests`: the drains and polls a worker queues for its hooks;
   :mod:`~app.pipeline.hook_status`: pauses and the hook gauges;
 - :mod:`~app.pipeline.store`: the tables and records (:class:`SyncStore`, :class:`DurableTable`);

@@ -134,7 +134,7 @@ class AdminCommands:
         await self.store.save_slot(enabled)
         drained = await self.drainer.drain(hook.hook_id)
         replay = (
-            f"; {hook.set_aside} event(s) set aside while disabled: glpi-sync dlq replay --hook {hook.hook_id}"
+            f"; {hook.set_aside} event(s) set aside while disabled: glpi-sync dlq replay --hook-id {hook.hook_id}"
             if hook.set_aside
             else ""
         )

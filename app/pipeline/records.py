@@ -57,6 +57,7 @@ from app.pipeline.source import Disposition, SourceRecord
 from app.pipeline.store import SyncStore
 from app.pipeline.syncing import EventSync
 from app.pipeline.twoway import TwoWay
+from app.pipeline.write_back import WriteBack
 from app.secrets import hook_policy, token_vault
 from app.settings import WorkerSettings
 from app.sync.admission import admit, with_hook_account
@@ -159,6 +160,14 @@ class Pipeline:
             dead_letters=self.dead_letters,
             metrics=metrics,
         )
+        self.write_back = WriteBack(
+            store=self.store,
+            ctx=self.ctx,
+            vault=self.vault,
+            chatwoot_timeout=settings.chatwoot_timeout,
+            outcomes=self.outcomes,
+            dead_letters=self.dead_letters,
+        )
         self.commands = AdminCommands(
             store=self.store,
             parking=self.parking,
@@ -253,7 +262,10 @@ class Pipeline:
             if not from_control_topic:
                 reason = f"{parsed.event} is only accepted on the control topic {self.settings.control_topic}"
                 return await self.reject(record, parsed, "parse", "ForbiddenGlpiChange", reason)
-            await self.twoway.apply(record, parsed, started)
+            if parsed.event == "glpi_ticket_changed":
+                await self.write_back.apply(record, parsed, started)
+            else:
+                await self.twoway.apply(record, parsed, started)
             return "done"
         if isinstance(parsed, ControlCommand):
             if not from_control_topic:
@@ -340,7 +352,7 @@ class Pipeline:
         await self.dead_letters.send(record, "gate", "SetAside", reason)
         if slot is not None:
             await self.store.save_slot(slot.model_copy(update={"set_aside": slot.set_aside + 1}))
-        self.outcomes.finish(record, parsed, "set_aside", f"{reason} (dlq replay --hook {parsed.hook_id})", started)
+        self.outcomes.finish(record, parsed, "set_aside", f"{reason} (dlq replay --hook-id {parsed.hook_id})", started)
 
     # ------------------------------------------------------------------------------------------- configuration
 
@@ -368,7 +380,8 @@ class Pipeline:
         self.status.refresh_gauges()
         self.outcomes.finish(record, parsed, "synced", f"{parsed.event} applied", started)
         drained = await self.drainer.drain(updated.hook_id)
-        if updated.settings.two_way and not updated.glpi_cursors and updated.status == "enabled":
+        polled = updated.settings.two_way or updated.settings.writes_back
+        if polled and not updated.glpi_cursors and updated.status == "enabled":
             await self.requests.request_poll(updated)  # two-way starts from now: the first poll sets the cursors
         self.results.remember(
             parsed.event_id, "synced", f"hook {parsed.hook_id} configured ({updated.status}); {drained}"

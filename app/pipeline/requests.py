@@ -64,13 +64,13 @@ class ControlRequests:
         self._retry_pending.clear()
 
     def hooks_to_poll(self) -> list[HookRecord]:
-        """Local hooks with two-way on, syncing, and no poll queued (a poll lost with a worker is queued again)."""
+        """Local hooks with two-way or write-back on, syncing, and no poll queued (a lost poll is queued again)."""
         now = time.monotonic()
         return [
             hook
             for hook in self.store.slots()
             if isinstance(hook, HookRecord)
-            and hook.settings.two_way
+            and (hook.settings.two_way or hook.settings.writes_back)
             and hook.status == "enabled"
             and hook.pause is None
             and hook.partition is not None

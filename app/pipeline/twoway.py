@@ -1,5 +1,9 @@
 """Two-way sync's I/O: poll GLPI for technicians' changes on our tickets, and apply them to Chatwoot.
 
+The same poll serves write-back (a hook with a Chatwoot connection, two-way or not): our tickets modified since
+its ``Ticket`` cursor whose status or technicians differ from what was last written become ``glpi_ticket_changed``
+events, applied by :mod:`app.pipeline.write_back`.
+
 **Poll** (``hook_poll``, queued by the worker's timer on the hook's control partition, so it runs on the worker
 that owns the hook): list the most recently modified followups, solutions and tickets (``GET /{itemtype}`` sorted
 by ``date_mod``, a few requests per poll), keep what is newer than the hook's cursors, turn it into ``glpi_*``
@@ -21,29 +25,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from app import logs
-from app.chatwoot.api import (
-    ChatwootClient,
-    ChatwootError,
-    ChatwootNotFoundError,
-    ChatwootRefusedError,
-    ChatwootUnreachableError,
-)
+from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootUnreachableError
 from app.events import GlpiChange
 from app.glpi import GlpiError, GlpiNotFoundError
 from app.metrics import Metrics
+from app.pipeline.chatwoot import chatwoot_client, chatwoot_failure
 from app.pipeline.clients import HookClients
 from app.pipeline.dead_letters import DeadLetters
 from app.pipeline.locks import KeyedLocks
 from app.pipeline.outcomes import OutcomeLog
 from app.pipeline.source import SourceRecord
 from app.pipeline.store import SyncStore
-from app.secrets import HookConfigError, TokenVault, resolve_token
+from app.secrets import HookConfigError, TokenVault
 from app.sync.state import HookRecord, SyncContext, SyncView
+from app.twoway.attributes import technicians, ticket_changes
 from app.twoway.plan import (
     Cursor,
     action_for,
@@ -57,6 +57,16 @@ from app.twoway.plan import (
 
 if TYPE_CHECKING:
     from app.glpi.client import GlpiClient
+
+
+@dataclass(frozen=True)
+class _OurTickets:
+    """Per ticket of ours: its conversation, the conversation's last status, and what write-back last wrote."""
+
+    conversations: dict[int, int]
+    statuses: dict[int, str | None]
+    written: dict[int, dict[str, Any] | None]
+
 
 log = logging.getLogger("cwglpi.worker")
 #: Rows read per itemtype and page, and pages per poll (a busier GLPI is caught up over the next polls).
@@ -106,15 +116,16 @@ class TwoWay:
 
     # ------------------------------------------------------------------------------------------- poll
 
-    def _tickets(self, account_id: int) -> tuple[dict[int, int], dict[int, str | None]]:
-        """Our tickets of the account: ticket → conversation, and ticket → the conversation's last status."""
-        conversations: dict[int, int] = {}
-        statuses: dict[int, str | None] = {}
+    def _tickets(self, account_id: int) -> _OurTickets:
+        """Our tickets of the account: their conversations, the conversations' last status, what was written back."""
+        ours = _OurTickets({}, {}, {})
         for value in list(self.store.conversations.values()):
             if isinstance(value, dict) and value.get("account_id") == account_id and value.get("ticket_id"):
-                conversations[int(value["ticket_id"])] = int(value["conversation_id"])
-                statuses[int(value["ticket_id"])] = value.get("status")
-        return conversations, statuses
+                ticket = int(value["ticket_id"])
+                ours.conversations[ticket] = int(value["conversation_id"])
+                ours.statuses[ticket] = value.get("status")
+                ours.written[ticket] = value.get("written_back")
+        return ours
 
     async def _recent(self, client: GlpiClient, itemtype: str, cursor: Cursor | None) -> list[dict[str, Any]]:
         """Rows newest first, page after page while a whole page is newer than ``cursor``."""
@@ -186,34 +197,66 @@ class TwoWay:
             return []
         return links
 
+    async def _ticket_changes(
+        self, client: GlpiClient, hook: HookRecord, ours: _OurTickets, cursors: dict[str, tuple[str, int]]
+    ) -> list[dict[str, Any]]:
+        """Write-back: our tickets changed since the cursor whose status or technicians differ from what was written.
+
+        A ticket's ``date_mod`` moves with every change (a followup, an actor added or removed), so each changed
+        ticket of ours costs one read of its actors; the first poll looks at the newest page only.
+        """
+        known = cursors.get("Ticket")
+        cursor = Cursor(*known) if known else None
+        rows = await self._recent(client, "Ticket", cursor)
+        fresh, moved = newer_rows(rows, cursor or Cursor())
+        cursors["Ticket"] = (moved.date_mod, moved.item_id)
+        technician_of: dict[int, str | None] = {}
+        for row in fresh:
+            if row["id"] not in ours.conversations:
+                continue
+            actors = [a for a in await client.get_subitems("Ticket", row["id"], "Ticket_User") if a.get("type") == 2]
+            technician_of[row["id"]] = technicians(actors, await self._author_names(client, hook.hook_id, actors))
+        return ticket_changes(fresh, ours.conversations, ours.written, technician_of, hook.hook_id, hook.account_id)
+
     async def poll(self, hook: HookRecord) -> tuple[str, str]:
         """One poll of the hook's GLPI; returns the outcome and reason for the ``hook_poll`` command."""
-        if not hook.settings.two_way:
-            return "skipped", "two-way sync is off for this hook"
+        settings = hook.settings
+        if not settings.two_way and not settings.writes_back:
+            return "skipped", "two-way sync is off and the hook has no Chatwoot connection"
         if hook.pause is not None or hook.status != "enabled":
             return "skipped", f"hook {hook.status}{' and paused' if hook.pause else ''}: not polled"
-        tickets, statuses = self._tickets(hook.account_id)
+        ours = self._tickets(hook.account_id)
         client = self.clients.client_for(hook)
         events: list[dict[str, Any]] = []
         cursors = dict(hook.glpi_cursors)
-        first = not cursors
+        first = settings.two_way and "ITILFollowup" not in cursors
         try:
-            for kind, itemtype in (("glpi_followup_added", "ITILFollowup"), ("glpi_solution_added", "ITILSolution")):
-                known = cursors.get(itemtype)
-                cursor = Cursor(*known) if known else None
-                rows = await self._recent(client, itemtype, cursor)
-                fresh, moved = newer_rows(rows, cursor or Cursor())
-                cursors[itemtype] = (moved.date_mod, moved.item_id)
-                if cursor is not None:
-                    authors = await self._author_names(client, hook.hook_id, rows_to_sync(fresh, tickets))
-                    events += change_events(kind, fresh, tickets, hook.hook_id, hook.account_id, authors)  # type: ignore[arg-type]
-            if not first:
-                ticket_rows = await client.recent_items("Ticket", limit=POLL_PAGE)
-                events += status_events(ticket_rows, tickets, statuses, hook.hook_id, hook.account_id)
+            if settings.two_way:
+                for kind, itemtype in (
+                    ("glpi_followup_added", "ITILFollowup"),
+                    ("glpi_solution_added", "ITILSolution"),
+                ):
+                    known = cursors.get(itemtype)
+                    cursor = Cursor(*known) if known else None
+                    rows = await self._recent(client, itemtype, cursor)
+                    fresh, moved = newer_rows(rows, cursor or Cursor())
+                    cursors[itemtype] = (moved.date_mod, moved.item_id)
+                    if cursor is not None:
+                        authors = await self._author_names(
+                            client, hook.hook_id, rows_to_sync(fresh, ours.conversations)
+                        )
+                        events += change_events(kind, fresh, ours.conversations, hook.hook_id, hook.account_id, authors)  # type: ignore[arg-type]
+                if not first:
+                    ticket_rows = await client.recent_items("Ticket", limit=POLL_PAGE)
+                    events += status_events(
+                        ticket_rows, ours.conversations, ours.statuses, hook.hook_id, hook.account_id
+                    )
+            if settings.writes_back:
+                events += await self._ticket_changes(client, hook, ours, cursors)
         except (GlpiError, HookConfigError) as exc:
             return "skipped", f"poll of GLPI failed, tried again at the next poll: {exc}"[:300]
         for event in events:
-            if event["event"] != "glpi_status_changed":
+            if event["event"] in ("glpi_followup_added", "glpi_solution_added"):
                 event["payload"]["attachments"] = await self._attachments(client, hook, event["payload"])
             sent = await self.control.send(
                 key=str(hook.hook_id).encode(), value=orjson.dumps(event), partition=hook.partition
@@ -225,20 +268,9 @@ class TwoWay:
                 await self.store.save_slot(current.model_copy(update={"glpi_cursors": cursors}))
         if first:
             return "synced", "two-way: first poll, cursors set (earlier GLPI changes are not replayed)"
-        return "synced", f"two-way: {len(events)} GLPI change(s) queued for Chatwoot"
+        return "synced", f"{len(events)} GLPI change(s) queued for Chatwoot"
 
     # ------------------------------------------------------------------------------------------- apply
-
-    def _client(self, hook: HookRecord) -> ChatwootClient:
-        settings = hook.settings
-        if not settings.chatwoot_url:
-            raise HookConfigError("two-way sync needs chatwoot_url in the hook's settings")
-        token = resolve_token(settings.chatwoot_token, "chatwoot_token", self.ctx.hook_policy, self.vault)
-        if not token:
-            raise HookConfigError("two-way sync needs chatwoot_token in the hook's settings")
-        logs.register_secret(token)
-        timeout = self.chatwoot_timeout
-        return ChatwootClient(settings.chatwoot_url, hook.account_id, token, rate=0, timeout=timeout)
 
     async def apply(self, record: SourceRecord, change: GlpiChange, started: float) -> None:
         """Apply one GLPI change to its conversation and log its outcome."""
@@ -265,7 +297,7 @@ class TwoWay:
         reply = dict(reply) if isinstance(reply, dict) else {}
         conversation_id = change.payload.conversation_id
         try:
-            async with self._client(hook) as client:
+            async with chatwoot_client(hook, self.ctx, self.vault, self.chatwoot_timeout) as client:
                 done = []
                 if action.content is not None and not reply.get("message_id"):
                     message_id = await self._post(client, key, reply, conversation_id, action.content, action)
@@ -279,17 +311,10 @@ class TwoWay:
                         key, {**(self.store.replies.get(key) or {}), "status": action.status}
                     )
                     done.append(f"{'resolved' if action.status == 'resolved' else 'reopened'} the conversation")
-        except HookConfigError as exc:
-            await self.dead_letters.send(record, "chatwoot", "TwoWayNotConfigured", str(exc))
-            return "dead_lettered", str(exc)
-        except ChatwootNotFoundError as exc:
-            return "skipped", f"conversation {conversation_id} is gone from Chatwoot ({exc})"[:300]
-        except ChatwootRefusedError as exc:
-            await self.dead_letters.send(record, "chatwoot", "ChatwootRefused", str(exc))
-            return "dead_lettered", f"{exc} (fix the token, then glpi-sync dlq replay --hook {hook.hook_id})"
-        except ChatwootError as exc:
-            await self.dead_letters.send(record, "chatwoot", "ChatwootUnavailable", str(exc)[:300])
-            return "dead_lettered", f"{exc} (glpi-sync dlq replay --hook {hook.hook_id} posts it, never twice)"[:400]
+        except (HookConfigError, ChatwootError) as exc:
+            return await chatwoot_failure(
+                exc, record, self.dead_letters, hook.hook_id, f"{action.ref} to conversation {conversation_id}"
+            )
         if not done:
             return "skipped", f"{action.ref} is in conversation {conversation_id} already"
         return "synced", f"{action.ref}: " + ", ".join(done) + f" in conversation {conversation_id}"

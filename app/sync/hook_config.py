@@ -48,18 +48,29 @@ def token_reference_problem(ref: TokenRef | None, name: str, policy: HookPolicy)
 
 def host_problem(api_url: str, policy: HookPolicy) -> str | None:
     """Why ``api_url``'s host may not receive a hook's tokens (None when allowed)."""
-    host = (urlsplit(api_url).hostname or "").lower()
-    port = urlsplit(api_url).port
-    if not policy.allowed_hosts or host in policy.allowed_hosts or f"{host}:{port}" in policy.allowed_hosts:
+    return _host_problem("api_url", api_url, policy.allowed_hosts, "GLPI_SYNC_ALLOWED_GLPI_HOSTS")
+
+
+def _host_problem(name: str, url: str, allowed: frozenset[str], variable: str) -> str | None:
+    host = (urlsplit(url).hostname or "").lower()
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        port = None
+    if not allowed or host in allowed or f"{host}:{port}" in allowed:
         return None
-    return (
-        f"api_url host {host!r} is not one of GLPI_SYNC_ALLOWED_GLPI_HOSTS ({', '.join(sorted(policy.allowed_hosts))})"
-    )
+    return f"{name} host {host!r} is not one of {variable} ({', '.join(sorted(allowed))})"
 
 
 def grant_problems(settings: HookSettings, policy: HookPolicy) -> list[str]:
     """What ``settings`` ask for that the operators did not grant (token references, the GLPI host)."""
     found = [host_problem(settings.api_url, policy)]
+    if settings.chatwoot_url:
+        found.append(
+            _host_problem(
+                "chatwoot_url", settings.chatwoot_url, policy.allowed_chatwoot_hosts, "GLPI_SYNC_ALLOWED_CHATWOOT_HOSTS"
+            )
+        )
     found += [token_reference_problem(getattr(settings, name), name, policy) for name in TOKEN_FIELDS]
     return [problem for problem in found if problem]
 
@@ -92,14 +103,15 @@ def validate_hook_settings(
         )
     if parts.query or parts.fragment:
         problems.append("api_url must not have a query string or fragment")
-    if settings.two_way:
+    if settings.two_way or settings.chatwoot_url or settings.chatwoot_token is not None:
+        needs = "two_way needs" if settings.two_way else "a Chatwoot connection (write-back) needs"
         chatwoot = urlsplit(settings.chatwoot_url or "")
         if chatwoot.scheme not in ("http", "https") or not chatwoot.netloc:
-            problems.append("two_way needs chatwoot_url, Chatwoot's base URL (e.g. https://chat.example.com)")
+            problems.append(f"{needs} chatwoot_url, Chatwoot's base URL (e.g. https://chat.example.com)")
         elif chatwoot.scheme == "http" and not allow_http:
             problems.append("chatwoot_url uses plain http; use https (the agent's token travels with every call)")
         if settings.chatwoot_token is None:
-            problems.append("two_way needs chatwoot_token, an agent's or agent bot's api_access_token reference")
+            problems.append(f"{needs} chatwoot_token, an agent's or agent bot's api_access_token reference")
     if policy is not None:
         problems += grant_problems(settings, policy)
     try:

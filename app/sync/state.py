@@ -153,6 +153,9 @@ class ConversationRecord(_Record):
     #: What was sent to create the ticket (long texts cut), so ``resync`` can recreate it if it is deleted.
     ticket_input: dict[str, Any] | None = None
     pending: Intent | None = None
+    #: Write-back: the ticket's ``ticket_id``, ``status`` and ``technician`` as last written on the Chatwoot
+    #: conversation (None: never written).
+    written_back: dict[str, Any] | None = None
     #: The conversation's latest events and how each ended (``glpi-sync trace conversation``), as stored: each a
     #: JSON object with ``at``, ``event``, ``source``, ``outcome``, ``reason`` and ``glpi_ids``. Not validated into
     #: models: every event of the conversation reads and writes this record, and only the trace reads the entries
@@ -197,6 +200,8 @@ class HookPolicy:
     secrets_dir: str = "/run/secrets/glpi-sync"
     #: GLPI hosts (``host`` or ``host:port``, lowercase) hooks may use; empty: any.
     allowed_hosts: frozenset[str] = frozenset()
+    #: Chatwoot hosts hooks may send their Chatwoot token to; empty: any.
+    allowed_chatwoot_hosts: frozenset[str] = frozenset()
     #: ``refuse``: inline tokens are not accepted at all.
     refuse_inline_tokens: bool = False
 

@@ -58,6 +58,13 @@ class Technician:
         self._call("POST", "Document_Item", {"input": link})
         return int(document)
 
+    def assign(self, ticket: int) -> None:
+        """Take the ticket (a ``Ticket_User`` row of type 2: assigned)."""
+        self._call("POST", "Ticket_User", {"input": {"tickets_id": ticket, "users_id": self.user_id, "type": 2}})
+
+    def set_status(self, ticket: int, status: int) -> None:
+        self._call("PUT", f"Ticket/{ticket}", {"input": {"status": status}})
+
     def solve(self, ticket: int, text: str) -> int:
         body = {"input": {"itemtype": "Ticket", "items_id": ticket, "content": f"<p>{text}</p>"}}
         body["input"]["users_id"] = self.user_id
