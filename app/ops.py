@@ -135,6 +135,7 @@ class Operations:
         self.settings = settings
         self.pipeline = pipeline
         self._admin_token = settings.admin_secret()
+        self._dashboard_token = settings.dashboard_secret()
 
     # ---------------------------------------------------------------------------------------------- routing
 
@@ -173,8 +174,9 @@ class Operations:
 
     def _forward_headers(self) -> dict[str, str]:
         headers = {FORWARDED: self.self_url}
-        if self._admin_token:
-            headers["Authorization"] = f"Bearer {self._admin_token}"
+        token = self._admin_token or self._dashboard_token  # a worker with only the latter forwards dashboard views
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         return headers
 
     async def routed(self, hook_id: int, path: str, local: Any, forwarded: bool) -> tuple[int, Any]:

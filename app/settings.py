@@ -58,6 +58,9 @@ class ToolSettings(BaseSettings):
     ingress_url: str = ""
     admin_token: str | None = Field(None, repr=False)
     admin_token_file: Path | None = None
+    #: What the ingress's dashboard app reads workers with: the conversation views only (never the admin token).
+    dashboard_token: str | None = Field(None, repr=False)
+    dashboard_token_file: Path | None = None
     #: Token references a hook may name: environment variables with this prefix, files under this directory.
     hook_secret_env_prefix: str = Field("GLPI_SYNC_HOOK_SECRET_", min_length=1)
     hook_secrets_dir: Path = Path("/run/secrets/glpi-sync")
@@ -113,6 +116,12 @@ class ToolSettings(BaseSettings):
         if self.admin_token_file is not None:
             return self.admin_token_file.read_text(encoding="utf-8").strip() or None
         return self.admin_token or None
+
+    def dashboard_secret(self) -> str | None:
+        """The dashboard token (the file wins); None when neither is set: the dashboard app is then off."""
+        if self.dashboard_token_file is not None:
+            return self.dashboard_token_file.read_text(encoding="utf-8").strip() or None
+        return self.dashboard_token or None
 
 
 class WorkerSettings(ToolSettings):
@@ -213,6 +222,8 @@ class IngressSettings(ToolSettings):
     ingress_retry_after: int = Field(30, ge=1)
     #: Seconds a SIGTERM waits for requests in flight before the producer is flushed and the process exits.
     ingress_shutdown_timeout: float = Field(20.0, ge=0)
+    #: The dashboard app may be framed by this Chatwoot when the hook names none (its ``chatwoot_url`` wins).
+    chatwoot_url: str | None = None
 
 
 class SettingsError(Exception):

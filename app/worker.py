@@ -28,6 +28,7 @@ from faust.types import TP, EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app import logs
+from app.dashboard.view import AgentViews
 from app.faust_consumer import read_every_record
 from app.kafka_io import BrokerUnreachableError, KafkaConnection
 from app.lanes import LaneDispatcher, Placement
@@ -296,6 +297,27 @@ def build_app(settings: WorkerSettings, registry: CollectorRegistry | None = Non
     async def conversation_page(view: Any, request: Any, hook_id: str, conversation_id: str) -> Any:
         return refused(view, request) or await routed(
             view, request, hook_id, lambda hid: ops.conversation_state(hid, int(conversation_id))
+        )
+
+    agent_views = AgentViews(pipeline.store, pipeline.clients, pipeline.user_names)
+    dashboard_token = settings.dashboard_secret()
+
+    def refused_to_dashboard(view: Any, request: Any) -> Any | None:
+        """Like :func:`refused`, but the dashboard token opens it too."""
+        if dashboard_token and admin_gate(request.headers.get("Authorization"), dashboard_token) is None:
+            return None
+        return refused(view, request)
+
+    @page("/state/hook/{hook_id}/dashboard")
+    async def dashboard_page(view: Any, request: Any, hook_id: str) -> Any:
+        """What the ingress needs to serve the hook's dashboard app: the Chatwoot that may frame it."""
+        return refused_to_dashboard(view, request) or await routed(view, request, hook_id, agent_views.frame)
+
+    @page("/state/hook/{hook_id}/conversation/{conversation_id}/agent")
+    async def agent_page(view: Any, request: Any, hook_id: str, conversation_id: str) -> Any:
+        """What the dashboard app shows of a conversation."""
+        return refused_to_dashboard(view, request) or await routed(
+            view, request, hook_id, lambda hid: agent_views.view(hid, int(conversation_id))
         )
 
     @app.page("/metrics")

@@ -16,6 +16,8 @@ Test endpoints under ``/_emulator/``:
 - ``POST seed`` ``{"conversations", "messages"}``: history made without webhooks (what backfill is for);
 - ``POST config`` ``{"rate_limit", "retry_after"}``: requests per second per token before 429 (0: none), and
   whether a 429 carries ``Retry-After`` (rack-attack's default response does not);
+- ``GET dashboard_app?url=…&conversation=N``: a page that frames ``url`` and posts it the conversation's context
+  as Chatwoot's dashboard app tab does;
 - ``GET deliveries``: every webhook delivery with its attempts; ``GET requests``: API calls by route.
 """
 
@@ -577,6 +579,34 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
                 "contact_custom_attributes": contact["custom_attributes"],
             }
         )
+
+    @routes.get("/_emulator/dashboard_app")
+    async def dashboard_app(request: web.Request) -> web.Response:
+        """The conversation screen's dashboard app tab, as ``Frame.vue`` makes it: a frame of ``url``, sent
+        ``{"event": "appContext", "data": {conversation, contact, currentAgent}}`` as a JSON string (target ``*``)
+        when it loads and whenever it posts ``chatwoot-dashboard-app:fetch-info``."""
+        display_id = int(request.query["conversation"])
+        conversation = chatwoot.api_conversation(display_id)
+        contact = chatwoot._contact_push(chatwoot.contacts[chatwoot.conversations[display_id]["contact_id"]])
+        agent = {"id": 1, "name": "Ana Agent", "email": "ana@example.org"}
+        context = orjson.dumps({"conversation": conversation, "contact": contact, "currentAgent": agent}).decode()
+        frame_url = orjson.dumps(request.query["url"]).decode()
+        page = f"""<!doctype html><html><head><title>Chatwoot</title></head><body>
+<div class="dashboard-app--container">
+<iframe id="dashboard-app--frame-0-0" style="width:420px;height:640px;border:0"></iframe>
+</div>
+<script>
+const context = {context};
+const frame = document.getElementById("dashboard-app--frame-0-0");
+const send = () => frame.contentWindow.postMessage(JSON.stringify({{event: "appContext", data: context}}), "*");
+frame.addEventListener("load", send);
+window.onmessage = e => {{
+  if (typeof e.data !== "string" || e.data !== "chatwoot-dashboard-app:fetch-info") return;
+  send();
+}};
+frame.src = {frame_url};
+</script></body></html>"""
+        return web.Response(text=page, content_type="text/html")
 
     @routes.post("/_emulator/conversation_attributes")
     async def operator_attributes(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from app.logs import register_secret
 SECRET_PREFIX = "GLPI_SYNC_WEBHOOK_SECRET_"
 URL_TOKEN_PREFIX = "GLPI_SYNC_WEBHOOK_URL_TOKEN_"
 GLPI_SECRET_PREFIX = "GLPI_SYNC_GLPI_WEBHOOK_SECRET_"
+DASHBOARD_KEY_PREFIX = "GLPI_SYNC_DASHBOARD_KEY_"
 #: A URL token shorter than this is refused at start-up: it is the only thing standing between the internet and
 #: the topic.
 MIN_URL_TOKEN_CHARS = 32
@@ -71,6 +72,17 @@ class WebhookSecrets:
             register_secret(value)
         return values
 
+    def dashboard_keys_for(self, hook_id: int) -> list[str]:
+        """The keys that open the hook's dashboard app (``GLPI_SYNC_DASHBOARD_KEY_<ID>`` or ``<ID>.dashboard``).
+
+        Keys shorter than :data:`MIN_URL_TOKEN_CHARS` are never accepted: every agent of the account sees the key,
+        but nobody else may guess it.
+        """
+        values = _values(self.environ.get(f"{DASHBOARD_KEY_PREFIX}{hook_id}")) or self._file(f"{hook_id}.dashboard")
+        for value in values:
+            register_secret(value)
+        return [value for value in values if len(value) >= MIN_URL_TOKEN_CHARS]
+
     def url_token_for(self, hook_id: int) -> str | None:
         """The hook's URL token for unsigned deliveries, if it has one."""
         values = _values(self.environ.get(f"{URL_TOKEN_PREFIX}{hook_id}")) or self._file(f"{hook_id}.url-token")
@@ -92,14 +104,17 @@ class WebhookSecrets:
         """Configuration mistakes to refuse at start-up (URL tokens too short to be secret, names without an id)."""
         found = []
         for name, value in self.environ.items():
-            for prefix in (SECRET_PREFIX, URL_TOKEN_PREFIX, GLPI_SECRET_PREFIX):
+            for prefix in (SECRET_PREFIX, URL_TOKEN_PREFIX, GLPI_SECRET_PREFIX, DASHBOARD_KEY_PREFIX):
                 if name.startswith(prefix):
                     suffix = name.removeprefix(prefix)
                     if not suffix.isdigit():
                         found.append(f"{name}: the name must end in the hook id (for example {prefix}7)")
-                    elif prefix == URL_TOKEN_PREFIX and len(value.strip()) < MIN_URL_TOKEN_CHARS:
+                    elif prefix in (URL_TOKEN_PREFIX, DASHBOARD_KEY_PREFIX) and any(
+                        len(v) < MIN_URL_TOKEN_CHARS for v in _values(value)
+                    ):
                         found.append(
-                            f"{name}: a URL token needs at least {MIN_URL_TOKEN_CHARS} random characters "
+                            f"{name}: a {'URL token' if prefix == URL_TOKEN_PREFIX else 'dashboard key'} needs at "
+                            f"least {MIN_URL_TOKEN_CHARS} random characters "
                             "(for example: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
                         )
         return found

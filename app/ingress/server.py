@@ -15,6 +15,8 @@ Answers, in the order they are checked:
 that hook (a ``hook_poll`` on the control topic), so technicians' answers go back at once instead of at the next
 timed poll.
 
+``GET /dashboard/{hook_id}`` serves the Chatwoot dashboard app behind the hook's key (:mod:`app.ingress.dashboard`).
+
 Stateless: replicas share nothing. On SIGTERM the listener closes, requests in flight finish, the producer
 flushes, then the process exits.
 """
@@ -36,6 +38,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app.chatwoot.webhooks import DELIVERY_HEADER, envelope_for, is_synced_event, verify, verify_glpi
+from app.ingress.dashboard import Dashboard
 from app.ingress.secrets import WebhookSecrets
 from app.kafka_io import KafkaConnection
 from app.metrics import IngressMetrics, ingress_event_label
@@ -75,6 +78,7 @@ class Ingress:
         app.router.add_get("/health/live", self.live)
         app.router.add_get("/health/ready", self.ready)
         app.router.add_get("/metrics", self.metrics_page)
+        Dashboard(self.settings, self.secrets).add_routes(app)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)

@@ -57,6 +57,7 @@ from app.pipeline.source import Disposition, SourceRecord
 from app.pipeline.store import SyncStore
 from app.pipeline.syncing import EventSync
 from app.pipeline.twoway import TwoWay
+from app.pipeline.user_names import UserNames
 from app.pipeline.write_back import WriteBack
 from app.secrets import hook_policy, token_vault
 from app.settings import WorkerSettings
@@ -148,6 +149,7 @@ class Pipeline:
             hook_locks=self.hook_locks,
             contact_locks=self.contact_locks,
         )
+        self.user_names = UserNames()
         self.twoway = TwoWay(
             store=self.store,
             clients=self.clients,
@@ -159,6 +161,7 @@ class Pipeline:
             outcomes=self.outcomes,
             dead_letters=self.dead_letters,
             metrics=metrics,
+            user_names=self.user_names,
         )
         self.write_back = WriteBack(
             store=self.store,

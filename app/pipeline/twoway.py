@@ -32,7 +32,7 @@ import orjson
 
 from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootUnreachableError
 from app.events import GlpiChange
-from app.glpi import GlpiError, GlpiNotFoundError
+from app.glpi import GlpiError
 from app.metrics import Metrics
 from app.pipeline.chatwoot import chatwoot_client, chatwoot_failure
 from app.pipeline.clients import HookClients
@@ -41,6 +41,7 @@ from app.pipeline.locks import KeyedLocks
 from app.pipeline.outcomes import OutcomeLog
 from app.pipeline.source import SourceRecord
 from app.pipeline.store import SyncStore
+from app.pipeline.user_names import UserNames
 from app.secrets import HookConfigError, TokenVault
 from app.sync.state import HookRecord, SyncContext, SyncView
 from app.twoway.attributes import technicians, ticket_changes
@@ -48,7 +49,6 @@ from app.twoway.plan import (
     Cursor,
     action_for,
     change_events,
-    display_name,
     glpi_epoch,
     newer_rows,
     rows_to_sync,
@@ -77,10 +77,6 @@ APPLY_ATTEMPTS = 4
 #: Documents linked per followup or solution.
 MAX_ATTACHMENTS = 10
 APPLY_PAUSE_SECONDS = 2.0
-#: Technicians' names are read once per this many seconds (a renamed technician shows up within the hour).
-AUTHOR_SECONDS = 3600.0
-#: Names kept per worker (a bounded cache: beyond it the oldest are read again when needed).
-AUTHORS_KEPT = 2000
 
 
 class TwoWay:
@@ -99,6 +95,7 @@ class TwoWay:
         outcomes: OutcomeLog,
         dead_letters: DeadLetters,
         metrics: Metrics,
+        user_names: UserNames,
     ) -> None:
         self.store = store
         self.clients = clients
@@ -111,8 +108,8 @@ class TwoWay:
         self.outcomes = outcomes
         self.dead_letters = dead_letters
         self.metrics = metrics
-        #: (hook, GLPI user id) → (display name or None, read at): technicians' names for the message signature.
-        self._authors: dict[tuple[int, int], tuple[str | None, float]] = {}
+        #: Technicians' names for the message signature and write-back.
+        self.user_names = user_names
 
     # ------------------------------------------------------------------------------------------- poll
 
@@ -147,33 +144,6 @@ class TwoWay:
             ):
                 break
         return rows
-
-    async def _author_names(self, client: GlpiClient, hook_id: int, rows: list[dict[str, Any]]) -> dict[int, str]:
-        """Display names of the users who wrote ``rows``, read by id (``GET /User/{id}``) and kept for an hour.
-
-        The poll reads rows with ids only (an expanded row names its ticket instead of giving its id); a name that
-        cannot be read leaves the message unsigned rather than holding it back.
-        """
-        now = time.monotonic()
-        names: dict[int, str] = {}
-        for user_id in {row.get("users_id") for row in rows}:
-            if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
-                continue
-            cached = self._authors.get((hook_id, user_id))
-            if cached is None or now - cached[1] > AUTHOR_SECONDS:
-                try:
-                    name = display_name(await client.get_item("User", user_id))
-                except GlpiNotFoundError:
-                    name = None  # a deleted user: unsigned, and not asked again within the hour
-                except GlpiError as exc:
-                    log.warning("two-way: name of GLPI user %s not read: %s", user_id, exc, extra={"hook_id": hook_id})
-                    continue  # asked again at the next poll
-                if len(self._authors) >= AUTHORS_KEPT:
-                    self._authors.pop(next(iter(self._authors)))
-                cached = self._authors[(hook_id, user_id)] = (name, now)
-            if cached[0]:
-                names[user_id] = cached[0]
-        return names
 
     async def _attachments(self, client: GlpiClient, hook: HookRecord, payload: dict[str, Any]) -> list[dict[str, str]]:
         """Links to the GLPI Documents attached to a followup or solution (at most :data:`MAX_ATTACHMENTS`).
@@ -215,7 +185,9 @@ class TwoWay:
             if row["id"] not in ours.conversations:
                 continue
             actors = [a for a in await client.get_subitems("Ticket", row["id"], "Ticket_User") if a.get("type") == 2]
-            technician_of[row["id"]] = technicians(actors, await self._author_names(client, hook.hook_id, actors))
+            technician_of[row["id"]] = technicians(
+                actors, await self.user_names.names(client, hook.hook_id, [a.get("users_id") for a in actors])
+            )
         return ticket_changes(fresh, ours.conversations, ours.written, technician_of, hook.hook_id, hook.account_id)
 
     async def poll(self, hook: HookRecord) -> tuple[str, str]:
@@ -242,9 +214,8 @@ class TwoWay:
                     fresh, moved = newer_rows(rows, cursor or Cursor())
                     cursors[itemtype] = (moved.date_mod, moved.item_id)
                     if cursor is not None:
-                        authors = await self._author_names(
-                            client, hook.hook_id, rows_to_sync(fresh, ours.conversations)
-                        )
+                        rows = rows_to_sync(fresh, ours.conversations)
+                        authors = await self.user_names.names(client, hook.hook_id, [r.get("users_id") for r in rows])
                         events += change_events(kind, fresh, ours.conversations, hook.hook_id, hook.account_id, authors)  # type: ignore[arg-type]
                 if not first:
                     ticket_rows = await client.recent_items("Ticket", limit=POLL_PAGE)

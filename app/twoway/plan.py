@@ -56,7 +56,7 @@ def newer_rows(rows: list[dict[str, Any]], cursor: Cursor) -> tuple[list[dict[st
     return fresh, Cursor(str(last.get("date_mod") or ""), last["id"])
 
 
-def _text(content: Any) -> str:
+def plain_text(content: Any) -> str:
     """A followup's HTML as plain text for a chat message: tags dropped, entities decoded exactly once.
 
     The client reads with ``X-GLPI-Sanitized-Content: false``, so GLPI 10 and 11 both give the HTML the technician
@@ -117,7 +117,7 @@ def change_events(
                     "item_id": row["id"],
                     "ticket_id": ticket,
                     "conversation_id": conversations[ticket],
-                    "content": _text(row.get("content")),
+                    "content": plain_text(row.get("content")),
                     "is_private": bool(row.get("is_private")),
                     "author": author,
                     "date": row.get("date") or row.get("date_mod"),

@@ -175,8 +175,10 @@ def test_the_ingress_deployment_reads_its_webhook_secrets_where_it_looks_and_dra
     (service,) = [s for s in of_kind("Service") if s["metadata"]["name"] == deployment["metadata"]["name"]]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     (ingress,) = of_kind("Ingress")
-    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
-    assert path["path"] == "/webhooks/chatwoot/" and path["backend"]["service"]["name"] == service["metadata"]["name"]
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert [p["path"] for p in paths] == ["/webhooks/chatwoot/", "/webhooks/glpi/", "/dashboard/"]  # nothing else
+    assert {p["backend"]["service"]["name"] for p in paths} == {service["metadata"]["name"]}
+    assert env["GLPI_SYNC_WORKER_URL"].startswith("http://chatwoot-glpi-sync-metrics:")
 
 
 def test_statefulset_probes_grace_and_security() -> None:

@@ -3,6 +3,8 @@ the Chatwoot emulator's custom attribute endpoints (assign on conversations, mer
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp.test_utils import TestServer
 
 from app.chatwoot.api import ChatwootClient, define_missing, missing_definitions
@@ -147,3 +149,64 @@ async def test_conversation_attributes_are_assigned_contact_attributes_merged_de
     assert [d["attribute_key"] for d in chatwoot.definitions].count("order_id") == 1
     events = [d["event"] for d in chatwoot.deliveries]
     assert events.count("conversation_updated") == 2 and events.count("contact_updated") == 1
+
+
+def test_the_dashboard_shows_public_followups_both_ways_and_never_a_private_one() -> None:
+    from app.dashboard.shape import requester_view, sync_view, ticket_view, timeline
+
+    ours = {
+        "id": 1,
+        "date": "2026-12-03 10:00:00",
+        "users_id": 2,
+        "is_private": 0,
+        "content": "<p><strong>Marta Keller</strong> · 2026-12-03 10:00:00</p><p>VPN &amp; Wi-Fi down</p>"
+        "<p>[cw-msg:4000]</p>",
+    }
+    theirs = {"id": 2, "date": "2026-12-03 10:05:00", "users_id": 8, "is_private": 0, "content": "<p>Update it</p>"}
+    note = {"id": 3, "date": "2026-12-03 10:06:00", "users_id": 8, "is_private": 1, "content": "<p>internal</p>"}
+    solution = {"id": 9, "date": "2026-12-03 10:09:00", "users_id": 8, "content": "<p>Fixed</p>"}
+    names = {8: "Ana Tech", 5: "Marta Keller"}
+    shown = timeline([note, theirs, ours], [solution], names)
+    assert [(e["from"], e["author"], e["text"], e["kind"]) for e in shown] == [
+        ("chatwoot", "Marta Keller", "VPN & Wi-Fi down", "followup"),
+        ("glpi", "Ana Tech", "Update it", "followup"),
+        ("glpi", "Ana Tech", "Fixed", "solution"),
+    ]
+    actors = [{"users_id": 5, "type": 1}, {"users_id": 8, "type": 2}]
+    ticket = ticket_view({"id": 42, "name": "Chat #1", "status": 4, "priority": 5}, actors, names, ROOT)
+    assert ticket == {
+        "id": 42,
+        "title": "Chat #1",
+        "status": "Pending",
+        "priority": "Very high",
+        "technician": "Ana Tech",
+        "deleted": False,
+        "url": f"{ROOT}/front/ticket.form.php?id=42",
+    }
+    assert requester_view(actors, names, ROOT) == {"name": "Marta Keller", "url": f"{ROOT}/front/user.form.php?id=5"}
+    assert requester_view([{"users_id": 0, "type": 1, "alternative_email": "a@b.c"}], names, ROOT) is None
+    history = [
+        {"at": "t1", "event": "message_created", "outcome": "synced", "reason": "ok"},
+        {"at": "t2", "event": "message_created", "outcome": "dead_lettered", "reason": "GLPI refused it"},
+    ]
+    assert sync_view({"last_synced_message_id": 7, "history": history}, "running", 0) == {
+        "last_synced_message_id": 7,
+        "hook": "running",
+        "parked_on_hook": 0,
+        "problems": [{"at": "t2", "event": "message_created", "outcome": "dead_lettered", "reason": "GLPI refused it"}],
+    }
+
+
+def test_dashboard_keys_are_long_rotatable_and_named_by_hook(tmp_path: Path) -> None:
+    from app.ingress.secrets import WebhookSecrets
+
+    long_a, long_b = "a" * 32, "b" * 40
+    secrets = WebhookSecrets({"GLPI_SYNC_DASHBOARD_KEY_7": f"{long_a},{long_b}"}, tmp_path)
+    assert secrets.dashboard_keys_for(7) == [long_a, long_b]
+    (tmp_path / "9.dashboard").write_text("short\n" + long_b + "\n")
+    assert secrets.dashboard_keys_for(9) == [long_b]  # a short key never opens anything
+    assert secrets.dashboard_keys_for(8) == []
+    bad = WebhookSecrets({"GLPI_SYNC_DASHBOARD_KEY_7": "short", "GLPI_SYNC_DASHBOARD_KEY_X": long_a}, tmp_path)
+    problems = bad.problems()
+    assert any("GLPI_SYNC_DASHBOARD_KEY_7: a dashboard key needs at least 32" in p for p in problems)
+    assert any("GLPI_SYNC_DASHBOARD_KEY_X: the name must end in the hook id" in p for p in problems)
