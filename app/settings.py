@@ -136,6 +136,9 @@ class WorkerSettings(ToolSettings):
     retry_base: float = Field(0.5, gt=0)
     resume_interval: float = Field(15.0, gt=0)
     session_timeout: float = Field(30.0, ge=6, le=300)
+    #: Seconds a SIGTERM or SIGINT waits for a clean stop before the worker exits anyway (a stop caught in a
+    #: rebalance or a broker outage can otherwise take minutes); what was unfinished is read again, as after kill -9.
+    stop_timeout: float = Field(30.0, gt=0)
     max_inflight: int = Field(2000, ge=1)
     #: Events of one partition held in memory before its fetching pauses (a slow head holds back its acks).
     max_inflight_per_partition: int = Field(250, ge=2)

@@ -15,10 +15,13 @@ deployment's, and topics that disagree with it stop the worker with one line per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -348,6 +351,19 @@ def _refuse(lines: list[str], status: int) -> int:
     return status
 
 
+def _stop_overdue(seconds: float) -> None:
+    """A clean stop took longer than ``GLPI_SYNC_STOP_TIMEOUT``: exit now (as safe as a kill -9, by design)."""
+    log.warning(
+        "stopping took longer than %.0f s (a rebalance or a broker that does not answer): exiting now; "
+        "unfinished events were not acknowledged and are read again by the next owner",
+        seconds,
+    )
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def run_worker(settings: WorkerSettings) -> int:
     """Check the configuration and the topics, then run the worker in the foreground until SIGTERM/SIGINT."""
     logs.configure(settings.log_level, settings.log_format)
@@ -384,6 +400,13 @@ def run_worker(settings: WorkerSettings) -> int:
 
         def _setup_logging(self) -> None:
             logs.configure(settings.log_level, settings.log_format)
+
+        def _schedule_shutdown(self, signal: Any) -> None:
+            if not self._signal_stop_time:
+                watchdog = threading.Timer(settings.stop_timeout, _stop_overdue, args=(settings.stop_timeout,))
+                watchdog.daemon = True
+                watchdog.start()
+            super()._schedule_shutdown(signal)
 
     worker = _Worker(app, loglevel=settings.log_level.lower(), quiet=True)
     worker.execute_from_commandline()  # runs until a signal, then exits the process (typed NoReturn)

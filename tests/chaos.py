@@ -475,14 +475,14 @@ def scenario_rebalance_and_broker_restart(kafka: KafkaBroker, workdir: Path, hoo
 #: Broker faults beside a graceful restart: what each does to the broker (or the network), and for how long.
 BROKER_FAULTS = {
     "kill9": "kill -9 of the broker, started again 5 s later",
-    "freeze": "the broker stopped (SIGSTOP) for 14 s, longer than the consumers' 6 s session timeout",
-    "cut": "every worker connection cut by a TCP proxy, new ones refused for 10 s, then restored",
+    "freeze": "the broker stopped (SIGSTOP) for 10 s, longer than the consumers' 6 s session timeout",
+    "cut": "every worker connection cut by a TCP proxy, new ones refused for 8 s, then restored",
 }
 
 
 def scenario_broker_fault(kafka: KafkaBroker, workdir: Path, *faults: str, hooks: int = 8) -> dict[str, Any]:
     """Two workers (reaching the broker through :class:`~tests.harness.TcpProxy`), a workload flowing, the faults
-    one after the other (4 s apart).
+    one after the other (3 s apart).
 
     The log lines the workers wrote while the faults lasted are counted: an outage must not flood the log.
     """
@@ -501,7 +501,7 @@ def scenario_broker_fault(kafka: KafkaBroker, workdir: Path, *faults: str, hooks
         publisher = publish_in_background(env, work.events, chunks=10 * len(faults), pause=0.5)
         lines: list[int] = []
         for fault in faults:
-            time.sleep(4)
+            time.sleep(3)
             before = sum(len(w.log_path.read_text(errors="replace").splitlines()) for w in workers)
             if fault == "kill9":
                 kafka.kill9()
@@ -509,11 +509,11 @@ def scenario_broker_fault(kafka: KafkaBroker, workdir: Path, *faults: str, hooks
                 kafka.relaunch()
             elif fault == "freeze":
                 kafka.freeze()
-                time.sleep(14)
+                time.sleep(10)
                 kafka.thaw()
             else:
                 kafka.proxy.cut()
-                time.sleep(10)
+                time.sleep(8)
                 kafka.proxy.restore()
             lines.append(sum(len(w.log_path.read_text(errors="replace").splitlines()) for w in workers) - before)
         publisher.join()

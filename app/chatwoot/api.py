@@ -108,7 +108,7 @@ class ChatwootClient:
                 ) as resp:
                     self.reached = True
                     answer = await resp.read()
-                    if resp.status == 200:
+                    if 200 <= resp.status < 300:  # 204 and empty bodies too (a write with nothing to say)
                         return orjson.loads(answer) if answer.strip() else {}
                     if resp.status in (401, 403):
                         raise ChatwootRefusedError(

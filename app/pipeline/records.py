@@ -148,6 +148,7 @@ class Pipeline:
             interrupts=self.interrupts,
             hook_locks=self.hook_locks,
             contact_locks=self.contact_locks,
+            requests=self.requests,
         )
         self.user_names = UserNames()
         self.twoway = TwoWay(

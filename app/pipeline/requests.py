@@ -19,6 +19,9 @@ from app.sync.state import SELF_HEALING_PAUSES, HookRecord
 #: A queued request not applied after this long (lost with a worker, or never arriving) is queued again. Short
 #: enough that a healed GLPI is retried soon; long enough that retries never pile up behind a hook's events.
 RETRY_PENDING_SECONDS = 30.0
+#: A poll asked for because a ticket was just created is queued at most this often per hook (a backlog of new
+#: conversations costs one poll per few seconds, not one per ticket).
+SOON_SECONDS = 5.0
 #: The resume timer re-requests a drain of a hook with parked events and no pause at most this often.
 DRAIN_NUDGE_SECONDS = 60.0
 
@@ -32,6 +35,7 @@ class ControlRequests:
         self._drain_requested: dict[int, float] = {}
         self._retry_pending: dict[int, float] = {}
         self._poll_pending: dict[int, float] = {}
+        self._poll_soon: dict[int, float] = {}
 
     async def _send(self, hook: HookRecord, command: dict[str, Any]) -> None:
         sent = await self.control.send(
@@ -51,6 +55,21 @@ class ControlRequests:
         """Queue a ``hook_poll`` on the hook's control partition (run by its owner, in the hook's poll lane)."""
         await self._send(hook, {"event": "hook_poll", "hook_id": hook.hook_id, "payload": {"requested_by": "worker"}})
         self._poll_pending[hook.hook_id] = time.monotonic()
+
+    async def request_poll_soon(self, hook: HookRecord) -> None:
+        """Queue a poll unless one is queued already or one was asked for within :data:`SOON_SECONDS`.
+
+        For write-back: a ticket just created shows on its conversation at once instead of at the next timed poll
+        (a ticket created while a poll runs waits for the next one).
+        """
+        now = time.monotonic()
+        pending = self._poll_pending.get(hook.hook_id)
+        if pending is not None and now - pending < RETRY_PENDING_SECONDS:
+            return
+        if now - self._poll_soon.get(hook.hook_id, -SOON_SECONDS) < SOON_SECONDS:
+            return
+        self._poll_soon[hook.hook_id] = now
+        await self.request_poll(hook)
 
     def retry_applied(self, hook_id: int) -> None:
         """The hook's queued ``hook_retry`` ran: the timer may queue the next one."""

@@ -24,6 +24,7 @@ from app.pipeline.hook_status import HookStatus
 from app.pipeline.locks import Interrupts, KeyedLocks
 from app.pipeline.outcomes import OutcomeLog
 from app.pipeline.parking import ParkingQueue
+from app.pipeline.requests import ControlRequests
 from app.pipeline.source import Disposition, SourceRecord
 from app.pipeline.store import SyncStore
 from app.secrets import HookConfigError
@@ -57,6 +58,7 @@ class EventSync:
         interrupts: Interrupts,
         hook_locks: KeyedLocks,
         contact_locks: KeyedLocks,
+        requests: ControlRequests,
     ) -> None:
         self.settings = settings
         self.ctx = ctx
@@ -71,6 +73,7 @@ class EventSync:
         self.interrupts = interrupts
         self.hook_locks = hook_locks
         self.contact_locks = contact_locks
+        self.requests = requests
 
     async def sync(
         self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, hook: HookRecord, started: float
@@ -115,6 +118,10 @@ class EventSync:
         if parsed.event_id and self.settings.redelivery_window_hours > 0:
             self.store.remember_delivery(parsed.hook_id, parsed.event_id, record.origin)
         self.outcomes.finish(record, parsed, result.outcome, _reason(result), started, result)
+        before = view.conversation.ticket_id if view.conversation else None
+        after = state["view"].conversation.ticket_id if state["view"].conversation else None
+        if hook.settings.writes_back and after is not None and after != before:
+            await self.requests.request_poll_soon(hook)  # write-back: the new ticket's number on its conversation
         return "done"
 
     async def _held(self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, started: float) -> Disposition:

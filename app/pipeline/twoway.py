@@ -176,10 +176,13 @@ class TwoWay:
         ticket of ours costs one read of its actors; the first poll looks at the newest page only.
         """
         known = cursors.get("Ticket")
-        cursor = Cursor(*known) if known else None
+        # The same ticket changes again and again, and GLPI's times have whole seconds: the last second seen is
+        # read again (a second change within it would otherwise hide behind the cursor). Comparing states makes
+        # seeing a ticket twice harmless.
+        cursor = Cursor(known[0], -1) if known else None
         rows = await self._recent(client, "Ticket", cursor)
         fresh, moved = newer_rows(rows, cursor or Cursor())
-        cursors["Ticket"] = (moved.date_mod, moved.item_id)
+        cursors["Ticket"] = (moved.date_mod, moved.item_id) if fresh else (known or ("", 0))
         technician_of: dict[int, str | None] = {}
         for row in fresh:
             if row["id"] not in ours.conversations:

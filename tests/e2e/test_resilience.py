@@ -6,6 +6,7 @@ Real Kafka, real worker processes, GLPI emulators with fault knobs.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +179,23 @@ def test_control_commands_are_refused_on_the_producers_topic(sync_env: SyncEnv, 
     wait_until(lambda: len(outcomes(sync_env)) == 2, 60, what="2 outcomes")
     refused = outcomes(sync_env)[1]
     assert refused["outcome"] == "dead_lettered" and "only accepted on the control topic" in refused["msg"]
+
+
+def test_a_stop_the_broker_never_answers_ends_at_the_stop_timeout(sync_env: SyncEnv, kafka: KafkaBroker) -> None:
+    """SIGTERM while the broker is frozen: faust's clean stop would wait ~90 s for it; the worker gives up after
+    GLPI_SYNC_STOP_TIMEOUT and exits, as safe as a kill -9 (unfinished events were never acknowledged)."""
+    worker = sync_env.worker()
+    worker.env["GLPI_SYNC_STOP_TIMEOUT"] = "3"
+    worker.start()
+    wait_until(lambda: worker.http_get("/health/ready")[0] == 200, 60, what="the worker ready")
+    assert worker.proc is not None
+    kafka.freeze()
+    try:
+        os.killpg(worker.proc.pid, signal.SIGTERM)
+        try:
+            worker.proc.wait(45)  # a third of faust's own wait on a broker that does not answer
+        except subprocess.TimeoutExpired:
+            pytest.fail("the worker was still stopping 45 s after SIGTERM")
+    finally:
+        kafka.thaw()
+    assert any("stopping took longer than 3 s" in str(line.get("msg")) for line in worker.log_lines())

@@ -131,30 +131,35 @@ def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
         technician.followup(ticket, "internal: check the gateway", private=True)
         wait_until(lambda: outcome_with(sync_env, "private followup") >= 1, 60, what="the private one skipped")
 
-        # Chatwoot times out after the message landed: the retry finds it, nothing is posted twice.
-        chatwoot.call("POST", "post_faults", {"hold_after": 5})  # past GLPI_SYNC_CHATWOOT_TIMEOUT
-        technician.followup(ticket, "Did that help?")
-        wait_until(lambda: len(posted(chatwoot, conversation)) >= 2, 60, what="the second answer")
-        wait_until(lambda: outcome_with(sync_env, "Did that help") + outcome_with(sync_env, "posted message") >= 2, 90)
-        time.sleep(3)
-        assert [m["content"].split("\n")[0] for m in posted(chatwoot, conversation)] == [
-            "Please reinstall the VPN client (R&D: press &lt;Enter&gt;)",
-            "Did that help?",
-        ]
+        # Chatwoot's failures are Chatwoot's side: GLPI 10's run covers them, GLPI 11's keeps to what GLPI answers.
+        faults = not emulator.glpi11
+        if faults:
+            # Chatwoot times out after the message landed: the retry finds it, nothing is posted twice.
+            chatwoot.call("POST", "post_faults", {"hold_after": 5})  # past GLPI_SYNC_CHATWOOT_TIMEOUT
+            technician.followup(ticket, "Did that help?")
+            wait_until(lambda: len(posted(chatwoot, conversation)) >= 2, 60, what="the second answer")
+            wait_until(
+                lambda: outcome_with(sync_env, "Did that help") + outcome_with(sync_env, "posted message") >= 2, 90
+            )
+            time.sleep(3)
+            assert [m["content"].split("\n")[0] for m in posted(chatwoot, conversation)] == [
+                "Please reinstall the VPN client (R&D: press &lt;Enter&gt;)",
+                "Did that help?",
+            ]
 
-        # kill -9 between the intent and the post (the post lands after the worker died): still once.
-        posts_before = chatwoot.call("GET", "requests").get("post_message", 0)
-        chatwoot.call("POST", "post_faults", {"hold_before": 6})
-        technician.followup(ticket, "Rebooted the gateway")
-        wait_until(
-            lambda: chatwoot.call("GET", "requests").get("post_message", 0) > posts_before, 60, what="the held post"
-        )
-        worker.kill()
-        time.sleep(7)  # the held request completes: the message is in Chatwoot, the worker never saw the answer
-        worker.start()
-        wait_until(lambda: len(posted(chatwoot, conversation)) == 3, 60, what="the third answer")
-        wait_until(lambda: outcome_with(sync_env, "ITILFollowup:") >= 3, 90, what="the replayed event adopted it")
-        assert len(posted(chatwoot, conversation)) == 3
+            # kill -9 between the intent and the post (the post lands after the worker died): still once.
+            posts_before = chatwoot.call("GET", "requests").get("post_message", 0)
+            chatwoot.call("POST", "post_faults", {"hold_before": 6})
+            technician.followup(ticket, "Rebooted the gateway")
+            wait_until(
+                lambda: chatwoot.call("GET", "requests").get("post_message", 0) > posts_before, 60, what="the held post"
+            )
+            worker.kill()
+            time.sleep(7)  # the held request completes: the message is in Chatwoot, the worker never saw the answer
+            worker.start()
+            wait_until(lambda: len(posted(chatwoot, conversation)) == 3, 60, what="the third answer")
+            wait_until(lambda: outcome_with(sync_env, "ITILFollowup:") >= 3, 90, what="the replayed event adopted it")
+            assert len(posted(chatwoot, conversation)) == 3
 
         # A solution: posted, and the conversation resolved; Chatwoot's status webhook changes nothing in GLPI.
         technician.solve(ticket, "Fixed: a new VPN profile was pushed")
@@ -163,12 +168,14 @@ def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
             60,
             what="the conversation resolved",
         )
-        wait_until(lambda: len(posted(chatwoot, conversation)) == 4, 30, what="the solution's message")
+        answers = 4 if faults else 2
+        wait_until(lambda: len(posted(chatwoot, conversation)) == answers, 30, what="the solution's message")
         assert posted(chatwoot, conversation)[-1]["content"].startswith("Fixed: a new VPN profile was pushed")
         wait_until(lambda: outcome_with(sync_env, "ticket status already matches resolved") >= 1, 60)
         puts = [r for r in emulator.requests() if r["method"] == "PUT" and r["path"].startswith("Ticket/")]
         assert puts == []  # GLPI solved it; nothing was written back
-        assert len(emulator.state()["ITILFollowup"]) == 5  # the customer's first message, the technician's four
+        # The customer's first message and the technician's followups (four, or two without the fault cases).
+        assert len(emulator.state()["ITILFollowup"]) == (5 if faults else 3)
 
         # Both directions in one trace.
         trace = subprocess.run(

@@ -64,7 +64,8 @@ def test_agents_see_the_ticket_and_requester_kept_current_and_nothing_loops(
     sync_env: SyncEnv, emulator: EmulatorProcess, chatwoot: ChatwootEmulatorProcess, tmp_path: Path
 ) -> None:
     worker = sync_env.worker()
-    worker.env.update(GLPI_SYNC_TWO_WAY_POLL_SECONDS="1", GLPI_SYNC_HOOK_SECRET_CHATWOOT_7=chatwoot.token)
+    # No timed poll: a new ticket asks for its own, and GLPI's changes are announced as GLPI 11's webhooks do.
+    worker.env.update(GLPI_SYNC_TWO_WAY_POLL_SECONDS="3600", GLPI_SYNC_HOOK_SECRET_CHATWOOT_7=chatwoot.token)
     worker.start()
     # As an operator turns it on: hook set checks the token and defines the attributes (once, however often run).
     configured = _hook_set(sync_env, emulator, chatwoot, f"http://127.0.0.1:{worker.http_port}")
@@ -124,6 +125,7 @@ def test_agents_see_the_ticket_and_requester_kept_current_and_nothing_loops(
         # A technician takes the ticket, then solves it: the conversation follows within a poll or two.
         technician = Technician(emulator)
         technician.assign(ticket)
+        sync_env.command("hook_poll", 7)
         wait_until(
             lambda: _shown(chatwoot, conversation)["custom_attributes"].get("glpi_technician") == "Ana Tech & Co",
             60,
@@ -131,6 +133,7 @@ def test_agents_see_the_ticket_and_requester_kept_current_and_nothing_loops(
         )
         assert _shown(chatwoot, conversation)["custom_attributes"]["glpi_ticket_status"] == "Processing (assigned)"
         technician.set_status(ticket, 5)
+        sync_env.command("hook_poll", 7)
         wait_until(
             lambda: _shown(chatwoot, conversation)["custom_attributes"].get("glpi_ticket_status") == "Solved",
             60,
@@ -142,6 +145,8 @@ def test_agents_see_the_ticket_and_requester_kept_current_and_nothing_loops(
         wait_until(lambda: len(_outcomes(sync_env, "glpi_ticket_changed")) >= 3, 60, what="three write-backs")
         requests = chatwoot.call("GET", "requests")
         polls = len(_outcomes(sync_env, "hook_poll"))
+        for _ in range(3):
+            sync_env.command("hook_poll", 7)
         wait_until(lambda: len(_outcomes(sync_env, "hook_poll")) >= polls + 3, 60, what="three more polls")
         after = chatwoot.call("GET", "requests")
         assert after.get("conversation_attributes") == requests.get("conversation_attributes")

@@ -187,6 +187,7 @@ def test_statefulset_probes_grace_and_security() -> None:
     pod = sts["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert pod["terminationGracePeriodSeconds"] > settings.glpi_timeout + settings.retry_budget
+    assert pod["terminationGracePeriodSeconds"] > settings.stop_timeout  # the worker's own deadline comes first
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     startup = container["startupProbe"]

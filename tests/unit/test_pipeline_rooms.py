@@ -213,3 +213,33 @@ async def test_an_interrupt_cuts_a_retry_wait_and_drops_with_the_last_command() 
     interrupts.applied(7)
     assert not interrupts.flag(7).is_set()
     await asyncio.wait_for(executor._wait(0.01), 1)  # no command waiting: a plain sleep
+
+
+class FakeControl:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, key: bytes, value: bytes, partition: int | None) -> Any:
+        self.sent.append({"key": key, **orjson.loads(value)})
+
+        async def acknowledged() -> None:
+            return None
+
+        return acknowledged()
+
+
+async def test_new_tickets_ask_for_one_poll_at_a_time_not_one_each() -> None:
+    from app.events import HookSettings
+    from app.pipeline.requests import ControlRequests
+    from app.sync.state import HookRecord
+
+    control = FakeControl()
+    requests = ControlRequests(control, FakeStore())  # type: ignore[arg-type]
+    settings = HookSettings.model_validate({"api_url": "https://glpi.example.com/apirest.php", "user_token": "t"})
+    hook = HookRecord(hook_id=7, account_id=7, partition=0, settings=settings)
+    for _ in range(50):  # a backlog of new conversations
+        await requests.request_poll_soon(hook)
+    assert [(c["event"], c["hook_id"]) for c in control.sent] == [("hook_poll", 7)]
+    requests.poll_applied(7)  # it ran; the next new ticket waits out the few seconds since the last request
+    await requests.request_poll_soon(hook)
+    assert len(control.sent) == 1
