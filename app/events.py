@@ -269,6 +269,10 @@ class HookSettings(_Model):
     #: A GLPI solution is posted to the customer and, with this on, resolves the conversation.
     two_way_resolve_on_solution: Annotated[bool, BeforeValidator(_text_to_bool), WithJsonSchema(_BOOL_OR_TEXT)] = True
 
+    #: With a Chatwoot connection, the ticket's number, status and technician are written on the conversation
+    #: (README "What agents see in Chatwoot"); false turns that off (two-way then only posts messages).
+    write_back: Annotated[bool, BeforeValidator(_text_to_bool), WithJsonSchema(_BOOL_OR_TEXT)] = True
+
     @property
     def writes_back(self) -> bool:
         """Whether the hook has a Chatwoot connection (write-back on, two-way or not).
@@ -276,7 +280,7 @@ class HookSettings(_Model):
         The ticket's number, status and technician are then written on the conversation, and the requester on the
         contact (README "What agents see in Chatwoot").
         """
-        return bool(self.chatwoot_url and self.chatwoot_token)
+        return bool(self.write_back and self.chatwoot_url and self.chatwoot_token)
 
     def __repr__(self) -> str:
         return f"HookSettings(api_url={self.api_url!r}, entity_id={self.entity_id}, sync_type={self.sync_type!r})"

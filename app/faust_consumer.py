@@ -115,3 +115,34 @@ def wake_fetcher(consumer: Any) -> None:
 
     with contextlib.suppress(RuntimeError):  # the thread's loop already closed (shutdown)
         loop.call_soon_threadsafe(wake)
+
+
+async def confirm_membership(consumer: Any, seconds: float) -> bool:
+    """Whether the group coordinator still counts this worker's generation as the current one.
+
+    A worker cut off from the broker can be handed an assignment the group has already moved past (it learns so
+    at its next heartbeat): processing it meanwhile, beside the partitions' real owner, writes to GLPI twice. So a
+    heartbeat is sent now, with the worker's generation: the coordinator refuses a stale one (and aiokafka then
+    rejoins, which revokes the assignment). False also when no answer came within ``seconds`` (ask again later).
+    True without faust's aiokafka consumer thread (nothing to ask).
+    """
+    thread = getattr(consumer, "_thread", None)
+    ensure = getattr(thread, "_ensure_consumer", None)
+    if thread is None or ensure is None or not hasattr(thread, "call_thread"):
+        return True
+
+    async def heartbeat() -> bool:
+        coordinator = getattr(ensure(), "_coordinator", None)
+        beat = getattr(coordinator, "_do_heartbeat", None)
+        if beat is None:
+            return True  # aiokafka changed: nothing to ask with
+        return bool(await asyncio.wait_for(beat(), seconds))
+
+    try:
+        confirmed = bool(await thread.call_thread(heartbeat))
+    except (TimeoutError, OSError, Exception) as exc:  # whatever the thread raised: not confirmed, asked again
+        log.info("the group coordinator did not confirm this worker's generation: %s", type(exc).__name__)
+        return False
+    if not confirmed:
+        log.warning("the group coordinator did not confirm this worker's generation: its records wait")
+    return confirmed

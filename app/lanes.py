@@ -37,9 +37,12 @@ from typing import Any
 
 from faust.types import TP, AppT, EventT
 
-from app.faust_consumer import shorten_fetch_waits, wake_fetcher
+from app.faust_consumer import confirm_membership, shorten_fetch_waits, wake_fetcher
 
 log = logging.getLogger("cwglpi.lanes")
+#: Seconds the group coordinator has to confirm a new generation, and the pause before it is asked again.
+CONFIRM_SECONDS = 5.0
+CONFIRM_PAUSE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,9 @@ class LaneDispatcher:
         self._progress_at: dict[TP, float] = {}
         #: Partitions whose first record of the current generation was seen (logged once: where reading started).
         self._started: set[TP] = set()
+        #: Partitions cleared to be processed in this generation, once the group coordinator confirmed it.
+        self._confirmed: set[TP] = set()
+        self._generation_confirmed = False
         #: Per partition, a gap being checked: (offset expected, offset seen); reading again from the expected one.
         self._gap_checks: dict[TP, tuple[int, int]] = {}
 
@@ -245,6 +251,8 @@ class LaneDispatcher:
             )
         if tp in self._replay_from and not await self._replayed(tp, event.message.offset):
             return  # dropped unacknowledged: the partition is read again from its oldest unfinished event
+        if tp not in self._confirmed and not await self._confirm(tp, event.message.offset):
+            return  # dropped unacknowledged: read again once the generation is confirmed, or by the real owner
         if not await self._in_sequence(tp, event.message.offset):
             return  # dropped unacknowledged: the partition is read again from the record that should come now
         entry = _Entry(event, contextvars.copy_context(), self.place(event), tp)
@@ -383,6 +391,25 @@ class LaneDispatcher:
             await self.app.consumer.seek(tp, replay)
         return False
 
+    async def _confirm(self, tp: TP, offset: int) -> bool:
+        """Whether this worker may process ``tp`` in this generation (asked once, before its first record).
+
+        An assignment the group has moved past (this worker was cut off meanwhile) is not processed: the record is
+        dropped unacknowledged and ``tp`` is read again from it, to be asked about again a moment later (the
+        partition's real owner reads it from the committed offset; aiokafka's rejoin revokes it here). Without that
+        check two workers wrote the same followups to GLPI.
+        """
+        if not self._generation_confirmed:
+            self._generation_confirmed = await confirm_membership(self.app.consumer, CONFIRM_SECONDS)
+        if self._generation_confirmed:
+            self._confirmed.add(tp)
+            return True
+        await asyncio.sleep(CONFIRM_PAUSE_SECONDS)  # no hot loop while the coordinator says no or nothing
+        self._must_replay(tp, offset)
+        self._replay_sought.add(tp)  # records fetched after it are dropped until the re-read brings it back
+        await self.app.consumer.seek(tp, self._replay_from[tp])
+        return False
+
     async def _in_sequence(self, tp: TP, offset: int) -> bool:
         """Whether the record at ``offset`` is the next of ``tp``: never let a record go by unseen.
 
@@ -486,6 +513,8 @@ class LaneDispatcher:
             log.info("partition %s went to another worker: its replay point %d is forgotten", tp, self._replay_from[tp])
             del self._replay_from[tp]
         self._started.clear()
+        self._confirmed.clear()
+        self._generation_confirmed = False
         now = time.monotonic()
         for tp in tps:
             self._progress_at[tp] = now  # a fresh start: the stuck-work clock counts from the assignment

@@ -125,6 +125,8 @@ class SyncEnv:
             "GLPI_SYNC_CONTROL_TOPIC": self.control,
             "GLPI_SYNC_RESUME_INTERVAL": "2",
             "GLPI_SYNC_SESSION_TIMEOUT": "6",
+            # A worker stopped during a rebalance gives up its clean stop sooner than in production (30 s).
+            "GLPI_SYNC_STOP_TIMEOUT": "15",
             # No GLPI_SYNC_PARTITIONS: like a real deployment, the workers take the count of the input topic
             # that the "producers" (this fixture) created.
             "GLPI_SYNC_APP_ID": self.app_id,

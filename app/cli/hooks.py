@@ -81,7 +81,7 @@ def _check_chatwoot(env: ToolSettings, settings: HookSettings, account_id: int) 
             accounts = [a.get("id") for a in profile.get("accounts", []) if isinstance(a, dict)]
             if account_id not in accounts:
                 return profile, None
-            return profile, await define_missing(client, DEFINITIONS)
+            return profile, (await define_missing(client, DEFINITIONS) if settings.writes_back else [])
 
     try:
         profile, defined = asyncio.run(go())
@@ -122,6 +122,7 @@ def cmd_hook_set(args: argparse.Namespace, env: ToolSettings) -> int:
         ),
         "two_way_private_followups": args.private_followups,
         "two_way_resolve_on_solution": args.resolve_on_solution,
+        "write_back": args.write_back,
     }
     if not raw_settings["user_token"]:
         raise CliError("a user token is required (--user-token-env, --user-token-file or --user-token)")
@@ -149,7 +150,7 @@ def cmd_hook_set(args: argparse.Namespace, env: ToolSettings) -> int:
                 EXIT_UNREACHABLE if unreachable else EXIT_REFUSED,
             )
         print("GLPI connection successful")
-        if settings.writes_back:
+        if settings.writes_back or settings.two_way:
             _check_chatwoot(env, settings, args.account_id)
     event_id = uuid.uuid4().hex
     envelope = {
@@ -271,6 +272,12 @@ def register(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="two-way: a GLPI solution resolves the conversation, e.g. --no-resolve-on-solution",
+    )
+    hs.add_argument(
+        "--write-back",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with a Chatwoot connection, write the GLPI ticket on the conversation (default), e.g. --no-write-back",
     )
     hs.add_argument("--status", choices=["enabled", "disabled"], default="enabled", help="e.g. --status disabled")
     hs.add_argument("--features", default="crm_integration", help="account features, e.g. --features crm_integration")

@@ -44,7 +44,7 @@ from app.pipeline.store import SyncStore
 from app.pipeline.user_names import UserNames
 from app.secrets import HookConfigError, TokenVault
 from app.sync.state import HookRecord, SyncContext, SyncView
-from app.twoway.attributes import technicians, ticket_changes
+from app.twoway.attributes import conversation_of_ticket, technicians, ticket_changes
 from app.twoway.plan import (
     Cursor,
     action_for,
@@ -61,11 +61,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class _OurTickets:
-    """Per ticket of ours: its conversation, the conversation's last status, and what write-back last wrote."""
+    """Per ticket of ours: its conversation, and the conversation's last status."""
 
     conversations: dict[int, int]
     statuses: dict[int, str | None]
-    written: dict[int, dict[str, Any] | None]
 
 
 log = logging.getLogger("cwglpi.worker")
@@ -114,14 +113,13 @@ class TwoWay:
     # ------------------------------------------------------------------------------------------- poll
 
     def _tickets(self, account_id: int) -> _OurTickets:
-        """Our tickets of the account: their conversations, the conversations' last status, what was written back."""
-        ours = _OurTickets({}, {}, {})
+        """Our tickets of the account: their conversations and the conversations' last status (a scan: two-way)."""
+        ours = _OurTickets({}, {})
         for value in list(self.store.conversations.values()):
             if isinstance(value, dict) and value.get("account_id") == account_id and value.get("ticket_id"):
                 ticket = int(value["ticket_id"])
                 ours.conversations[ticket] = int(value["conversation_id"])
                 ours.statuses[ticket] = value.get("status")
-                ours.written[ticket] = value.get("written_back")
         return ours
 
     async def _recent(self, client: GlpiClient, itemtype: str, cursor: Cursor | None) -> list[dict[str, Any]]:
@@ -168,12 +166,13 @@ class TwoWay:
         return links
 
     async def _ticket_changes(
-        self, client: GlpiClient, hook: HookRecord, ours: _OurTickets, cursors: dict[str, tuple[str, int]]
+        self, client: GlpiClient, hook: HookRecord, cursors: dict[str, tuple[str, int]]
     ) -> list[dict[str, Any]]:
         """Write-back: our tickets changed since the cursor whose status or technicians differ from what was written.
 
         A ticket's ``date_mod`` moves with every change (a followup, an actor added or removed), so each changed
-        ticket of ours costs one read of its actors; the first poll looks at the newest page only.
+        ticket of ours costs one read of its actors; the first poll looks at the newest page only. A row is ours
+        when its marker names a conversation whose record holds that ticket (looked up one by one: no scan).
         """
         known = cursors.get("Ticket")
         # The same ticket changes again and again, and GLPI's times have whole seconds: the last second seen is
@@ -183,15 +182,20 @@ class TwoWay:
         rows = await self._recent(client, "Ticket", cursor)
         fresh, moved = newer_rows(rows, cursor or Cursor())
         cursors["Ticket"] = (moved.date_mod, moved.item_id) if fresh else (known or ("", 0))
+        conversations: dict[int, int] = {}
+        written: dict[int, dict[str, Any] | None] = {}
         technician_of: dict[int, str | None] = {}
         for row in fresh:
-            if row["id"] not in ours.conversations:
+            conversation_id = conversation_of_ticket(row, hook.account_id)
+            record = self.store.conversation(hook.account_id, conversation_id) if conversation_id else None
+            if record is None or record.ticket_id != row["id"]:
                 continue
+            conversations[row["id"]], written[row["id"]] = record.conversation_id, record.written_back
             actors = [a for a in await client.get_subitems("Ticket", row["id"], "Ticket_User") if a.get("type") == 2]
             technician_of[row["id"]] = technicians(
                 actors, await self.user_names.names(client, hook.hook_id, [a.get("users_id") for a in actors])
             )
-        return ticket_changes(fresh, ours.conversations, ours.written, technician_of, hook.hook_id, hook.account_id)
+        return ticket_changes(fresh, conversations, written, technician_of, hook.hook_id, hook.account_id)
 
     async def poll(self, hook: HookRecord) -> tuple[str, str]:
         """One poll of the hook's GLPI; returns the outcome and reason for the ``hook_poll`` command."""
@@ -200,7 +204,7 @@ class TwoWay:
             return "skipped", "two-way sync is off and the hook has no Chatwoot connection"
         if hook.pause is not None or hook.status != "enabled":
             return "skipped", f"hook {hook.status}{' and paused' if hook.pause else ''}: not polled"
-        ours = self._tickets(hook.account_id)
+        ours = self._tickets(hook.account_id) if settings.two_way else _OurTickets({}, {})
         client = self.clients.client_for(hook)
         events: list[dict[str, Any]] = []
         cursors = dict(hook.glpi_cursors)
@@ -226,7 +230,7 @@ class TwoWay:
                         ticket_rows, ours.conversations, ours.statuses, hook.hook_id, hook.account_id
                     )
             if settings.writes_back:
-                events += await self._ticket_changes(client, hook, ours, cursors)
+                events += await self._ticket_changes(client, hook, cursors)
         except (GlpiError, HookConfigError) as exc:
             return "skipped", f"poll of GLPI failed, tried again at the next poll: {exc}"[:300]
         for event in events:

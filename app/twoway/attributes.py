@@ -13,6 +13,7 @@ Chatwoot's ``conversation_updated``/``contact_updated`` echoes of our own write 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -39,6 +40,21 @@ DEFINITIONS: tuple[tuple[str, str, str, str, str], ...] = (
 )
 CONVERSATION_KEYS = tuple(key for key, model, *_ in DEFINITIONS if model == "conversation_attribute")
 CONTACT_KEYS = tuple(key for key, model, *_ in DEFINITIONS if model == "contact_attribute")
+
+
+#: The marker our tickets carry in their description (``app.sync.mapping.ticket_marker``): account, conversation.
+_TICKET_MARKER = re.compile(r"\[cw:(\d+)/(\d+)\]")
+
+
+def conversation_of_ticket(row: Mapping[str, Any], account_id: int) -> int | None:
+    """The conversation a ticket row says it was made for (its description's marker), in ``account_id``.
+
+    None when it carries no marker of that account. A claim to check against our record: anyone may type one.
+    """
+    for account, conversation in _TICKET_MARKER.findall(str(row.get("content") or "")):
+        if int(account) == account_id:
+            return int(conversation)
+    return None
 
 
 def glpi_root(api_url: str) -> str:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, SyncEnv, hook_envelope
-from tests.e2e.test_stock_chatwoot import SECRET, ingress_for
+from tests.e2e.test_stock_chatwoot import chatwoot_sends_to, ingress_for
 from tests.e2e.test_two_way import Technician
 from tests.harness import ChatwootEmulatorProcess, EmulatorProcess, wait_until
 
@@ -89,8 +89,7 @@ def test_agents_see_the_ticket_in_chatwoot_and_strangers_see_nothing(
     ingress.start()
     driver = None
     try:
-        wait_until(lambda: ingress.get("/health/ready")[0] == 200, 60, what="ingress ready")
-        chatwoot.call("POST", "webhook", {"url": f"{ingress.base}/webhooks/chatwoot/7", "secret": SECRET})
+        chatwoot_sends_to(chatwoot, ingress)
         opened = chatwoot.call(
             "POST",
             "conversation",

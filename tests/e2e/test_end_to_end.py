@@ -63,11 +63,16 @@ def test_example_story_lands_in_glpi_field_by_field(sync_env: SyncEnv, emulator:
     sync_env.publish(story())
     outcomes = _wait_outcomes(sync_env, 8)
     by_event = [(o["event"], o["outcome"]) for o in outcomes]
-    assert by_event == [
+    # The contact's update and its conversation run in two lanes, one after the other under the contact's lock:
+    # whichever comes first writes the GLPI user, and the other finds it there.
+    first_of_the_contact = sorted(by_event[2:4])
+    assert first_of_the_contact in (
+        [("contact_updated", "synced"), ("conversation_created", "synced")],
+        [("contact_updated", "skipped"), ("conversation_created", "synced")],
+    ), by_event
+    assert by_event[:2] + by_event[4:] == [
         ("hook_configured", "synced"),
         ("contact_created", "skipped"),  # anonymous visitor: not identifiable yet
-        ("contact_updated", "synced"),
-        ("conversation_created", "synced"),
         ("message_created", "synced"),
         ("message_created", "synced"),
         ("conversation_updated", "synced"),

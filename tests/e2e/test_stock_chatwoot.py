@@ -46,6 +46,12 @@ def ingress_for(env: SyncEnv, tmp_path: Path, **extra: str) -> IngressProcess:
     )
 
 
+def chatwoot_sends_to(chatwoot: ChatwootEmulatorProcess, ingress: IngressProcess, hook_id: int = 7) -> None:
+    """Point the Chatwoot emulator's account webhook at the ingress, once the ingress is ready."""
+    wait_until(lambda: ingress.get("/health/ready")[0] == 200, 60, what="ingress ready")
+    chatwoot.call("POST", "webhook", {"url": f"{ingress.base}/webhooks/chatwoot/{hook_id}", "secret": SECRET})
+
+
 def signed(body: bytes, delivery: str | None = None, at: float | None = None) -> dict[str, str]:
     timestamp = str(int(time.time() if at is None else at))
     return {
@@ -76,8 +82,7 @@ def test_signed_webhooks_reach_glpi_field_by_field_and_a_redelivery_writes_nothi
     ingress = ingress_for(sync_env, tmp_path)
     ingress.start()
     try:
-        wait_until(lambda: ingress.get("/health/ready")[0] == 200, 60, what="ingress ready")
-        chatwoot.call("POST", "webhook", {"url": f"{ingress.base}/webhooks/chatwoot/7", "secret": SECRET})
+        chatwoot_sends_to(chatwoot, ingress)
         opened = chatwoot.call(
             "POST",
             "conversation",
@@ -226,8 +231,7 @@ def test_broker_down_answers_503_and_chatwoots_retry_delivers(
     ingress = ingress_for(sync_env, tmp_path, GLPI_SYNC_INGRESS_PRODUCE_TIMEOUT="2")
     ingress.start()
     try:
-        wait_until(lambda: ingress.get("/health/ready")[0] == 200, 60, what="ingress ready")
-        chatwoot.call("POST", "webhook", {"url": f"{ingress.base}/webhooks/chatwoot/7", "secret": SECRET})
+        chatwoot_sends_to(chatwoot, ingress)
         kafka.stop()
         try:
             chatwoot.call("POST", "conversation", {"contact": {"email": "x@example.org"}, "content": "while down"})

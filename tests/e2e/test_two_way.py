@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from tests.conftest import GLPI_VERSIONS, SyncEnv, hook_envelope
-from tests.e2e.test_stock_chatwoot import SECRET, ingress_for
+from tests.e2e.test_stock_chatwoot import chatwoot_sends_to, ingress_for
 from tests.harness import WORKER_BIN, ChatwootEmulatorProcess, EmulatorProcess, wait_until
 
 pytestmark = pytest.mark.broker
@@ -102,8 +102,7 @@ def test_technicians_answers_reach_the_customer_once_and_never_echo_back(
     ingress = ingress_for(sync_env, tmp_path)
     ingress.start()
     try:
-        wait_until(lambda: ingress.get("/health/ready")[0] == 200, 60, what="ingress ready")
-        chatwoot.call("POST", "webhook", {"url": f"{ingress.base}/webhooks/chatwoot/7", "secret": SECRET})
+        chatwoot_sends_to(chatwoot, ingress)
         opened = chatwoot.call(
             "POST", "conversation", {"contact": {"name": "Marta", "email": "marta@example.org"}, "content": "VPN"}
         )
@@ -249,8 +248,7 @@ def test_glpi_11_webhooks_make_the_answer_go_back_at_once(
     )
     ingress.start()
     try:
-        wait_until(lambda: ingress.get("/health/ready")[0] == 200, 60, what="ingress ready")
-        chatwoot.call("POST", "webhook", {"url": f"{ingress.base}/webhooks/chatwoot/7", "secret": SECRET})
+        chatwoot_sends_to(chatwoot, ingress)
         conversation = chatwoot.call("POST", "conversation", {"contact": {"email": "b@example.org"}, "content": "Hi"})[
             "conversation_id"
         ]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import SyncEnv
-from tests.e2e.test_stock_chatwoot import SECRET, ingress_for
+from tests.e2e.test_stock_chatwoot import chatwoot_sends_to, ingress_for
 from tests.e2e.test_two_way import Technician
 from tests.harness import WORKER_BIN, ChatwootEmulatorProcess, EmulatorProcess, wait_until
 
@@ -78,8 +78,7 @@ def test_agents_see_the_ticket_and_requester_kept_current_and_nothing_loops(
     ingress = ingress_for(sync_env, tmp_path)
     ingress.start()
     try:
-        wait_until(lambda: ingress.get("/health/ready")[0] == 200, 60, what="ingress ready")
-        chatwoot.call("POST", "webhook", {"url": f"{ingress.base}/webhooks/chatwoot/7", "secret": SECRET})
+        chatwoot_sends_to(chatwoot, ingress)
         opened = chatwoot.call(
             "POST", "conversation", {"contact": {"name": "Marta", "email": "marta@example.org"}, "content": "VPN down"}
         )

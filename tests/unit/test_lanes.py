@@ -495,3 +495,53 @@ def test_faust_hands_every_record_of_the_lanes_topics_over_even_after_a_seek(tmp
     assert get_read_offset(lanes_tp) is None  # faust's test: "r_offset is None or offset >= r_offset" lets 10 in
     assert get_read_offset(changelog_tp) == 57  # other topics keep faust's own filter
     assert get_read_offset(TP("other", 1)) is None
+
+
+class FakeConsumerThread:
+    """faust's aiokafka consumer thread as far as :func:`app.faust_consumer.confirm_membership` uses it."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.answers = answers
+        self.asked = 0
+        self._coordinator = self
+
+    def _ensure_consumer(self) -> Any:
+        return self
+
+    async def _do_heartbeat(self) -> bool:
+        self.asked += 1
+        return self.answers.pop(0)
+
+    async def call_thread(self, fun: Any) -> Any:
+        return await fun()
+
+
+async def test_a_generation_the_coordinator_does_not_confirm_processes_nothing_until_it_does(monkeypatch: Any) -> None:
+    # A worker cut off from the broker was handed an assignment the group had moved past; processing it beside
+    # the partition's real owner wrote the same followups twice. Nothing is processed before a heartbeat with the
+    # worker's generation is accepted; what was dropped meanwhile is read again.
+    monkeypatch.setattr("app.lanes.CONFIRM_PAUSE_SECONDS", 0.01)
+    acks: list[int] = []
+    handled: list[int] = []
+
+    async def handler(event: Any, _prepared: Any = None) -> None:
+        handled.append(event.message.offset)
+
+    app = FakeApp()
+    thread = FakeConsumerThread([False, True])
+    app.consumer._thread = thread  # type: ignore[attr-defined]
+    lanes = LaneDispatcher(app, handler)  # type: ignore[arg-type]
+    lanes.assigned({TP0})
+    first = events("ABC", acks)
+    for event in first:
+        await lanes.dispatch(event)
+    await asyncio.sleep(0.05)
+    assert handled == [] and acks == []  # refused: nothing processed, nothing acknowledged
+    assert ("seek", TP0, 0) in app.consumer.calls  # read again from the first record dropped
+    assert thread.asked == 1  # the records fetched after it wait for the re-read, unasked
+    for event in events("ABC", acks):  # the re-read
+        await lanes.dispatch(event)
+    await asyncio.sleep(0.05)
+    assert sorted(handled) == [0, 1, 2] and acks == [0, 1, 2]
+    assert thread.asked == 2  # confirmed once for the whole generation
+    await lanes.stop()

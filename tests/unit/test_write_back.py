@@ -102,6 +102,7 @@ def test_a_chatwoot_connection_turns_write_back_on_and_must_be_whole_and_granted
         {**base, "chatwoot_url": "https://chat.example.com", "chatwoot_token": {"env": "GLPI_SYNC_HOOK_SECRET_CW"}}
     )
     assert connected.writes_back and not connected.two_way
+    assert not connected.model_copy(update={"write_back": False}).writes_back  # hook set --no-write-back
     assert validate_hook_settings(connected, allow_http=False)[1] == []
     half = HookSettings.model_validate({**base, "chatwoot_url": "https://chat.example.com"})
     assert not half.writes_back
@@ -210,3 +211,13 @@ def test_dashboard_keys_are_long_rotatable_and_named_by_hook(tmp_path: Path) -> 
     problems = bad.problems()
     assert any("GLPI_SYNC_DASHBOARD_KEY_7: a dashboard key needs at least 32" in p for p in problems)
     assert any("GLPI_SYNC_DASHBOARD_KEY_X: the name must end in the hook id" in p for p in problems)
+
+
+def test_a_ticket_row_names_its_conversation_by_the_marker_of_its_account_only() -> None:
+    from app.twoway.attributes import conversation_of_ticket
+
+    row = {"id": 5, "content": "<p>Hi</p><p>Chatwoot reference: [cw:7/341]</p>"}
+    assert conversation_of_ticket(row, 7) == 341
+    assert conversation_of_ticket(row, 8) is None  # another account's ticket
+    assert conversation_of_ticket({"id": 6, "content": "typed by hand: [cw:x/1]"}, 7) is None
+    assert conversation_of_ticket({"id": 6}, 7) is None
