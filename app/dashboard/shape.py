@@ -104,12 +104,3 @@ def sync_view(conversation: Mapping[str, Any] | None, hook_state: str, parked_on
         "parked_on_hook": parked_on_hook,
         "problems": problems[-PROBLEMS_KEPT:],
     }
-
-
-def user_ids(rows: Iterable[Mapping[str, Any]]) -> set[int]:
-    """The GLPI users named by ``rows`` (authors, actors) whose names the view needs."""
-    return {
-        row["users_id"]
-        for row in rows
-        if isinstance(row.get("users_id"), int) and not isinstance(row.get("users_id"), bool) and row["users_id"] > 0
-    }

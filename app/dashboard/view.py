@@ -23,7 +23,7 @@ from app.secrets import HookConfigError
 from app.sync.state import HookRecord, conversation_key
 from app.twoway.attributes import glpi_root
 
-from .shape import requester_view, sync_view, ticket_view, timeline, user_ids
+from .shape import requester_view, sync_view, ticket_view, timeline
 
 log = logging.getLogger("cwglpi.worker")
 #: Seconds a conversation's view is reused.
@@ -87,7 +87,8 @@ class AgentViews:
             followups = await client.get_subitems("Ticket", ticket_id, "ITILFollowup")
             solutions = await client.get_subitems("Ticket", ticket_id, "ITILSolution")
             public = [row for row in followups if not row.get("is_private")]
-            names = await self.user_names.names(client, hook.hook_id, user_ids([*actors, *public, *solutions]))
+            authors = [row.get("users_id") for row in (*actors, *public, *solutions)]
+            names = await self.user_names.names(client, hook.hook_id, authors)
         except GlpiNotFoundError:
             body["glpi"] = f"ticket {ticket_id} is gone from GLPI"
             return body

@@ -91,6 +91,6 @@ class WriteBack:
             theirs = contact_attributes(root, contact.glpi_itemtype, contact.glpi_id, contact.name)
             held = sender.get("custom_attributes") if isinstance(sender, dict) else None
             if merged(held, theirs) is not None:
-                await client.update_contact_attributes(int(contact.contact_id), theirs)
+                await client.update_contact_attributes(contact.contact_id, theirs)
                 done.append(f"contact {contact.contact_id}'s requester")
         return done
