@@ -375,8 +375,9 @@ class GlpiChangePayload(_Model):
     #: ``glpi_ticket_changed`` (write-back): the technicians assigned to the ticket, comma-separated; None: nobody.
     technician: str | None = None
     date: str | None = None
-    #: Files the technician attached (GLPI Documents), as ``{"name", "url"}`` links to GLPI.
-    attachments: list[dict[str, str]] = Field(default_factory=list)
+    #: Files the technician attached (GLPI Documents): ``{"document_id", "name", "mime", "sha1", "url"}``, the
+    #: ``url`` a link into GLPI for when the file cannot go as an attachment.
+    attachments: list[dict[str, str | int]] = Field(default_factory=list, max_length=50)
 
 
 class GlpiChange(_Model):

@@ -139,6 +139,16 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.files = Counter(
+            "cwglpi_files",
+            "Files moved or kept as links, by direction (to_glpi, to_chatwoot) and outcome (moved, adopted, or "
+            "why one stayed a link: too_large, unreachable, not_allowed, refused, channel).",
+            ["direction", "outcome"],
+            registry=registry,
+        )
+        self.file_bytes = Counter(
+            "cwglpi_file_bytes", "Bytes of files moved, by direction.", ["direction"], registry=registry
+        )
         self.twoway = Counter(
             "cwglpi_twoway_applied",
             "GLPI changes applied to Chatwoot by the two-way sync (glpi_followup_added, glpi_solution_added, ...).",

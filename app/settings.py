@@ -15,6 +15,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.files.policy import MIB, FilePolicy
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
@@ -164,6 +166,18 @@ class WorkerSettings(ToolSettings):
     per_hook_metrics_limit: int = Field(200, ge=0)
     #: Seconds per Chatwoot API request of the two-way sync (a post that times out is looked for before a retry).
     chatwoot_timeout: float = Field(15.0, gt=0)
+    #: Files both ways (app/files/): off keeps attachments as links, as before files travelled.
+    files: bool = True
+    #: The largest file moved either way, in MiB (GLPI's own document_max_size also applies towards GLPI).
+    file_max_mb: int = Field(20, ge=1, le=1024)
+    #: Bytes per second of files per hook, in MiB (one large file does not hold up the hook's text); 0: no limit.
+    file_rate_mb: float = Field(4.0, ge=0)
+    #: Seconds one file may take to download or upload.
+    file_timeout: float = Field(120.0, gt=0)
+    #: Files moved per message; the others stay links.
+    files_per_message: int = Field(10, ge=0, le=100)
+    #: Hosts (host or host:port, comma-separated) attachments may be downloaded from beside the Chatwoot URLs.
+    file_hosts: str = ""
     #: Seconds between two-way polls of each two-way hook's GLPI (a few GET requests each).
     two_way_poll_seconds: float = Field(30.0, ge=1)
     #: Hours an envelope's ``event_id`` is remembered per hook: a record with the same id in that window is a
@@ -184,6 +198,16 @@ class WorkerSettings(ToolSettings):
     #: Fernet keys for inline tokens at rest, comma-separated, newest first (older ones still decrypt).
     token_keys: str | None = Field(None, repr=False)
     token_keys_file: Path | None = None
+
+    @property
+    def file_policy(self) -> FilePolicy:
+        hosts = frozenset(h.strip().lower() for h in self.file_hosts.split(",") if h.strip())
+        return FilePolicy(
+            enabled=self.files,
+            max_bytes=self.file_max_mb * MIB,
+            max_per_message=self.files_per_message,
+            extra_hosts=hosts,
+        )
 
     @field_validator("store")
     @classmethod

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
 import itertools
+import secrets
 import time
 import uuid
 from collections import Counter
@@ -43,6 +45,8 @@ ACCOUNT = {"id": 7, "name": "Northwind Support"}
 INBOX = {"id": 12, "name": "Website"}
 CONVERSATIONS_PER_PAGE = 25
 MESSAGES_PER_PAGE = 20
+#: Chatwoot's default MAXIMUM_FILE_UPLOAD_SIZE (40 MB) per attachment.
+MAX_ATTACHMENT_BYTES = 40 * 1024 * 1024
 MESSAGE_TYPES = {"incoming": 0, "outgoing": 1, "activity": 2, "template": 3}
 #: Delays between the attempts of one delivery (Sidekiq retries with the same delivery id); short for tests.
 RETRY_DELAYS = (0.3, 0.6, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 10.0, 10.0, 10.0)
@@ -75,6 +79,13 @@ class Chatwoot:
         #: Faults of the message-post endpoint: ``{"hold_after": s}`` answers only ``s`` seconds after the message
         #: was created (the caller times out although it landed); ``{"hold_before": s}`` creates it only then.
         self.post_faults: dict[str, float] = {}
+        #: Stored files (ActiveStorage blobs) by key: content, MIME type, file name.
+        self.blobs: dict[str, tuple[bytes, str, str]] = {}
+        self._attachment_ids = itertools.count(900)
+        #: This Chatwoot's URL (``FRONTEND_URL``), for attachments' ``data_url``; set from the first request.
+        self.base_url = ""
+        #: The inbox's channel class, as conversations show it.
+        self.channel = "Channel::WebWidget"
         #: Custom attribute definitions, as ``GET /custom_attribute_definitions`` lists them.
         self.definitions: list[dict[str, Any]] = []
         self._definition_ids = itertools.count(1)
@@ -127,9 +138,15 @@ class Chatwoot:
         message_type: str = "incoming",
         private: bool = False,
         content_attributes: dict[str, Any] | None = None,
+        files: list[tuple[str, str, bytes]] | None = None,
+        links: list[str] | None = None,
     ) -> dict[str, Any]:
+        """A message; ``files`` (name, MIME type, bytes) are stored as its attachments, ``links`` are attachments
+        whose ``data_url`` is given as is (a purged blob, another host)."""
         conversation = self.conversations[display_id]
         now = self.clock()
+        attachments = [self.attach(name, mime, content) for name, mime, content in files or []]
+        attachments += [{"id": next(self._attachment_ids), "file_type": "file", "url": url} for url in links or []]
         message = {
             "id": next(self._message_ids),
             "content": content,
@@ -138,10 +155,40 @@ class Chatwoot:
             "created_at": now,
             "sender_contact": conversation["contact_id"] if message_type == "incoming" else None,
             "content_attributes": dict(content_attributes or {}),
+            "attachments": attachments,
         }
         self.messages[display_id].append(message)
         conversation["last_activity_at"] = now
         return message
+
+    def attach(self, name: str, mime: str, content: bytes) -> dict[str, Any]:
+        """Store a file as ActiveStorage does; the attachment's ``file_type`` from its MIME type (FileTypeHelper)."""
+        key = uuid.uuid4().hex
+        self.blobs[key] = (content, mime, name)
+        major = mime.split("/", 1)[0]
+        kind = major if major in ("image", "video", "audio") else "file"
+        return {"id": next(self._attachment_ids), "file_type": kind, "blob": key, "name": name, "size": len(content)}
+
+    def attachment_push(self, message: dict[str, Any], attachment: dict[str, Any]) -> dict[str, Any]:
+        """``Attachment#push_event_data``: ``data_url`` is a signed blob redirect on this Chatwoot."""
+        if "url" in attachment:
+            data_url = attachment["url"]
+        else:
+            signed = f"eyJfcmFpbHMiOnsiZGF0YSI6{attachment['blob']}--{secrets.token_hex(20)}"
+            data_url = f"{self.base_url}/rails/active_storage/blobs/redirect/{signed}/{attachment['name']}"
+        image = attachment["file_type"] == "image"
+        return {
+            "id": attachment["id"],
+            "message_id": message["id"],
+            "file_type": attachment["file_type"],
+            "account_id": self.account["id"],
+            "extension": None,
+            "data_url": data_url,
+            "thumb_url": data_url if image else "",
+            "file_size": attachment.get("size", 0),
+            "width": None,
+            "height": None,
+        }
 
     # ------------------------------------------------------------------------------------------- shapes
 
@@ -173,7 +220,13 @@ class Chatwoot:
             "sender_type": "Contact" if contact_id else "User",
             "sender_id": contact_id or 1,
             "sender": sender,
+            **self._attachments_of(message),
         }
+
+    def _attachments_of(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``{"attachments": [...]}`` for a message with files; ``{}`` otherwise (Chatwoot leaves the key out)."""
+        files = message.get("attachments") or []
+        return {"attachments": [self.attachment_push(message, a) for a in files]} if files else {}
 
     def _conversation_push(self, display_id: int, with_last_message: bool = True) -> dict[str, Any]:
         """``Conversation#push_event_data``: the webhook shape (no account id) and the API list item's core."""
@@ -184,7 +237,7 @@ class Chatwoot:
         return {
             "additional_attributes": {},
             "can_reply": True,
-            "channel": "Channel::WebWidget",
+            "channel": self.channel,
             "contact_inbox": {"contact_id": contact["id"], "inbox_id": INBOX["id"], "source_id": conversation["uuid"]},
             "id": display_id,
             "inbox_id": INBOX["id"],
@@ -240,6 +293,7 @@ class Chatwoot:
             "account": dict(self.account),
             "conversation": self._conversation_push(display_id),
             "inbox": dict(INBOX),
+            **self._attachments_of(message),
         }
 
     def webhook_contact(self, contact: dict[str, Any], event: str) -> dict[str, Any]:
@@ -320,7 +374,7 @@ NOT_FOUND = {"error": "Resource could not be found"}
 
 
 def build_app(chatwoot: Chatwoot) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=128 * 1024 * 1024)
     routes = web.RouteTableDef()
 
     def account_ok(request: web.Request) -> bool:
@@ -394,19 +448,35 @@ def build_app(chatwoot: Chatwoot) -> web.Application:
         display_id = conversation_in(request)
         if display_id is None:
             return web.json_response(NOT_FOUND, status=404)
-        body = await request.json()
-        if not str(body.get("content") or "").strip():
+        files: list[tuple[str, str, bytes]] = []
+        body: dict[str, Any]
+        if request.content_type == "multipart/form-data":
+            # The dashboard's way with files: attachments[] parts, content_attributes as JSON text (parse_json).
+            form = await request.post()
+            body = {k: v for k, v in form.items() if isinstance(v, str)}
+            for part in form.getall("attachments[]", []):
+                if isinstance(part, web.FileField):
+                    files.append((part.filename, part.content_type, part.file.read()))
+            with contextlib.suppress(orjson.JSONDecodeError):
+                body["content_attributes"] = orjson.loads(body.get("content_attributes") or "{}")
+            body["private"] = body.get("private") in ("true", "1")
+        else:
+            body = await request.json()
+        if not str(body.get("content") or "").strip() and not files:
             return web.json_response({"error": "Content can't be blank"}, status=422)
+        if any(len(content) > MAX_ATTACHMENT_BYTES for _, _, content in files):
+            return web.json_response({"message": "File size is too big"}, status=422)
         hold_before = chatwoot.post_faults.pop("hold_before", 0.0)
         if hold_before:
             await asyncio.sleep(hold_before)
         attributes = body.get("content_attributes") if isinstance(body.get("content_attributes"), dict) else {}
         message = chatwoot.add_message(
             display_id,
-            str(body["content"]),
+            str(body.get("content") or ""),
             str(body.get("message_type", "outgoing")),
             bool(body.get("private")),
             attributes,
+            files=files,
         )
         chatwoot.deliver(chatwoot.webhook_message(display_id, message, "message_created"))
         hold_after = chatwoot.post_faults.pop("hold_after", 0.0)
@@ -626,6 +696,7 @@ frame.src = {frame_url};
         body = await request.json()
         chatwoot.rate_limit = float(body.get("rate_limit", chatwoot.rate_limit))
         chatwoot.retry_after = bool(body.get("retry_after", chatwoot.retry_after))
+        chatwoot.channel = str(body.get("channel", chatwoot.channel))
         return web.json_response({"ok": True})
 
     @routes.post("/_emulator/conversation")
@@ -646,11 +717,54 @@ frame.src = {frame_url};
     async def post_message(request: web.Request) -> web.Response:
         body = await request.json()
         display_id = int(body["conversation_id"])
+        files = [(f["name"], f["content_type"], base64.b64decode(f["content_b64"])) for f in body.get("files", [])]
         message = chatwoot.add_message(
-            display_id, body.get("content", ""), body.get("message_type", "incoming"), bool(body.get("private"))
+            display_id,
+            body.get("content", ""),
+            body.get("message_type", "incoming"),
+            bool(body.get("private")),
+            files=files,
+            links=body.get("links"),
         )
         chatwoot.deliver(chatwoot.webhook_message(display_id, message, "message_created"))
         return web.json_response({"message_id": message["id"]})
+
+    @routes.get("/rails/active_storage/blobs/redirect/{signed}/{name}")
+    async def blob_redirect(request: web.Request) -> web.Response:
+        """ActiveStorage's blob redirect: to the storage service (here the disk service of the same host)."""
+        key = request.match_info["signed"].removeprefix("eyJfcmFpbHMiOnsiZGF0YSI6").split("--", 1)[0]
+        if key not in chatwoot.blobs:
+            return web.Response(status=404, text="Not Found")
+        raise web.HTTPFound(f"/rails/active_storage/disk/{key}/{request.match_info['name']}")
+
+    @routes.get("/rails/active_storage/disk/{key}/{name}")
+    async def blob_disk(request: web.Request) -> web.Response:
+        blob = chatwoot.blobs.get(request.match_info["key"])
+        if blob is None:
+            return web.Response(status=404, text="Not Found")
+        content, mime, name = blob
+        disposition = f'inline; filename="{name}"'
+        return web.Response(body=content, content_type=mime, headers={"Content-Disposition": disposition})
+
+    @routes.get("/_emulator/files/{display_id}")
+    async def conversation_files(request: web.Request) -> web.Response:
+        """Each message's files with their bytes (base64): what the customer received."""
+        display_id = int(request.match_info["display_id"])
+        out = []
+        for message in chatwoot.messages.get(display_id, []):
+            for attachment in message.get("attachments") or []:
+                if "blob" in attachment:
+                    content, mime, name = chatwoot.blobs[attachment["blob"]]
+                    out.append(
+                        {
+                            "message_id": message["id"],
+                            "name": name,
+                            "content_type": mime,
+                            "file_type": attachment["file_type"],
+                            "content_b64": base64.b64encode(content).decode(),
+                        }
+                    )
+        return web.json_response(out)
 
     @routes.post("/_emulator/status")
     async def set_status(request: web.Request) -> web.Response:
@@ -721,6 +835,7 @@ def main() -> None:
     parser.add_argument("--secret", help="the webhook's signing secret (unsigned without one)")
     args = parser.parse_args()
     chatwoot = Chatwoot(args.token, args.account_id)
+    chatwoot.base_url = f"http://127.0.0.1:{args.port}"
     if args.webhook_url:
         chatwoot.webhook = {"url": args.webhook_url, "secret": args.secret, "signed": bool(args.secret)}
     web.run_app(build_app(chatwoot), host="127.0.0.1", port=args.port, print=None, access_log=None)

@@ -152,11 +152,20 @@ SEARCH_OPTIONS: dict[str, dict[int, str]] = {
         25: "_followups",
         34: "_alt_emails",
     },
+    "Document": {1: "name", 2: "id", 16: "comment", 20: "sha1sum"},
 }
 #: Options searched only with ``equals`` (dropdown-like columns).
 EQUALS_ONLY = {"Ticket": {12, 10, 3, 14}}
 #: The columns a search shows when ``forcedisplay`` is not given (the itemtype's default view).
-DEFAULT_DISPLAY = {"User": (1, 34, 5, 6, 3, 8), "Contact": (1, 11, 3, 6), "Ticket": (1, 2, 12, 4)}
+DEFAULT_DISPLAY = {"User": (1, 34, 5, 6, 3, 8), "Contact": (1, 11, 3, 6), "Ticket": (1, 2, 12, 4), "Document": (1, 16)}
+#: Extensions GLPI's installer marks uploadable (``glpi_documenttypes``, a selection); others are refused.
+DOCUMENT_TYPES = frozenset(
+    {
+        *("7z", "bmp", "bz2", "c", "csv", "doc", "docx", "eml", "gif", "gz", "h", "html", "jpeg", "jpg", "json"),
+        *("log", "mov", "mp3", "mp4", "odp", "ods", "odt", "ogg", "pdf", "png", "ppt", "pptx", "rar", "rtf"),
+        *("svg", "tar", "tgz", "tif", "tiff", "txt", "wav", "webp", "xls", "xlsx", "xml", "zip"),
+    }
+)
 #: Options whose values are numbers in search output (the others are strings).
 NUMERIC_OPTIONS = {2, 8, 12, 3, 10, 14}
 DOC_SUFFIX = "; view documentation in your browser at {base}/#{code}"
@@ -231,6 +240,8 @@ class Emulator:
     db_name: str = "glpi"
     #: ``document_max_size`` in MiB (GLPI's default is 2).
     document_max_size_mb: int = 2
+    #: PHP's ``post_max_size`` in MiB: a larger upload reaches GLPI without its file parts.
+    post_max_size_mb: int = 8
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     items: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     #: Uploaded files by Document id.
@@ -722,28 +733,31 @@ class Emulator:
         """``POST /Document`` as multipart: ``uploadManifest`` names the document, ``filename[0]`` carries the file."""
         fields = manifest.get("input") if isinstance(manifest.get("input"), dict) else {}
         assert isinstance(fields, dict)
-        if len(content) > self.document_max_size_mb * 1024 * 1024:
+        if len(content) > self.post_max_size_mb * 1024 * 1024:
             raise ApiError(400, "ERROR_UPLOAD_FILE_TOO_BIG_POST_MAX_SIZE", "The file seems too big", True)
         mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         sha1 = hashlib.sha1(content).hexdigest()
         ext = (filename.rsplit(".", 1)[-1] if "." in filename else "BIN").upper()
         prefix = f"{secrets.token_hex(7)}.{secrets.randbelow(10**8):08d}"
+        # PHP refuses a file over upload_max_filesize (GLPI's handler reports it), and Document::moveDocument a type
+        # not in glpi_documenttypes: either way GLPI still adds the Document, without a file (Document.php).
+        too_big = len(content) > self.document_max_size_mb * 1024 * 1024
+        kept = not too_big and ext.lower() in DOCUMENT_TYPES
+        stored = {"filename": filename, "filepath": f"{ext}/{sha1[:2]}/{sha1[2:]}.{ext}", "mime": mime, "sha1sum": sha1}
         row = self.new_row(
             "Document",
             {
                 "entities_id": 0,
                 "name": fields.get("name") or filename,
-                "filename": filename,
-                "filepath": f"{ext}/{sha1[:2]}/{sha1[2:]}.{ext}",
-                "mime": mime,
+                **(stored if kept else {"filename": None, "filepath": None, "mime": None, "sha1sum": None}),
                 "users_id": self._writer(session),
-                "sha1sum": sha1,
                 "tag": f"{secrets.token_hex(4)}-{secrets.token_hex(4)}-{prefix}",
-                **{k: v for k, v in fields.items() if k not in ("name",)},
+                **{k: v for k, v in fields.items() if k not in ("name", "_filename", "_prefix_filename")},
             },
         )
         new = self.insert("Document", row)
-        self.files[new] = content
+        if kept:
+            self.files[new] = content
         base = self.url_base_api.split("/apirest.php")[0].split("/api.php")[0]
         uploaded = {
             "name": f"{prefix}{filename}",
@@ -756,6 +770,7 @@ class Emulator:
             "display": filename,
             "filesize": f"{len(content)} {'B' if self.glpi11 else 'o'}",
             "id": f"docfilename{secrets.randbelow(10**9)}",
+            **({"error": "The uploaded file exceeds the upload_max_filesize directive in php.ini"} if too_big else {}),
         }
         return {"id": new, "message": self.add_message("Document", row), "upload_result": {"filename": [uploaded]}}
 
@@ -821,7 +836,7 @@ class Emulator:
                 del self.items["Ticket_User"][tid]
         if itemtype == "Document":
             self.files.pop(item_id, None)
-            return f"Successful deletion of the file {item['filepath']}"
+            return f"Successful deletion of the file {item['filepath']}" if item.get("filepath") else ""
         return ""
 
     # ------------------------------------------------------------------------------------------ search
@@ -1328,9 +1343,11 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
         if itemtype == "Ticket" and not emu.visible(item):
             raise ApiError(403, "ERROR_RIGHT_MISSING", PERMISSION)
         if itemtype == "Document" and "application/octet-stream" in request.headers.get("Accept", ""):
-            return web.Response(
-                body=emu.files.get(item_id, b""), content_type=item.get("mime") or "application/octet-stream"
-            )
+            if item_id not in emu.files:  # Toolbox::sendFile dies with a text when the file is not on disk
+                return web.Response(
+                    text=f"Error file {item.get('filepath') or ''} does not exist", content_type="text/html"
+                )
+            return web.Response(body=emu.files[item_id], content_type=item.get("mime") or "application/octet-stream")
         return _json(emu.present(itemtype, item, decode=decode, expand=expand), 200, _modified(item))
     if method in ("PUT", "PATCH"):
         if not isinstance(body, dict) or "input" not in body:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import IO, Any
 
 import aiohttp
 import orjson
@@ -82,7 +83,14 @@ class ChatwootClient:
         return await self.request("GET", path, params=params)
 
     async def request(
-        self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None, retry: bool = True
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        retry: bool = True,
+        form: Callable[[], aiohttp.FormData] | None = None,
     ) -> Any:
         """One API call as JSON.
 
@@ -103,7 +111,8 @@ class ChatwootClient:
                     method,
                     url,
                     params={k: str(v) for k, v in (params or {}).items()},
-                    json=body,
+                    json=body if form is None else None,
+                    data=form() if form is not None else None,
                     allow_redirects=False,
                 ) as resp:
                     self.reached = True
@@ -181,19 +190,53 @@ class ChatwootClient:
         payload = body.get("payload") if isinstance(body, dict) else None
         return payload if isinstance(payload, dict) else {}
 
-    async def post_message(self, display_id: int, content: str, *, private: bool, ref: str) -> dict[str, Any]:
+    async def post_message(
+        self,
+        display_id: int,
+        content: str,
+        *,
+        private: bool,
+        ref: str,
+        files: Sequence[tuple[str, str | None, IO[bytes]]] = (),
+    ) -> dict[str, Any]:
         """Post an outgoing message (or a private note) marked with ``content_attributes.cwglpi = ref``.
 
+        ``files`` (name, MIME type, content) go as ``attachments[]`` of a multipart post, the way Chatwoot's
+        dashboard sends them (``content_attributes`` then travels as JSON text, which Chatwoot parses).
         Not retried: an unknown outcome raises, and the caller looks for the marker before posting again.
         """
-        body = {
-            "content": content,
-            "message_type": "outgoing",
-            "private": private,
-            "content_attributes": {ECHO_ATTRIBUTE: ref},
-        }
-        answer = await self.request("POST", f"conversations/{display_id}/messages", body=body, retry=False)
+        path = f"conversations/{display_id}/messages"
+        attributes = {ECHO_ATTRIBUTE: ref}
+        if not files:
+            body = {
+                "content": content,
+                "message_type": "outgoing",
+                "private": private,
+                "content_attributes": attributes,
+            }
+            answer = await self.request("POST", path, body={**body, "content_attributes": attributes}, retry=False)
+            return answer if isinstance(answer, dict) else {}
+
+        def form() -> aiohttp.FormData:  # a form is consumed by its request: one per attempt
+            built = aiohttp.FormData()
+            built.add_field("content", content)
+            built.add_field("message_type", "outgoing")
+            built.add_field("private", "true" if private else "false")
+            built.add_field("content_attributes", orjson.dumps(attributes).decode())  # a plain field, as forms send
+            for name, mime, data in files:
+                data.seek(0)
+                built.add_field("attachments[]", data, filename=name, content_type=mime or "application/octet-stream")
+            return built
+
+        answer = await self.request("POST", path, form=form, retry=False)
         return answer if isinstance(answer, dict) else {}
+
+    async def channel(self, display_id: int) -> str | None:
+        """The conversation's channel (``Channel::Whatsapp``, ...), None when Chatwoot does not say."""
+        body = await self.conversation(display_id)
+        meta = body.get("meta")
+        value = (meta.get("channel") if isinstance(meta, dict) else None) or body.get("channel")
+        return value if isinstance(value, str) else None
 
     async def find_marked(self, display_id: int, ref: str) -> dict[str, Any] | None:
         """The conversation's message we posted for ``ref``, if one exists (the newest pages are read first)."""

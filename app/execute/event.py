@@ -34,9 +34,12 @@ from app.sync.commands import (
     Create,
     CreateFollowup,
     EnsureUserEmail,
+    FileKept,
     Finished,
+    LinkFiles,
     Outcome,
     Resolved,
+    StoreFile,
     TicketState,
     UpdateItem,
 )
@@ -80,6 +83,7 @@ _NOUNS = {
     "ensure_contact": "contact",
     "create_ticket": "ticket",
     "create_followup": "followup",
+    "store_file": "document",
 }
 
 
@@ -101,6 +105,11 @@ def describe_step(step: Command, outcome: Outcome) -> str:
             return f"checked ticket {step.ticket_id} ({state})"
         case AddRequester():
             return f"requester of ticket {step.ticket_id}"
+        case StoreFile():
+            reason = outcome.reason if isinstance(outcome, FileKept) else "?"
+            return f"kept {step.name} as a link ({reason})"
+        case LinkFiles():
+            return f"linked document(s) {', '.join(map(str, step.document_ids))} to followup {step.followup_id}"
         case _:
             return step.op
 

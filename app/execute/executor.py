@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from app.files.policy import MIB, megabytes
+from app.files.transfer import FetchError, FileMover, FileTooLargeError
 from app.glpi import (
     Criterion,
     GlpiAuthError,
@@ -34,10 +36,13 @@ from app.sync.commands import (
     EnsureContact,
     EnsureUser,
     EnsureUserEmail,
+    FileKept,
+    LinkFiles,
     Lookup,
     Outcome,
     Resolved,
     SearchCriterion,
+    StoreFile,
     TicketState,
     UpdateItem,
     cautious,
@@ -123,6 +128,14 @@ BeforePost = Callable[[Create, float], Awaitable[None]]
 AfterRefusal = Callable[[Create], Awaitable[None]]
 
 
+def _upload_error(result: dict[str, object]) -> str | None:
+    """The error GLPI's upload handler reported for the file, if any (``upload_result.filename[0].error``)."""
+    files = result.get("filename")
+    first = files[0] if isinstance(files, list) and files else None
+    error = first.get("error") if isinstance(first, dict) else None
+    return str(error)[:200] if error else None
+
+
 def _criteria(lookup: Lookup) -> list[Criterion]:
     return [Criterion(c.field, c.searchtype, c.value, c.link) for c in lookup.criteria]
 
@@ -141,8 +154,13 @@ class GlpiExecutor:
         on_retry: Callable[[str], None] | None = None,
         on_duplicate_removed: Callable[[str], None] | None = None,
         interrupt: asyncio.Event | None = None,
+        files: FileMover | None = None,
+        hook_id: int = 0,
     ) -> None:
         self.client = client
+        #: Moves attachments into GLPI (None: files stay links).
+        self.files = files
+        self.hook_id = hook_id
         self.policy = policy or RetryPolicy()
         self.interrupt = interrupt
         self._on_retry = on_retry
@@ -242,6 +260,13 @@ class GlpiExecutor:
             case CreateFollowup():
                 found = await self._followups_with(cmd.ticket_id, cmd.marker)
                 return found[0] if found else None
+            case StoreFile():
+                found = await self._documents_with(cmd.marker)
+                return found[0] if found else None
+
+    async def _documents_with(self, marker: str) -> list[int]:
+        """Documents whose comment carries ``marker`` (search option 16), ascending."""
+        return await self.client.search_ids("Document", [Criterion(16, "contains", marker)])
 
     async def _followups_with(self, ticket_id: int, marker: str) -> list[int]:
         rows = await self.client.get_subitems("Ticket", ticket_id, "ITILFollowup")
@@ -315,6 +340,9 @@ class GlpiExecutor:
             case EnsureContact():
                 extra = await self.client.search_ids("Contact", _criteria(cmd.fallbacks[0])) if cmd.fallbacks else []
                 itemtype, purge = "Contact", False
+            case StoreFile():
+                extra = await self._documents_with(cmd.marker)
+                itemtype, purge = "Document", True
             case EnsureUser():
                 return  # logins are unique in GLPI: a second User cannot exist
         for item_id in extra:
@@ -322,6 +350,80 @@ class GlpiExecutor:
                 await self.client.delete(itemtype, item_id, purge=purge)
                 if self._on_duplicate_removed is not None:
                     self._on_duplicate_removed(itemtype)
+
+    async def _kept(self, outcome: str, reason: str) -> FileKept:
+        if self.files is not None:
+            self.files.observe("to_glpi", outcome)
+        return FileKept(reason)
+
+    async def _stored(self, document_id: int) -> bool:
+        """Whether the Document holds a file (a refused type or size leaves one without ``sha1sum``)."""
+        document = await self.client.get_item("Document", document_id)
+        return bool(document.get("sha1sum"))
+
+    async def _store_file(self, cmd: StoreFile, before: BeforePost | None) -> Resolved | FileKept:
+        """Download the attachment and upload it as a Document (found instead when an earlier upload landed).
+
+        What stops one file (too large, unreachable, refused by GLPI) is a :class:`FileKept` for the followup to
+        explain, never a failure of the message. Only GLPI being unreachable is retried as for any command.
+        """
+        if cmd.lookup_first:
+            found = await self._wait_for_earlier(cmd)
+            if found is not None:
+                if await self._stored(found):
+                    return Resolved(found, created=False)
+                await self.client.delete("Document", found, purge=True)  # an earlier upload GLPI kept no file of
+        if self.files is None:
+            return await self._kept("not_allowed", "this worker does not move files")
+        glpi_cap = (await self.client.server_info()).document_max_size_mb
+        cap = min(self.files.max_bytes, glpi_cap * MIB) if glpi_cap else self.files.max_bytes
+        try:
+            fetched = await self.files.fetch(cmd.url, cap, self.hook_id)
+        except FileTooLargeError:
+            return await self._kept("too_large", f"it is larger than {megabytes(cap)}, the most GLPI is given")
+        except FetchError as exc:
+            return await self._kept("unreachable", f"it could not be downloaded from Chatwoot: {exc}")
+        try:
+            mime = (fetched.mime or "").split(";", 1)[0].strip() or None
+            fields = {"name": cmd.name, "comment": cmd.marker, "entities_id": cmd.entity_id}
+            posted_at = self.policy.clock()
+            if before is not None:
+                await before(cmd, posted_at)
+            await self.files.pace(self.hook_id, fetched.size)
+            try:
+                document_id, result = await self.client.upload_document(
+                    cmd.name, fetched.file, mime, fields, seconds=self.files.timeout
+                )
+            except GlpiRetryableError as exc:
+                if exc.uncertain:
+                    raise CreateOutcomeUnknownError(exc, posted_at) from exc
+                await self._refused(cmd)
+                raise
+            except (GlpiRejectedError, GlpiAuthError) as exc:
+                await self._refused(cmd)
+                return await self._kept("refused", f"GLPI refused it ({exc.code}: {exc.message})"[:300])
+            if not await self._stored(document_id):
+                await self.client.delete("Document", document_id, purge=True)
+                said = _upload_error(result)
+                why = said or "its type is not among GLPI's document types, or it is over PHP's upload limit"
+                return await self._kept("refused", f"GLPI did not keep the file ({why})"[:300])
+            self.files.observe("to_glpi", "moved", fetched.size)
+            return Resolved(document_id)
+        finally:
+            fetched.close()
+
+    async def _link_files(self, cmd: LinkFiles) -> Applied:
+        """Link the Documents to the followup, except those it is linked to already."""
+        rows = await self.client.get_subitems("ITILFollowup", cmd.followup_id, "Document_Item")
+        linked = {row.get("documents_id") for row in rows}
+        added = False
+        for document_id in cmd.document_ids:
+            if document_id in linked:
+                continue
+            link = {"documents_id": document_id, "itemtype": "ITILFollowup", "items_id": cmd.followup_id}
+            await self.client.create("Document_Item", link)
+            added = True
+        return Applied(changed=added)
 
     async def _run_once(self, cmd: Command, before: BeforePost | None) -> Outcome:
         match cmd:
@@ -367,6 +469,10 @@ class GlpiExecutor:
                 item = await self.client.get_item("Ticket", cmd.ticket_id)
                 status = item.get("status")
                 return TicketState(status if isinstance(status, int) else 0, bool(item.get("is_deleted")))
+            case StoreFile():
+                return await self._store_file(cmd, before)
+            case LinkFiles():
+                return await self._link_files(cmd)
             case AddRequester():
                 actor: dict[str, object] = {
                     "tickets_id": cmd.ticket_id,

@@ -25,7 +25,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import orjson
@@ -157,9 +157,15 @@ class GlpiClient:
         params: Sequence[tuple[str, str]] | None = None,
         body: Any = None,
         with_session: bool = True,
+        form: aiohttp.FormData | None = None,
+        seconds: float | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         url = f"{self.base}/{path.lstrip('/')}"
-        data = orjson.dumps(body) if body is not None else None
+        data: Any = form if form is not None else orjson.dumps(body) if body is not None else None
+        headers = self._headers(with_session=with_session)
+        if form is not None:
+            del headers["Content-Type"]  # aiohttp sets multipart/form-data with its boundary
+        request_timeout = aiohttp.ClientTimeout(total=seconds) if seconds is not None else self._timeout
         taken_at = await self.limiter.acquire() if self.limiter is not None else 0.0
         started = time.monotonic()
         status = 0
@@ -171,8 +177,8 @@ class GlpiClient:
                 url,
                 params=list(params or ()),
                 data=data,
-                headers=self._headers(with_session=with_session),
-                timeout=self._timeout,
+                headers=headers,
+                timeout=request_timeout,
                 allow_redirects=False,
                 ssl=self._ssl,
             ) as resp:
@@ -181,7 +187,7 @@ class GlpiClient:
                 headers = dict(resp.headers.items())
         except TimeoutError:
             timed_out = True
-            seconds = self._timeout.total
+            seconds = request_timeout.total
             raise GlpiRetryableError("TIMEOUT", f"{method} {op}: no answer within {seconds:g} s") from None
         except aiohttp.ClientConnectorCertificateError as exc:
             cert = exc.certificate_error
@@ -413,6 +419,86 @@ class GlpiClient:
                 "BAD_RESPONSE", describe_answer(status, body, headers, self._where("POST", itemtype)), status
             )
         return new_id
+
+    async def upload_document(
+        self, filename: str, content: IO[bytes], mime: str | None, fields: dict[str, Any], *, seconds: float
+    ) -> tuple[int, dict[str, Any]]:
+        """``POST /Document`` as multipart (``uploadManifest`` + the file): the new id and GLPI's ``upload_result``.
+
+        GLPI answers 201 even when it kept no file (a type its document types refuse, a file over PHP's upload
+        limit): the Document then has no ``sha1sum``; the caller reads it back to know.
+        """
+        for attempt in (1, 2):
+            if self._session_token is None:
+                await self._init_session(None)
+            used = self._session_token
+            content.seek(0)
+            form = aiohttp.FormData()
+            form.add_field("uploadManifest", orjson.dumps({"input": fields}).decode())
+            form.add_field("filename[0]", content, filename=filename, content_type=mime or "application/octet-stream")
+            status, body, headers = await self._exchange("Document", "POST", "Document", form=form, seconds=seconds)
+            if status < 300:
+                new_id = body.get("id") if isinstance(body, dict) else None
+                if not isinstance(new_id, int) or isinstance(new_id, bool):
+                    raise GlpiRetryableError(
+                        "BAD_RESPONSE", describe_answer(status, body, headers, self._where("POST", "Document")), status
+                    )
+                result = body.get("upload_result")
+                return new_id, result if isinstance(result, dict) else {}
+            error = error_for_response(status, body, headers, self._where("POST", "Document"))
+            if isinstance(error, GlpiSessionInvalidError) and attempt == 1:
+                await self._init_session(used)
+                continue
+            raise error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def download_document(
+        self, document_id: int, sink: Callable[[bytes], Any], cap: int, *, seconds: float
+    ) -> int:
+        """Stream a Document's file (``Accept: application/octet-stream``) into ``sink``; the bytes read.
+
+        Stops reading past ``cap`` bytes (the answer is then ``cap + 1``: too large). Errors as for any call.
+        """
+        if self._session_token is None:
+            await self._init_session(None)
+        url = f"{self.base}/Document/{document_id}"
+        headers = {**self._headers(with_session=True), "Accept": "application/octet-stream"}
+        taken_at = await self.limiter.acquire() if self.limiter is not None else 0.0
+        status, total = 0, 0
+        try:
+            async with self._http.get(
+                url,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=seconds),
+                allow_redirects=False,
+                ssl=self._ssl,
+            ) as resp:
+                status = resp.status
+                if status >= 300:
+                    raw = await resp.content.read(2000)
+                    try:
+                        parsed: Any = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        parsed = raw.decode("utf-8", "replace")
+                    raise error_for_response(
+                        status, parsed, dict(resp.headers), self._where("GET", f"Document/{document_id}")
+                    )
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    total += len(chunk)
+                    if total > cap:
+                        return cap + 1
+                    result = sink(chunk)
+                    if asyncio.iscoroutine(result):
+                        await result
+        except TimeoutError:
+            raise GlpiRetryableError("TIMEOUT", f"GET Document/{document_id}: no answer within {seconds:g} s") from None
+        except aiohttp.ClientError as exc:
+            detail = f"GET Document/{document_id}: the connection broke ({type(exc).__name__})"
+            raise GlpiRetryableError("CONNECTION", detail, uncertain=False) from None
+        finally:
+            if self.limiter is not None:
+                self.limiter.release(taken_at, overloaded=status in OVERLOAD_STATUSES, answered=status != 0)
+        return total
 
     async def update(self, itemtype: str, item_id: int, fields: dict[str, Any]) -> None:
         """``PUT /{itemtype}/{id}`` with the desired values (safe to repeat)."""

@@ -47,6 +47,7 @@ from app.pipeline.clients import HookClients
 from app.pipeline.commands import INTERRUPTING_COMMANDS, AdminCommands
 from app.pipeline.dead_letters import DeadLetters
 from app.pipeline.draining import Drainer
+from app.pipeline.files import FileTransfers
 from app.pipeline.hook_status import HookStatus
 from app.pipeline.locks import Interrupts, KeyedLocks
 from app.pipeline.outcomes import CommandResults, OutcomeLog
@@ -97,7 +98,9 @@ class Pipeline:
             late_commit_window=settings.late_commit_window,
             ticket_recheck_seconds=settings.ticket_recheck_seconds,
             hook_policy=hook_policy(settings, refuse_inline=settings.inline_tokens == "refuse"),
+            files=settings.file_policy,
         )
+        self.files = FileTransfers(settings, metrics) if settings.files else None
         self.vault = token_vault(settings)
         self.policy = RetryPolicy(
             base=settings.retry_base, budget=settings.retry_budget, late_commit_window=settings.late_commit_window
@@ -149,6 +152,7 @@ class Pipeline:
             hook_locks=self.hook_locks,
             contact_locks=self.contact_locks,
             requests=self.requests,
+            files=self.files,
         )
         self.user_names = UserNames()
         self.twoway = TwoWay(
@@ -163,6 +167,7 @@ class Pipeline:
             dead_letters=self.dead_letters,
             metrics=metrics,
             user_names=self.user_names,
+            files=self.files,
         )
         self.write_back = WriteBack(
             store=self.store,
@@ -398,3 +403,5 @@ class Pipeline:
 
     async def aclose(self) -> None:
         await self.clients.aclose()
+        if self.files is not None:
+            await self.files.close()

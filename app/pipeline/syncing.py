@@ -17,6 +17,7 @@ from app.execute import (
     RetryPolicy,
     sync_event,
 )
+from app.files.transfer import FileMover
 from app.metrics import Metrics
 from app.pipeline.clients import HookClients
 from app.pipeline.dead_letters import DeadLetters
@@ -59,6 +60,7 @@ class EventSync:
         hook_locks: KeyedLocks,
         contact_locks: KeyedLocks,
         requests: ControlRequests,
+        files: FileMover | None = None,
     ) -> None:
         self.settings = settings
         self.ctx = ctx
@@ -74,6 +76,8 @@ class EventSync:
         self.hook_locks = hook_locks
         self.contact_locks = contact_locks
         self.requests = requests
+        #: Moves Chatwoot attachments into GLPI (None: they stay links).
+        self.files = files
 
     async def sync(
         self, record: SourceRecord, parsed: KnownEvent | UnknownEvent, hook: HookRecord, started: float
@@ -101,6 +105,8 @@ class EventSync:
                 on_retry=lambda code: self.metrics.retries.labels(code).inc(),
                 on_duplicate_removed=lambda itemtype: self.metrics.duplicates_removed.labels(itemtype).inc(),
                 interrupt=self.interrupts.flag(hook.hook_id),
+                files=self.files,
+                hook_id=hook.hook_id,
             )
 
         try:

@@ -26,12 +26,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootUnreachableError
 from app.events import GlpiChange
+from app.files.policy import chatwoot_refusal
+from app.files.transfer import Fetched, FileMover, spool
 from app.glpi import GlpiError
 from app.metrics import Metrics
 from app.pipeline.chatwoot import chatwoot_client, chatwoot_failure
@@ -95,8 +97,11 @@ class TwoWay:
         dead_letters: DeadLetters,
         metrics: Metrics,
         user_names: UserNames,
+        files: FileMover | None = None,
     ) -> None:
         self.store = store
+        #: Posts technicians' Documents as Chatwoot attachments (None: they stay links).
+        self.files = files
         self.clients = clients
         #: The control topic: polls publish the GLPI changes there, keyed by hook.
         self.control = control
@@ -143,27 +148,85 @@ class TwoWay:
                 break
         return rows
 
-    async def _attachments(self, client: GlpiClient, hook: HookRecord, payload: dict[str, Any]) -> list[dict[str, str]]:
-        """Links to the GLPI Documents attached to a followup or solution (at most :data:`MAX_ATTACHMENTS`).
+    async def _attachments(self, client: GlpiClient, hook: HookRecord, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        """The GLPI Documents attached to a followup or solution (at most :data:`MAX_ATTACHMENTS`).
 
-        The links open in GLPI (``front/document.send.php``): whoever follows one needs access to GLPI. A failed
-        look-up leaves the message without its links rather than holding it back.
+        Each as ``{"document_id", "name", "mime", "url"}``: the apply step posts the file itself when it can, else
+        the link (``front/document.send.php``, which needs a GLPI login). A failed look-up leaves the message
+        without them rather than holding it back.
         """
         root = hook.settings.api_url.removesuffix("/apirest.php")
         try:
             rows = await client.get_subitems(payload["itemtype"], payload["item_id"], "Document_Item")
-            links = []
+            found = []
             for row in rows[:MAX_ATTACHMENTS]:
                 document_id = row.get("documents_id")
                 if not isinstance(document_id, int):
                     continue
                 document = await client.get_item("Document", document_id)
                 name = str(document.get("filename") or document.get("name") or f"document {document_id}")
-                links.append({"name": name, "url": f"{root}/front/document.send.php?docid={document_id}"})
+                found.append(
+                    {
+                        "document_id": document_id,
+                        "name": name,
+                        "mime": str(document.get("mime") or ""),
+                        "sha1": str(document.get("sha1sum") or ""),
+                        "url": f"{root}/front/document.send.php?docid={document_id}",
+                    }
+                )
         except GlpiError as exc:
             log.warning("two-way: attachments of %s %s not read: %s", payload["itemtype"], payload["item_id"], exc)
             return []
-        return links
+        return found
+
+    async def _fetch_documents(
+        self, hook: HookRecord, chatwoot: ChatwootClient, conversation_id: int, listed: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str | None, Fetched]]]:
+        """Download the Documents that may go as attachments; the listing marked (attached, or why not) and files.
+
+        The caller closes the files. A Document GLPI will not give (gone, refused, unreachable) stays a link.
+        """
+        files = self.files
+        assert files is not None
+        client = self.clients.client_for(hook)
+        channel = await chatwoot.channel(conversation_id)
+        marked: list[dict[str, Any]] = []
+        fetched: list[tuple[str, str | None, Fetched]] = []
+        for entry in listed:
+            document_id = entry.get("document_id")
+            if not isinstance(document_id, int) or len(fetched) >= self.ctx.files.max_per_message:
+                marked.append(entry)
+                continue
+            if not entry.get("sha1"):
+                files.observe("to_chatwoot", "refused")
+                marked.append({**entry, "reason": "the GLPI document holds no file"})
+                continue
+            out = spool()
+            try:
+                size = await client.download_document(document_id, out.write, files.max_bytes, seconds=files.timeout)
+            except GlpiError as exc:
+                out.close()
+                files.observe("to_chatwoot", "unreachable")
+                marked.append({**entry, "reason": f"GLPI did not give the file ({exc.code})"})
+                continue
+            out.finish()
+            if size <= files.max_bytes and out.sha1 != entry["sha1"]:
+                # GLPI answers 200 with an error text when the file is gone from its disk (Toolbox::sendFile).
+                out.close()
+                files.observe("to_chatwoot", "unreachable")
+                marked.append({**entry, "reason": "GLPI did not give the file (its checksum differs)"})
+                continue
+            mime = str(entry.get("mime") or "") or None
+            refusal = chatwoot_refusal(channel, mime, size, files.max_bytes)
+            if refusal is not None:
+                out.close()
+                files.observe("to_chatwoot", "too_large" if size > files.max_bytes else "channel")
+                marked.append({**entry, "reason": refusal})
+                continue
+            await files.pace(hook.hook_id, size)
+            fetched.append((str(entry.get("name") or "file"), mime, out))
+            marked.append({**entry, "attached": True})
+        return marked, fetched
 
     async def _ticket_changes(
         self, client: GlpiClient, hook: HookRecord, cursors: dict[str, tuple[str, int]]
@@ -274,12 +337,31 @@ class TwoWay:
         reply = self.store.replies.get(key)
         reply = dict(reply) if isinstance(reply, dict) else {}
         conversation_id = change.payload.conversation_id
+        ref = action.ref
+        attachments: list[tuple[str, str | None, Fetched]] = []
         try:
             async with chatwoot_client(hook, self.ctx, self.vault, self.chatwoot_timeout) as client:
                 done = []
                 if action.content is not None and not reply.get("message_id"):
-                    message_id = await self._post(client, key, reply, conversation_id, action.content, action)
-                    done.append(f"posted message {message_id}")
+                    listed = change.payload.attachments
+                    if self.files is not None and any("document_id" in entry for entry in listed):
+                        marked, attachments = await self._fetch_documents(hook, client, conversation_id, listed)
+                        payload = {**change.payload.model_dump(), "attachments": marked}
+                        action = action_for(
+                            change.event,
+                            payload,
+                            private_followups=settings.two_way_private_followups,
+                            resolve_on_solution=settings.two_way_resolve_on_solution,
+                        )
+                        if isinstance(action, str):  # pragma: no cover - it had content before its files were marked
+                            return "skipped", action
+                    files = [(name, mime, data.file) for name, mime, data in attachments]
+                    message_id = await self._post(
+                        client, key, reply, conversation_id, action.content or "", action, files
+                    )
+                    for _, _, data in attachments:
+                        self.files.observe("to_chatwoot", "moved", data.size)  # type: ignore[union-attr]
+                    done.append(f"posted message {message_id}" + (f" with {len(files)} file(s)" if files else ""))
                     since = glpi_epoch(change.payload.date, settings.timezone)
                     if since is not None:
                         self.metrics.twoway_lag.observe(max(0.0, time.time() - since))
@@ -291,11 +373,14 @@ class TwoWay:
                     done.append(f"{'resolved' if action.status == 'resolved' else 'reopened'} the conversation")
         except (HookConfigError, ChatwootError) as exc:
             return await chatwoot_failure(
-                exc, record, self.dead_letters, hook.hook_id, f"{action.ref} to conversation {conversation_id}"
+                exc, record, self.dead_letters, hook.hook_id, f"{ref} to conversation {conversation_id}"
             )
+        finally:
+            for _, _, data in attachments:
+                data.close()
         if not done:
-            return "skipped", f"{action.ref} is in conversation {conversation_id} already"
-        return "synced", f"{action.ref}: " + ", ".join(done) + f" in conversation {conversation_id}"
+            return "skipped", f"{ref} is in conversation {conversation_id} already"
+        return "synced", f"{ref}: " + ", ".join(done) + f" in conversation {conversation_id}"
 
     async def _post(
         self,
@@ -305,6 +390,7 @@ class TwoWay:
         conversation_id: int,
         content: str,
         action: Any,
+        files: list[tuple[str, str | None, IO[bytes]]] | None = None,
     ) -> int:
         """Post once: look for our marker first whenever an earlier attempt may have landed."""
         for attempt in range(1, APPLY_ATTEMPTS + 1):
@@ -316,7 +402,9 @@ class TwoWay:
             reply = {"pending_at": time.time()}
             await self.store.replies.put_durable(key, reply)  # the intent, before the POST
             try:
-                posted = await client.post_message(conversation_id, content, private=action.private, ref=action.ref)
+                posted = await client.post_message(
+                    conversation_id, content, private=action.private, ref=action.ref, files=files or ()
+                )
             except ChatwootUnreachableError:
                 if attempt == APPLY_ATTEMPTS:
                     raise

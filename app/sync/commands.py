@@ -143,6 +143,39 @@ class AddRequester:
     op: Literal["add_requester"] = "add_requester"
 
 
+@dataclass(frozen=True)
+class StoreFile:
+    """Download a Chatwoot attachment and upload it as a GLPI Document carrying ``marker`` in its comment.
+
+    ``key`` names the attachment within its message (its id, else its position). ``lookup_first``: an earlier
+    upload may have landed: look for a Document with the marker (and a file) before uploading again.
+    """
+
+    account_id: int
+    conversation_id: int
+    message_id: int
+    key: str
+    url: str
+    name: str
+    marker: str
+    #: The GLPI entity the Document goes to (the hook's).
+    entity_id: int = 0
+    lookup_first: bool = False
+    not_before: float = 0.0
+    op: Literal["store_file"] = "store_file"
+
+
+@dataclass(frozen=True)
+class LinkFiles:
+    """Link Documents to the followup (``Document_Item``), skipping the links it already has: safe to repeat."""
+
+    account_id: int
+    message_id: int
+    followup_id: int
+    document_ids: tuple[int, ...]
+    op: Literal["link_files"] = "link_files"
+
+
 Command = (
     EnsureUser
     | EnsureContact
@@ -152,9 +185,11 @@ Command = (
     | CreateFollowup
     | CheckTicket
     | AddRequester
+    | StoreFile
+    | LinkFiles
 )
-Create = EnsureUser | EnsureContact | CreateTicket | CreateFollowup
-CREATES = (EnsureUser, EnsureContact, CreateTicket, CreateFollowup)
+Create = EnsureUser | EnsureContact | CreateTicket | CreateFollowup | StoreFile
+CREATES = (EnsureUser, EnsureContact, CreateTicket, CreateFollowup, StoreFile)
 
 
 def cautious(cmd: Command, not_before: float = 0.0) -> Command:
@@ -162,7 +197,7 @@ def cautious(cmd: Command, not_before: float = 0.0) -> Command:
 
     ``not_before`` raises the command's own bound: no new POST before that time.
     """
-    if isinstance(cmd, EnsureUser | EnsureContact | CreateTicket | CreateFollowup):
+    if isinstance(cmd, EnsureUser | EnsureContact | CreateTicket | CreateFollowup | StoreFile):
         return replace(cmd, lookup_first=True, not_before=max(cmd.not_before, not_before))
     return cmd
 
@@ -190,7 +225,14 @@ class TicketState:
     deleted: bool = False
 
 
-Outcome = Resolved | Applied | TicketState
+@dataclass(frozen=True)
+class FileKept:
+    """The attachment stays a link in the followup; ``reason`` says why (too large, unreachable, refused)."""
+
+    reason: str
+
+
+Outcome = Resolved | Applied | TicketState | FileKept
 
 
 @dataclass(frozen=True)

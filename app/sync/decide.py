@@ -43,6 +43,7 @@ from app.sync.commands import (
     UpdateItem,
 )
 from app.sync.contacts import contact_ids, contact_sync_step, decide_contact, identity, requester_step
+from app.sync.files import attachment_lines, link_step, store_step
 from app.sync.record import earlier_attempt, looks_first
 from app.sync.state import HookRecord, SyncContext, SyncView
 
@@ -104,15 +105,6 @@ def _contact_line(contact: Contact | None, settings: HookSettings) -> str:
     name, email, phone = identity(contact, settings)
     details = " · ".join(mapping.html_text(v) for v in (name, email, phone) if v)
     return f"<p>From: {details}</p>" if details else ""
-
-
-def _attachment_lines(attachments: list[Any]) -> str:
-    links = []
-    for att in attachments:
-        if att.data_url:
-            label = att.fallback_title or att.data_url.rsplit("/", 1)[-1] or "attachment"
-            links.append(mapping.html_link(att.data_url, f"{att.file_type or 'file'}: {label}"))
-    return "<p>Attachments: " + "<br>".join(links) + "</p>" if links else ""
 
 
 #: Chatwoot's channel classes as a technician reads them in a ticket title.
@@ -306,12 +298,12 @@ def _sender_label(msg: Message, conv: Conversation) -> str:
     return f"{name} (agent)" if name else "Chatwoot"
 
 
-def _followup_content(msg: Message, conv: Conversation, settings: HookSettings, marker: str) -> str:
+def _followup_content(msg: Message, settings: HookSettings, marker: str, attachments: str) -> str:
+    conv = msg.conversation
     when = f" · {mapping.glpi_datetime(msg.created_at, settings.timezone)}" if msg.created_at else ""
     note = " · private note" if msg.private else ""
     header = f"<p><strong>{mapping.html_text(_sender_label(msg, conv))}</strong>{note}{when}</p>"
     text = mapping.html_paragraphs(msg.content)
-    attachments = _attachment_lines(msg.attachments)
     if not text and not attachments:
         text = "<p><em>(no text)</em></p>"
     return f"{header}{text}{attachments}<p>{marker}</p>"
@@ -385,12 +377,17 @@ def _message_step(
         purpose = "deletion"
     else:
         if record is not None and record.followup_id is not None:
-            return Finished("skipped", "followup exists", {**ids, "followup_id": record.followup_id})
+            return link_step(record, account) or Finished(
+                "skipped", "followup exists", {**ids, "followup_id": record.followup_id}
+            )
         if conversation.body_message_id == msg.id:
             # Tickets made before every message became a followup hold one message as their description.
             return Finished("skipped", "message is the ticket's description", ids)
+        store = store_step(view, msg, account, ctx)
+        if store is not None:
+            return store
         marker = mapping.followup_marker(msg.id)
-        content = _followup_content(msg, conv, settings, marker)
+        content = _followup_content(msg, settings, marker, attachment_lines(msg, view, ctx))
         purpose = "message"
     recheck = _recheck_step(view, ctx)
     if recheck is not None:

@@ -17,8 +17,11 @@ from app.sync.commands import (
     EnsureContact,
     EnsureUser,
     EnsureUserEmail,
+    FileKept,
+    LinkFiles,
     Outcome,
     Resolved,
+    StoreFile,
     TicketState,
     UpdateItem,
 )
@@ -64,7 +67,7 @@ def _conversation_record(view: SyncView, account_id: int, conversation_id: int) 
     return view.conversation or ConversationRecord(account_id=account_id, conversation_id=conversation_id)
 
 
-def _message_record(view: SyncView, cmd: CreateFollowup) -> MessageRecord:
+def _message_record(view: SyncView, cmd: CreateFollowup | StoreFile) -> MessageRecord:
     return view.message or MessageRecord(
         account_id=cmd.account_id, message_id=cmd.message_id, conversation_id=cmd.conversation_id
     )
@@ -75,7 +78,7 @@ def intent_for(cmd: Command, attempt_at: float = 0.0) -> Intent | None:
     match cmd:
         case EnsureUser():
             return Intent(op=cmd.op, marker=cmd.login, attempt_at=attempt_at)
-        case EnsureContact() | CreateTicket() | CreateFollowup():
+        case EnsureContact() | CreateTicket() | CreateFollowup() | StoreFile():
             return Intent(op=cmd.op, marker=cmd.marker, attempt_at=attempt_at)
         case _:
             return None
@@ -97,6 +100,9 @@ def with_intent(view: SyncView, cmd: Command, attempt_at: float = 0.0) -> SyncVi
         case CreateFollowup():
             msg = _message_record(view, cmd)
             return view.model_copy(update={"message": msg.model_copy(update={"pending": intent})})
+        case StoreFile():
+            msg = _message_record(view, cmd)
+            return view.model_copy(update={"message": msg.model_copy(update={"file_pending": intent})})
         case _:  # pragma: no cover - intent_for returned None above
             return view
 
@@ -110,6 +116,8 @@ def without_intent(view: SyncView, cmd: Command) -> SyncView:
             return view.model_copy(update={"conversation": view.conversation.model_copy(update={"pending": None})})
         case CreateFollowup() if view.message is not None:
             return view.model_copy(update={"message": view.message.model_copy(update={"pending": None})})
+        case StoreFile() if view.message is not None:
+            return view.model_copy(update={"message": view.message.model_copy(update={"file_pending": None})})
         case _:
             return view
 
@@ -217,6 +225,17 @@ def _record_followup(view: SyncView, cmd: CreateFollowup, outcome: Resolved, now
     return new_view
 
 
+def _record_file(view: SyncView, cmd: StoreFile, outcome: Outcome) -> SyncView:
+    msg = _message_record(view, cmd)
+    if isinstance(outcome, Resolved):
+        entry: dict[str, object] = {"name": cmd.name, "document_id": outcome.glpi_id}
+    else:
+        assert isinstance(outcome, FileKept)
+        entry = {"name": cmd.name, "url": cmd.url, "reason": outcome.reason}
+    files = {**msg.files, cmd.key: entry}
+    return view.model_copy(update={"message": msg.model_copy(update={"files": files, "file_pending": None})})
+
+
 def record(view: SyncView, cmd: Command, outcome: Outcome, now: float = 0.0) -> SyncView:
     """The view after GLPI answered ``cmd`` with ``outcome`` (observed at unix time ``now``)."""
     match cmd:
@@ -242,6 +261,12 @@ def record(view: SyncView, cmd: Command, outcome: Outcome, now: float = 0.0) -> 
             if outcome.status == CLOSED:
                 return ticket_replaced(view, cmd.ticket_id, "closed")
             return _ticket_seen(view, now)
+        case StoreFile():
+            return _record_file(view, cmd, outcome)
+        case LinkFiles():
+            if view.message is None:
+                return view
+            return view.model_copy(update={"message": view.message.model_copy(update={"files_linked": True})})
         case AddRequester():
             contact = _contact_record(view, cmd.account_id, cmd.contact_id)
             waiting = tuple(t for t in contact.tickets_without_requester if t != cmd.ticket_id)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from app.events import HookSettings
+from app.files.policy import FilePolicy
 
 PauseKind = Literal["transient", "auth", "endpoint", "operator"]
 #: Pauses the worker retries on its own timer; the others wait for an operator.
@@ -172,6 +173,13 @@ class MessageRecord(_Record):
     #: What was sent to create the followup (long texts cut), so ``resync`` can add it again if it is missing.
     followup_input: dict[str, Any] | None = None
     pending: Intent | None = None
+    #: The message's attachments as they went to GLPI, by key (id, else position): ``{"name", "document_id"}``
+    #: when uploaded, ``{"name", "url", "reason"}`` when kept as a link.
+    files: dict[str, dict[str, Any]] = {}
+    #: The uploaded Documents are linked to the followup.
+    files_linked: bool = False
+    #: An upload that may have landed (its Document carries the marker).
+    file_pending: Intent | None = None
 
 
 class SyncView(_Record):
@@ -221,6 +229,8 @@ class SyncContext:
     ticket_recheck_seconds: float = 600.0
     #: What operators granted to hooks (token references, GLPI hosts).
     hook_policy: HookPolicy = field(default_factory=lambda: HookPolicy())
+    #: Files both ways (``GLPI_SYNC_FILE_*``).
+    files: FilePolicy = field(default_factory=FilePolicy)
 
 
 def parked_key(hook_id: int, seq: int) -> str:

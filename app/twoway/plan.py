@@ -194,10 +194,15 @@ def action_for(
     content = str(payload.get("content") or "").strip()
     author = payload.get("author")
     files = [f for f in payload.get("attachments") or [] if isinstance(f, dict) and f.get("url")]
-    if files:
-        listed = "\n".join(f"- {f.get('name') or 'file'}: {f['url']}" for f in files)
+    # Files posted as attachments show in the message; the others are listed as links, with why when known.
+    links = [f for f in files if not f.get("attached")]
+    if links:
+        listed = "\n".join(
+            f"- {f.get('name') or 'file'}: {f['url']}" + (f" (not attached: {f['reason']})" if f.get("reason") else "")
+            for f in links
+        )
         content = f"{content}\n\nAttachments:\n{listed}".strip()
-    if not content:
+    if not content and len(links) == len(files):
         return "the GLPI item has no text"
     signed = f"{content}\n\n— {author} (GLPI)" if author else content
     if kind == "glpi_followup_added":

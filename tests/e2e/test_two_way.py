@@ -264,7 +264,8 @@ def test_glpi_11_webhooks_make_the_answer_go_back_at_once(
         wait_until(lambda: len(posted(chatwoot, conversation)) == 1, 60, what="the answer, without a timed poll")
         (answer,) = posted(chatwoot, conversation)
         link = f"{emulator.api_url.removesuffix('/apirest.php')}/front/document.send.php?docid={document}"
-        assert answer["content"] == f"On it\n\nAttachments:\n- vpn-profile.ovpn: {link}\n\n— Ana Tech & Co (GLPI)"
+        note = " (not attached: the GLPI document holds no file)"
+        assert answer["content"] == f"On it\n\nAttachments:\n- vpn-profile.ovpn: {link}{note}\n\n— Ana Tech & Co (GLPI)"
 
         # A producer forging a GLPI change on the producers' topic cannot message the customer.
         forged = {

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from app.events import HookSettings, KnownEvent, parse_envelope
+from app.files.policy import FilePolicy
 from app.sync.commands import (
     AddRequester,
     Applied,
@@ -37,7 +38,8 @@ from app.sync.state import (
 )
 from tests.conftest import envelope, load_example
 
-CTX = SyncContext(chatwoot_base_url="https://chat.northwind.example", allow_http=True)
+#: Files are tested in test_files.py; here attachments stay links, as the rules below are about the rest.
+CTX = SyncContext(chatwoot_base_url="https://chat.northwind.example", allow_http=True, files=FilePolicy(enabled=False))
 
 
 def hook(**settings: Any) -> HookRecord:
