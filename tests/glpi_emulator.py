@@ -759,19 +759,26 @@ class Emulator:
         if kept:
             self.files[new] = content
         base = self.url_base_api.split("/apirest.php")[0].split("/api.php")[0]
-        uploaded = {
-            "name": f"{prefix}{filename}",
-            "size": len(content),
-            "type": mime,
-            "url": f"{base}/files/{prefix}{filename}",
-            "deleteUrl": f"{base}/{'index.php' if self.glpi11 else 'apirest.php'}?filenam={prefix}{filename}",
-            "deleteType": "DELETE",
-            "prefix": prefix,
-            "display": filename,
-            "filesize": f"{len(content)} {'B' if self.glpi11 else 'o'}",
-            "id": f"docfilename{secrets.randbelow(10**9)}",
-            **({"error": "The uploaded file exceeds the upload_max_filesize directive in php.ini"} if too_big else {}),
-        }
+        unit = "B" if self.glpi11 else "o"
+        uploaded: dict[str, Any] = {"name": f"{prefix}{filename}", "size": len(content), "type": mime}
+        if kept:
+            uploaded.update(
+                url=f"{base}/files/{prefix}{filename}",
+                deleteUrl=f"{base}/{'index.php' if self.glpi11 else 'apirest.php'}?filenam={prefix}{filename}",
+                deleteType="DELETE",
+            )
+        elif too_big:  # measured on GLPI 10.0.12 and 11.0.8: PHP hands over an empty part, the handler says why
+            uploaded.update(
+                size=0, type="", error="The uploaded file exceeds the upload_max_filesize directive in php.ini"
+            )
+        else:
+            uploaded["error"] = "Filetype not allowed"
+        uploaded.update(
+            prefix=prefix,
+            display=filename,
+            filesize=f"{uploaded['size']} {unit}",
+            id=f"docfilename{secrets.randbelow(10**9)}",
+        )
         return {"id": new, "message": self.add_message("Document", row), "upload_result": {"filename": [uploaded]}}
 
     # ------------------------------------------------------------------------------------------ updates
@@ -1343,10 +1350,11 @@ def _route(emu: Emulator, request: web.Request, path: str, params: dict[str, str
         if itemtype == "Ticket" and not emu.visible(item):
             raise ApiError(403, "ERROR_RIGHT_MISSING", PERMISSION)
         if itemtype == "Document" and "application/octet-stream" in request.headers.get("Accept", ""):
-            if item_id not in emu.files:  # Toolbox::sendFile dies with a text when the file is not on disk
-                return web.Response(
-                    text=f"Error file {item.get('filepath') or ''} does not exist", content_type="text/html"
-                )
+            if item_id not in emu.files:  # a Document without a file (measured): 10 sends nothing, 11 fails
+                if emu.glpi11:
+                    page = "<html><head><title>Error - GLPI</title></head><body>An error occurred</body></html>"
+                    return web.Response(status=500, text=page, content_type="text/html")
+                return web.Response(body=b"", content_type="application/octet-stream")
             return web.Response(body=emu.files[item_id], content_type=item.get("mime") or "application/octet-stream")
         return _json(emu.present(itemtype, item, decode=decode, expand=expand), 200, _modified(item))
     if method in ("PUT", "PATCH"):

@@ -371,6 +371,8 @@ class GlpiExecutor:
             found = await self._wait_for_earlier(cmd)
             if found is not None:
                 if await self._stored(found):
+                    if self.files is not None:
+                        self.files.observe("to_glpi", "adopted")
                     return Resolved(found, created=False)
                 await self.client.delete("Document", found, purge=True)  # an earlier upload GLPI kept no file of
         if self.files is None:
