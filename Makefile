@@ -47,6 +47,8 @@ chaos: venv kafka
 # Throughput against the GLPI emulator (50 ms, 16 slots); numbers into docs/bench.md. Not a test.
 bench: venv kafka
 	$(PY) -m tests.bench --write docs/bench.md
+	$(PY) -m tests.bench --write docs/bench.md --block bench-kinds --capacity 4 \
+	    --kind-latency search=0.012,read=0.008,create=0.015,update=0.018,delete=0.015
 
 # Signed webhooks per second through glpi-sync ingress into the test Kafka; numbers into docs/bench.md. Not a test.
 bench-ingress: venv kafka

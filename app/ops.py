@@ -218,14 +218,19 @@ class Operations:
         hook = self.pipeline.store.hook(hook_id)
         if hook is None:
             return 404, {"error": f"hook {hook_id} is not configured"}
-        conv = self.pipeline.store.conversation(hook.account_id, conversation_id)
-        if conv is None:
+        store = self.pipeline.store
+        conv = store.conversation(hook.account_id, conversation_id)
+        trace = store.trace_of(hook.account_id, conversation_id)
+        if conv is None and not trace:
             return 404, {"error": f"conversation {conversation_id} of account {hook.account_id} was never synced"}
+        if conv is None:  # its events were only parked or skipped so far: the trace says why
+            conv = ConversationRecord(account_id=hook.account_id, conversation_id=conversation_id)
         messages = [
             m.model_dump(mode="json", exclude={"followup_input"})
-            for m in self.pipeline.store.messages_of(hook.account_id, conversation_id)
+            for m in store.messages_of(hook.account_id, conversation_id)
         ]
-        return 200, {"hook_id": hook_id, "conversation": conversation_view(conv), "messages": messages}
+        shown = {**conversation_view(conv), "history": trace}
+        return 200, {"hook_id": hook_id, "conversation": shown, "messages": messages}
 
     async def command_result(self, hook_id: int, event_id: str) -> tuple[int, Any]:
         """Whether the owning worker applied command ``event_id`` yet, and how it ended."""

@@ -20,7 +20,7 @@ from typing import Literal
 from app.settings import ToolSettings, WorkerSettings
 
 #: The worker's tables, one compacted changelog topic each (``<app_id>-<table>-changelog``).
-TABLES = ("hooks", "contacts", "conversations", "messages", "parked", "deliveries", "replies")
+TABLES = ("hooks", "contacts", "conversations", "messages", "parked", "deliveries", "replies", "traces")
 COMPACTED = {"cleanup.policy": "compact", "retention.ms": "-1"}
 Role = Literal["input", "control", "dlq", "changelog"]
 

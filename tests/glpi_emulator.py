@@ -256,6 +256,9 @@ class Emulator:
     #: ``latency`` seconds plus its own work; requests beyond the pool queue (``make bench``).
     latency: float = 0.0
     capacity: int = 0
+    #: Seconds per kind of request (``search``, ``read``, ``create``, ``update``, ``delete``) instead of ``latency``:
+    #: a real GLPI answers a search faster than it creates a followup (``make bench``'s per-kind runs).
+    kind_latency: dict[str, float] = field(default_factory=dict)
     _pool: asyncio.Semaphore | None = None
     #: API requests received and not answered yet (queued for the pool included), and the most seen at once.
     inflight: int = 0
@@ -1218,18 +1221,30 @@ def build_app(emulator: Emulator | None = None) -> web.Application:
     app.router.add_post("/_emulator/set_status", set_status)
     app.router.add_post("/_emulator/reset", reset)
 
+    def delay(request: web.Request) -> float:
+        if not emu.kind_latency:
+            return emu.latency
+        if request.method == "GET":
+            kind = "search" if "/search/" in request.path else "read"
+        else:
+            kind = {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "delete"}.get(
+                request.method, "read"
+            )
+        return emu.kind_latency.get(kind, emu.latency)
+
     async def pooled(request: web.Request) -> web.StreamResponse:
         emu.inflight += 1
         emu.peak_inflight = max(emu.peak_inflight, emu.inflight)
         try:
             pool = emu.pool
+            seconds = delay(request)
             if pool is None:
-                if emu.latency:
-                    await asyncio.sleep(emu.latency)
+                if seconds:
+                    await asyncio.sleep(seconds)
                 return await api(request)
             async with pool:
-                if emu.latency:
-                    await asyncio.sleep(emu.latency)
+                if seconds:
+                    await asyncio.sleep(seconds)
                 return await api(request)
         finally:
             emu.inflight -= 1
@@ -1475,7 +1490,11 @@ def main() -> None:
     parser.add_argument("--keyfile", help="... and this private key (PEM)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds each API request takes, e.g. 0.05")
     parser.add_argument("--capacity", type=int, default=0, help="API requests served at once (php-fpm), e.g. 16")
+    parser.add_argument(
+        "--kind-latency", default="", help="seconds per kind of request, e.g. search=0.006,read=0.008,create=0.022"
+    )
     args = parser.parse_args()
+    kinds = dict(pair.split("=", 1) for pair in args.kind_latency.split(",") if "=" in pair)
     emu = Emulator(
         app_tokens={args.app_token},
         user_tokens={args.user_token: 2, "emulator-tech-token": 4},
@@ -1483,6 +1502,7 @@ def main() -> None:
         session_ttl=args.session_ttl,
         latency=args.latency,
         capacity=args.capacity,
+        kind_latency={kind.strip(): float(seconds) for kind, seconds in kinds.items()},
     )
     context = None
     if args.certfile:

@@ -357,8 +357,10 @@ class EmulatorProcess:
         latency: float = 0.0,
         capacity: int = 0,
         glpi11: bool = False,
+        kind_latency: str = "",
     ) -> None:
         self.port = free_port()
+        self.kind_latency = kind_latency
         self.glpi11 = glpi11
         self.workdir = workdir
         self.session_ttl = session_ttl
@@ -390,6 +392,7 @@ class EmulatorProcess:
                 str(self.latency),
                 "--capacity",
                 str(self.capacity),
+                *(["--kind-latency", self.kind_latency] if self.kind_latency else []),
                 *(["--certfile", str(self.tls.cert), "--keyfile", str(self.tls.key)] if self.tls else []),
                 *(["--glpi11"] if self.glpi11 else []),
             ],

@@ -65,7 +65,7 @@ class AgentViews:
 
     async def _build(self, hook: HookRecord, conversation_id: int) -> dict[str, Any]:
         raw = self.store.conversations.get(conversation_key(hook.account_id, conversation_id))
-        conversation = raw if isinstance(raw, dict) else None
+        conversation = {**raw, "history": self.store.trace_of(hook.account_id, conversation_id)} if raw else None
         body: dict[str, Any] = {
             "conversation_id": conversation_id,
             "chatwoot_url": hook.settings.chatwoot_url,

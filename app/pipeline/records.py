@@ -400,6 +400,7 @@ class Pipeline:
         """After a revoke every unfinished record is delivered again: forget what was counted for the old ones."""
         self.interrupts.reset()
         self.requests.forget_pending()
+        self.store.traces.forget_positions()
 
     async def aclose(self) -> None:
         await self.clients.aclose()

@@ -6,7 +6,7 @@
   RocksDB is *ahead* of its changelog (the changelog was recreated, or records were lost on the broker): faust would
   otherwise raise ``ConsistencyError`` and crash-loop. The changelog is the truth; the rebuilt partition is marked
   *cautious* so that creates look in GLPI first and adopt what exists.
-- :class:`SyncStore` holds the seven tables and knows the record types and keys: hook slots, the view one event
+- :class:`SyncStore` holds the eight tables and knows the record types and keys: hook slots, the view one event
   reads, the records it writes back.
 """
 
@@ -26,10 +26,10 @@ from faust.types import TP
 
 from app.events import KnownEvent, UnknownEvent
 from app.metrics import Metrics
+from app.pipeline.traces import TraceLog
 from app.settings import WorkerSettings
 from app.sync.decide import record_ids
 from app.sync.state import (
-    TRACE_KEPT,
     AnyHook,
     ContactRecord,
     ConversationRecord,
@@ -153,7 +153,7 @@ class CautiousPartitions:
 
 
 class SyncStore:
-    """The seven tables and the records in them. Reads and writes follow the current event's partition."""
+    """The eight tables and the records in them. Reads and writes follow the current event's partition."""
 
     def __init__(self, app: faust.App, settings: WorkerSettings, metrics: Metrics) -> None:
         self.settings = settings
@@ -167,6 +167,7 @@ class SyncStore:
         self.parked = tables["parked"]  # hook:seq[:chunk] → parked record (app/pipeline/parking.py)
         self.deliveries = tables["deliveries"]  # hook:event_id → where it was first handled (redelivery window)
         self.replies = tables["replies"]  # account:itemtype:id → the Chatwoot message posted for it (two-way)
+        self.traces = TraceLog(tables["traces"])  # account:conversation:slot → one trace entry
         #: The last slot read per hook and the stored JSON it came from (records are frozen: sharing one is safe).
         self._slots_read: dict[int, tuple[bytes, AnyHook]] = {}
 
@@ -305,22 +306,19 @@ class SyncStore:
     def trace_conversation(
         self, account_id: int, conversation_id: int, entry: dict[str, Any], *, create: bool = True
     ) -> None:
-        """Append one trace entry (see ``ConversationRecord.history``) to the conversation's history, newest kept.
+        """Append one trace entry to the conversation's trace (:mod:`app.pipeline.traces`).
 
-        The hot path of every event: the stored record is extended as it is, without being validated and dumped
-        again (the sync wrote it a moment ago). Buffered: losing the last entry to a crash only shortens a trace.
-        A conversation with no record yet gets one, unless ``create`` is false (then nothing is written).
+        With ``create`` false, only for a conversation the sync knows (commands and GLPI changes).
         """
-        key = conversation_key(account_id, conversation_id)
-        raw = self.conversations.get(key)
-        if not isinstance(raw, dict):
-            if not create:
-                return
-            raw = ConversationRecord(account_id=account_id, conversation_id=conversation_id).model_dump(mode="json")
-        history = raw.get("history")
-        history = history[-(TRACE_KEPT - 1) :] if isinstance(history, list) else []
-        history.append(entry)
-        self.conversations.put_buffered(key, {**raw, "history": history})
+        if not create and self.conversations.get(conversation_key(account_id, conversation_id)) is None:
+            return
+        self.traces.append(account_id, conversation_id, entry)
+
+    def trace_of(self, account_id: int, conversation_id: int) -> list[dict[str, Any]]:
+        """The conversation's trace, oldest first (records of earlier versions keep older entries in ``history``)."""
+        raw = self.conversations.get(conversation_key(account_id, conversation_id))
+        legacy = raw.get("history") if isinstance(raw, dict) else None
+        return self.traces.read(account_id, conversation_id, legacy)
 
     def messages_of(self, account_id: int, conversation_id: int) -> list[MessageRecord]:
         """Every message record of one conversation (a scan: for operator commands, not the hot path)."""

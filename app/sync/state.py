@@ -157,10 +157,8 @@ class ConversationRecord(_Record):
     #: Write-back: the ticket's ``ticket_id``, ``status`` and ``technician`` as last written on the Chatwoot
     #: conversation (None: never written).
     written_back: dict[str, Any] | None = None
-    #: The conversation's latest events and how each ended (``glpi-sync trace conversation``), as stored: each a
-    #: JSON object with ``at``, ``event``, ``source``, ``outcome``, ``reason`` and ``glpi_ids``. Not validated into
-    #: models: every event of the conversation reads and writes this record, and only the trace reads the entries
-    #: (40 entries made each read and write several times dearer than the rest of the record).
+    #: Written by earlier versions only: the conversation's latest events (now in the ``traces`` table,
+    #: :mod:`app.pipeline.traces`); read as the oldest part of its trace, never written again.
     history: tuple[Any, ...] = ()
 
 
