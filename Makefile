@@ -29,7 +29,7 @@ run: venv
 
 ## The whole test suite (unit, emulator, real Kafka end-to-end).
 test: venv kafka
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 test-unit: venv
 	$(PY) -m pytest tests/unit
