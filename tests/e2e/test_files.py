@@ -20,9 +20,8 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import GLPI_VERSIONS, SyncEnv, hook_envelope
-from tests.e2e.test_stock_chatwoot import chatwoot_sends_to, ingress_for
-from tests.e2e.test_two_way import Technician, outcome_with, posted
+from tests.conftest import GLPI_VERSIONS, SyncEnv
+from tests.e2e.test_two_way import Technician, outcome_with, posted, start_two_way
 from tests.harness import ChatwootEmulatorProcess, EmulatorProcess, wait_until
 
 pytestmark = pytest.mark.broker
@@ -78,19 +77,8 @@ def documents_of(emulator: EmulatorProcess, followup: int) -> dict[str, str]:
 def test_files_travel_both_ways_with_their_bytes_and_what_cannot_stays_a_link(
     sync_env: SyncEnv, emulator: EmulatorProcess, chatwoot: ChatwootEmulatorProcess, tmp_path: Path
 ) -> None:
-    worker = sync_env.worker()
-    worker.env.update(GLPI_SYNC_TWO_WAY_POLL_SECONDS="1", GLPI_SYNC_HOOK_SECRET_CHATWOOT_7=chatwoot.token)
-    worker.start()
-    two_way = {
-        "two_way": "true",
-        "chatwoot_url": chatwoot.base,
-        "chatwoot_token": {"env": "GLPI_SYNC_HOOK_SECRET_CHATWOOT_7"},
-    }
-    sync_env.publish([hook_envelope(emulator.api_url, **two_way)])
-    ingress = ingress_for(sync_env, tmp_path)
-    ingress.start()
+    worker, ingress = start_two_way(sync_env, emulator, chatwoot, tmp_path)
     try:
-        chatwoot_sends_to(chatwoot, ingress)
         conversation = chatwoot.call("POST", "conversation", {"contact": {"email": "f@example.org"}, "content": "Hi"})[
             "conversation_id"
         ]

@@ -22,7 +22,14 @@ import pytest
 
 from tests.conftest import GLPI_VERSIONS, SyncEnv, hook_envelope
 from tests.e2e.test_stock_chatwoot import chatwoot_sends_to, ingress_for
-from tests.harness import WORKER_BIN, ChatwootEmulatorProcess, EmulatorProcess, wait_until
+from tests.harness import (
+    WORKER_BIN,
+    ChatwootEmulatorProcess,
+    EmulatorProcess,
+    IngressProcess,
+    WorkerProcess,
+    wait_until,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -219,6 +226,31 @@ def test_hook_set_checks_the_chatwoot_token_before_turning_two_way_on(
     assert outsider.returncode == 4 and "not a member of account 9" in outsider.stderr
 
 
+def start_two_way(
+    sync_env: SyncEnv,
+    emulator: EmulatorProcess,
+    chatwoot: ChatwootEmulatorProcess,
+    tmp_path: Path,
+    poll_seconds: str = "1",
+    **ingress_env: str,
+) -> tuple[WorkerProcess, IngressProcess]:
+    """A worker and an ingress for hook 7 with two-way on (polled every ``poll_seconds``), Chatwoot's webhooks
+    going to the ingress."""
+    worker = sync_env.worker()
+    worker.env.update(GLPI_SYNC_TWO_WAY_POLL_SECONDS=poll_seconds, GLPI_SYNC_HOOK_SECRET_CHATWOOT_7=chatwoot.token)
+    worker.start()
+    two_way = {
+        "two_way": "true",
+        "chatwoot_url": chatwoot.base,
+        "chatwoot_token": {"env": "GLPI_SYNC_HOOK_SECRET_CHATWOOT_7"},
+    }
+    sync_env.publish([hook_envelope(emulator.api_url, **two_way)])
+    ingress = ingress_for(sync_env, tmp_path, **ingress_env)
+    ingress.start()
+    chatwoot_sends_to(chatwoot, ingress)
+    return worker, ingress
+
+
 GLPI_SECRET = "glpi-webhook-secret-3b9e"
 
 
@@ -233,22 +265,17 @@ def glpi_signed(body: bytes, at: float | None = None, secret: str = GLPI_SECRET)
 def test_glpi_11_webhooks_make_the_answer_go_back_at_once(
     sync_env: SyncEnv, emulator: EmulatorProcess, chatwoot: ChatwootEmulatorProcess, tmp_path: Path
 ) -> None:
-    worker = sync_env.worker()
     # No timed poll in this test: only the hook's configuration and GLPI's webhooks make the worker look.
-    worker.env.update(GLPI_SYNC_TWO_WAY_POLL_SECONDS="3600", GLPI_SYNC_HOOK_SECRET_CHATWOOT_7=chatwoot.token)
-    worker.start()
-    two_way = {
-        "two_way": "true",
-        "chatwoot_url": chatwoot.base,
-        "chatwoot_token": {"env": "GLPI_SYNC_HOOK_SECRET_CHATWOOT_7"},
-    }
-    sync_env.publish([hook_envelope(emulator.api_url, **two_way)])
-    ingress = ingress_for(
-        sync_env, tmp_path, GLPI_SYNC_GLPI_WEBHOOK_SECRET_7=GLPI_SECRET, GLPI_SYNC_GLPI_WEBHOOK_MAX_AGE="600"
+    worker, ingress = start_two_way(
+        sync_env,
+        emulator,
+        chatwoot,
+        tmp_path,
+        "3600",
+        GLPI_SYNC_GLPI_WEBHOOK_SECRET_7=GLPI_SECRET,
+        GLPI_SYNC_GLPI_WEBHOOK_MAX_AGE="600",
     )
-    ingress.start()
     try:
-        chatwoot_sends_to(chatwoot, ingress)
         conversation = chatwoot.call("POST", "conversation", {"contact": {"email": "b@example.org"}, "content": "Hi"})[
             "conversation_id"
         ]
