@@ -14,6 +14,7 @@ Cloud's per-type sizes and types), known here so a file the channel would drop s
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -60,11 +61,35 @@ def origin(url: str | None) -> tuple[str, str, int] | None:
     return parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
 
 
+#: Addresses no Chatwoot or storage lives at: cloud metadata services (link-local, AWS's IPv6 one).
+_NEVER = (
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("fd00:ec2::/32"),
+)
+
+
+def forbidden_address(host: str) -> bool:
+    """Whether ``host`` (an IP address; names are not resolved here) is one files are never fetched from."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return any((mapped or address) in network for network in _NEVER if (mapped or address).version == network.version)
+
+
 def download_refusal(url: str, chatwoot_urls: tuple[str | None, ...], policy: FilePolicy) -> str | None:
-    """Why ``url`` must not be downloaded (None: it may): it is not on this hook's Chatwoot nor an allowed host."""
+    """Why ``url`` must not be downloaded (None: it may).
+
+    It is not on this hook's Chatwoot nor an allowed host, or it is a link-local (cloud metadata) address, whoever
+    allowed it.
+    """
     where = origin(url)
     if where is None:
         return "its address is not an http(s) URL"
+    if forbidden_address(where[1]):
+        return f"{where[1]} is a link-local (cloud metadata) address"
     if any(origin(known) == where for known in chatwoot_urls if known):
         return None
     _, host, port = where

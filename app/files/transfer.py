@@ -10,12 +10,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 import aiohttp
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
+
+from app.files.policy import forbidden_address, origin
 
 #: Bytes kept in memory per file before it spills to a temporary file.
 SPOOL_BYTES = 1024 * 1024
@@ -92,10 +98,44 @@ async def _read(resp: aiohttp.ClientResponse, out: Fetched, cap: int, rate: Byte
         out.write(chunk)
 
 
+class SafeResolver(ThreadedResolver):
+    """DNS answers without the addresses files are never fetched from (a name pointing at cloud metadata)."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = [a for a in await super().resolve(host, port, family) if not forbidden_address(a["host"])]
+        if not answers:
+            raise OSError(errno.EACCES, "only link-local addresses")
+        return answers
+
+
+def session() -> aiohttp.ClientSession:
+    """The HTTP session for file downloads: names resolving to link-local (metadata) addresses are refused."""
+    connector = aiohttp.TCPConnector(resolver=SafeResolver(), limit=32)
+    return aiohttp.ClientSession(connector=connector, headers={"User-Agent": "chatwoot-glpi-sync"})
+
+
+async def _follow(http: aiohttp.ClientSession, url: str, out: Fetched, cap: int, rate: ByteRate, key: Any) -> None:
+    for _ in range(MAX_REDIRECTS + 1):
+        async with http.get(url, allow_redirects=False) as resp:
+            location = resp.headers.get("Location")
+            if resp.status not in (301, 302, 303, 307, 308) or not location:
+                await _read(resp, out, cap, rate, key)
+                return
+            url = str(resp.url.join(URL(location)))
+            if origin(url) is None or forbidden_address(URL(url).host or ""):
+                raise FetchError("redirected to an address files are never fetched from")
+    raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+
+
 async def fetch(
     http: aiohttp.ClientSession, url: str, *, cap: int, rate: ByteRate, key: Any, seconds: float
 ) -> Fetched:
     """Download ``url`` (no credentials sent) within ``seconds``, at most ``cap`` bytes.
+
+    Redirects (Chatwoot's blob redirect to its storage) are followed by hand, :data:`MAX_REDIRECTS` at most, each
+    target checked like the first address: never to a link-local (cloud metadata) address.
 
     Raises:
         FileTooLargeError: the file is larger than ``cap`` (told by ``Content-Length`` or found while reading).
@@ -104,9 +144,9 @@ async def fetch(
     """
     out = spool()
     try:
-        limit = aiohttp.ClientTimeout(total=seconds)
-        async with http.get(url, allow_redirects=True, max_redirects=MAX_REDIRECTS, timeout=limit) as resp:
-            await _read(resp, out, cap, rate, key)
+        async with asyncio.timeout(seconds):
+            await _follow(http, url, out, cap, rate, key)
+        return out.finish()
     except FetchError:
         out.close()
         raise
@@ -117,10 +157,9 @@ async def fetch(
         out.close()
         code = errno.errorcode.get(exc.os_error.errno or 0, type(exc.os_error).__name__)
         raise FetchError(f"cannot connect ({code})") from None  # strerror may name the address
-    except (aiohttp.ClientError, ValueError) as exc:
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
         out.close()
         raise FetchError(f"the download failed ({type(exc).__name__})") from None
-    return out.finish()
 
 
 class FileMover(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from app.files.policy import MIB
-from app.files.transfer import ByteRate, Fetched, fetch
+from app.files.transfer import ByteRate, Fetched, fetch, session
 from app.metrics import Metrics
 from app.settings import WorkerSettings
 
@@ -26,7 +26,7 @@ class FileTransfers:
     async def fetch(self, url: str, cap: int, hook_id: int) -> Fetched:
         """Download ``url`` paced by the hook's byte rate (raises :class:`~app.files.transfer.FetchError`)."""
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(headers={"User-Agent": "chatwoot-glpi-sync"})
+            self._http = session()
         return await fetch(self._http, url, cap=cap, rate=self.rate, key=hook_id, seconds=self.timeout)
 
     async def pace(self, hook_id: int, size: int) -> None:

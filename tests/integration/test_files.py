@@ -49,6 +49,8 @@ async def stage() -> AsyncIterator[Stage]:
 
     async def blob(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
+        if name == "metadata.png":  # a storage (or a Chatwoot) sending the worker to the cloud's metadata service
+            raise web.HTTPFound("http://169.254.169.254/latest/meta-data/iam/security-credentials/")
         if name not in files:
             return web.Response(status=404)
         raise web.HTTPFound(f"/disk/{name}")  # ActiveStorage's redirect to its storage service
@@ -138,5 +140,9 @@ async def test_files_glpi_would_not_keep_stay_links_with_the_reason_and_leave_no
     refused = await stage.executor().run(closed)
     assert isinstance(refused, FileKept) and refused.reason.startswith("it could not be downloaded from Chatwoot")
     assert "127.0.0.1" not in refused.reason  # a data_url is signed: it never appears in reasons
+    metadata = await stage.executor().run(stage.command("metadata.png", key="5"))
+    assert metadata == FileKept(
+        "it could not be downloaded from Chatwoot: redirected to an address files are never fetched from"
+    )
     assert stage.emu.items["Document"] == {}
-    assert _count(stage, "to_glpi", "too_large") == 1 and _count(stage, "to_glpi", "unreachable") == 2
+    assert _count(stage, "to_glpi", "too_large") == 1 and _count(stage, "to_glpi", "unreachable") == 3

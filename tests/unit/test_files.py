@@ -10,6 +10,7 @@ import pytest
 
 from app.events import parse_envelope
 from app.files.policy import MIB, FilePolicy, chatwoot_refusal, download_refusal, file_name
+from app.files.transfer import SafeResolver
 from app.sync.commands import CreateFollowup, FileKept, Finished, LinkFiles, Resolved, StoreFile
 from app.sync.decide import decide
 from app.sync.record import record, with_intent
@@ -33,11 +34,22 @@ CTX = SyncContext(chatwoot_base_url=CHATWOOT, allow_http=True)
         ("http://169.254.169.254/latest/meta-data/", False),
         ("file:///etc/passwd", False),
         ("https://files.example/x.png", True),  # named in GLPI_SYNC_FILE_HOSTS
+        ("http://169.254.169.254/latest/meta-data/iam", False),  # named too, but cloud metadata: never
+        ("http://[fd00:ec2::254]/latest/", False),
+        ("http://[::ffff:169.254.169.254]/", False),
     ],
 )
 def test_only_the_hooks_chatwoot_and_named_hosts_are_downloaded_from(url: str, allowed: bool) -> None:
-    policy = FilePolicy(extra_hosts=frozenset({"files.example"}))
+    policy = FilePolicy(
+        extra_hosts=frozenset({"files.example", "169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254"})
+    )
     assert (download_refusal(url, (None, CHATWOOT), policy) is None) is allowed
+
+
+async def test_names_resolving_to_metadata_addresses_are_refused() -> None:
+    with pytest.raises(OSError, match="link-local"):
+        await SafeResolver().resolve("169.254.169.254", 80)
+    assert [a["host"] for a in await SafeResolver().resolve("127.0.0.1", 80)] == ["127.0.0.1"]
 
 
 def test_what_chatwoot_and_its_channels_take() -> None:
