@@ -32,13 +32,13 @@ import orjson
 
 from app.chatwoot.api import ChatwootClient, ChatwootError, ChatwootUnreachableError
 from app.events import GlpiChange
-from app.files.policy import chatwoot_refusal
-from app.files.transfer import Fetched, FileMover, spool
+from app.files.transfer import Fetched, FileMover
 from app.glpi import GlpiError
 from app.metrics import Metrics
 from app.pipeline.chatwoot import chatwoot_client, chatwoot_failure
 from app.pipeline.clients import HookClients
 from app.pipeline.dead_letters import DeadLetters
+from app.pipeline.documents import TechnicianFiles
 from app.pipeline.locks import KeyedLocks
 from app.pipeline.outcomes import OutcomeLog
 from app.pipeline.source import SourceRecord
@@ -75,8 +75,6 @@ POLL_PAGE = 50
 POLL_PAGES = 4
 #: Attempts of one Chatwoot action whose outcome stays unknown, and the pause between them.
 APPLY_ATTEMPTS = 4
-#: Documents linked per followup or solution.
-MAX_ATTACHMENTS = 10
 APPLY_PAUSE_SECONDS = 2.0
 
 
@@ -100,8 +98,9 @@ class TwoWay:
         files: FileMover | None = None,
     ) -> None:
         self.store = store
-        #: Posts technicians' Documents as Chatwoot attachments (None: they stay links).
+        #: Technicians' Documents: listed by the poll, posted as Chatwoot attachments (None: they stay links).
         self.files = files
+        self.documents = TechnicianFiles(files, clients, ctx.files.max_per_message) if files is not None else None
         self.clients = clients
         #: The control topic: polls publish the GLPI changes there, keyed by hook.
         self.control = control
@@ -147,86 +146,6 @@ class TwoWay:
             ):
                 break
         return rows
-
-    async def _attachments(self, client: GlpiClient, hook: HookRecord, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        """The GLPI Documents attached to a followup or solution (at most :data:`MAX_ATTACHMENTS`).
-
-        Each as ``{"document_id", "name", "mime", "url"}``: the apply step posts the file itself when it can, else
-        the link (``front/document.send.php``, which needs a GLPI login). A failed look-up leaves the message
-        without them rather than holding it back.
-        """
-        root = hook.settings.api_url.removesuffix("/apirest.php")
-        try:
-            rows = await client.get_subitems(payload["itemtype"], payload["item_id"], "Document_Item")
-            found = []
-            for row in rows[:MAX_ATTACHMENTS]:
-                document_id = row.get("documents_id")
-                if not isinstance(document_id, int):
-                    continue
-                document = await client.get_item("Document", document_id)
-                name = str(document.get("filename") or document.get("name") or f"document {document_id}")
-                found.append(
-                    {
-                        "document_id": document_id,
-                        "name": name,
-                        "mime": str(document.get("mime") or ""),
-                        "sha1": str(document.get("sha1sum") or ""),
-                        "url": f"{root}/front/document.send.php?docid={document_id}",
-                    }
-                )
-        except GlpiError as exc:
-            log.warning("two-way: attachments of %s %s not read: %s", payload["itemtype"], payload["item_id"], exc)
-            return []
-        return found
-
-    async def _fetch_documents(
-        self, hook: HookRecord, chatwoot: ChatwootClient, conversation_id: int, listed: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], list[tuple[str, str | None, Fetched]]]:
-        """Download the Documents that may go as attachments; the listing marked (attached, or why not) and files.
-
-        The caller closes the files. A Document GLPI will not give (gone, refused, unreachable) stays a link.
-        """
-        files = self.files
-        assert files is not None
-        client = self.clients.client_for(hook)
-        channel = await chatwoot.channel(conversation_id)
-        marked: list[dict[str, Any]] = []
-        fetched: list[tuple[str, str | None, Fetched]] = []
-        for entry in listed:
-            document_id = entry.get("document_id")
-            if not isinstance(document_id, int) or len(fetched) >= self.ctx.files.max_per_message:
-                marked.append(entry)
-                continue
-            if not entry.get("sha1"):
-                files.observe("to_chatwoot", "refused")
-                marked.append({**entry, "reason": "the GLPI document holds no file"})
-                continue
-            out = spool()
-            try:
-                size = await client.download_document(document_id, out.write, files.max_bytes, seconds=files.timeout)
-            except GlpiError as exc:
-                out.close()
-                files.observe("to_chatwoot", "unreachable")
-                marked.append({**entry, "reason": f"GLPI did not give the file ({exc.code})"})
-                continue
-            out.finish()
-            if size <= files.max_bytes and out.sha1 != entry["sha1"]:
-                # GLPI answers 200 with an error text when the file is gone from its disk (Toolbox::sendFile).
-                out.close()
-                files.observe("to_chatwoot", "unreachable")
-                marked.append({**entry, "reason": "GLPI did not give the file (its checksum differs)"})
-                continue
-            mime = str(entry.get("mime") or "") or None
-            refusal = chatwoot_refusal(channel, mime, size, files.max_bytes)
-            if refusal is not None:
-                out.close()
-                files.observe("to_chatwoot", "too_large" if size > files.max_bytes else "channel")
-                marked.append({**entry, "reason": refusal})
-                continue
-            await files.pace(hook.hook_id, size)
-            fetched.append((str(entry.get("name") or "file"), mime, out))
-            marked.append({**entry, "attached": True})
-        return marked, fetched
 
     async def _ticket_changes(
         self, client: GlpiClient, hook: HookRecord, cursors: dict[str, tuple[str, int]]
@@ -298,7 +217,7 @@ class TwoWay:
             return "skipped", f"poll of GLPI failed, tried again at the next poll: {exc}"[:300]
         for event in events:
             if event["event"] in ("glpi_followup_added", "glpi_solution_added"):
-                event["payload"]["attachments"] = await self._attachments(client, hook, event["payload"])
+                event["payload"]["attachments"] = await TechnicianFiles.listed(client, hook, event["payload"])
             sent = await self.control.send(
                 key=str(hook.hook_id).encode(), value=orjson.dumps(event), partition=hook.partition
             )
@@ -344,8 +263,8 @@ class TwoWay:
                 done = []
                 if action.content is not None and not reply.get("message_id"):
                     listed = change.payload.attachments
-                    if self.files is not None and any("document_id" in entry for entry in listed):
-                        marked, attachments = await self._fetch_documents(hook, client, conversation_id, listed)
+                    if self.documents is not None and any("document_id" in entry for entry in listed):
+                        marked, attachments = await self.documents.fetch(hook, client, conversation_id, listed)
                         payload = {**change.payload.model_dump(), "attachments": marked}
                         action = action_for(
                             change.event,
