@@ -23,9 +23,9 @@ import asyncio
 import html
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import aiohttp
 import orjson
@@ -40,6 +40,7 @@ from app.glpi.errors import (
 )
 from app.glpi.limiter import OVERLOAD_STATUSES, RequestLimiter
 
+T = TypeVar("T")
 #: Called after every HTTP exchange: (operation, method, http status or 0 on transport error, seconds, glpi code).
 RequestObserver = Callable[[str, str, int, float, str | None], None]
 
@@ -245,6 +246,20 @@ class GlpiClient:
             if self._on_session_opened is not None:
                 self._on_session_opened()
 
+    async def _in_session(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` with the shared session; when GLPI no longer knows it, re-init once and run it again."""
+        for n in (1, 2):
+            if self._session_token is None:
+                await self._init_session(None)
+            used = self._session_token
+            try:
+                return await attempt()
+            except GlpiSessionInvalidError:
+                if n == 2:
+                    raise
+                await self._init_session(used)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _call(
         self,
         op: str,
@@ -253,21 +268,30 @@ class GlpiClient:
         *,
         params: Sequence[tuple[str, str]] | None = None,
         body: Any = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+        seconds: float | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
-        """Run one API call with the shared session; re-init once on an invalid session."""
-        for attempt in (1, 2):
-            if self._session_token is None:
-                await self._init_session(None)
-            used = self._session_token
-            status, parsed, headers = await self._exchange(op, method, path, params=params, body=body)
-            if status < 300:
-                return status, parsed, headers
-            error = error_for_response(status, parsed, headers, self._where(method, path))
-            if isinstance(error, GlpiSessionInvalidError) and attempt == 1:
-                await self._init_session(used)
-                continue
-            raise error
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Run one API call with the shared session (``form`` builds a multipart body, one per attempt)."""
+
+        async def attempt() -> tuple[int, Any, dict[str, str]]:
+            built = form() if form is not None else None
+            status, parsed, headers = await self._exchange(
+                op, method, path, params=params, body=body, form=built, seconds=seconds
+            )
+            if status >= 300:
+                raise error_for_response(status, parsed, headers, self._where(method, path))
+            return status, parsed, headers
+
+        return await self._in_session(attempt)
+
+    def _new_id(self, status: int, body: Any, headers: dict[str, str], path: str) -> int:
+        """The id a create answered; anything else leaves the create's outcome unknown (the caller looks first)."""
+        new_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(new_id, int) or isinstance(new_id, bool):
+            raise GlpiRetryableError(
+                "BAD_RESPONSE", describe_answer(status, body, headers, self._where("POST", path)), status
+            )
+        return new_id
 
     # ------------------------------------------------------------------------------------------------ sessions
 
@@ -412,13 +436,7 @@ class GlpiClient:
     async def create(self, itemtype: str, fields: dict[str, Any]) -> int:
         """``POST /{itemtype}``: the new id (the ``Location`` header is ignored)."""
         status, body, headers = await self._call(itemtype, "POST", itemtype, body={"input": fields})
-        new_id = body.get("id") if isinstance(body, dict) else None
-        if not isinstance(new_id, int) or isinstance(new_id, bool):
-            # Not GLPI's answer to a create: whether the item was made is unknown, so the caller looks first.
-            raise GlpiRetryableError(
-                "BAD_RESPONSE", describe_answer(status, body, headers, self._where("POST", itemtype)), status
-            )
-        return new_id
+        return self._new_id(status, body, headers, itemtype)
 
     async def upload_document(
         self, filename: str, content: IO[bytes], mime: str | None, fields: dict[str, Any], *, seconds: float
@@ -428,39 +446,28 @@ class GlpiClient:
         GLPI answers 201 even when it kept no file (a type its document types refuse, a file over PHP's upload
         limit): the Document then has no ``sha1sum``; the caller reads it back to know.
         """
-        for attempt in (1, 2):
-            if self._session_token is None:
-                await self._init_session(None)
-            used = self._session_token
+
+        def form() -> aiohttp.FormData:
             content.seek(0)
-            form = aiohttp.FormData()
-            form.add_field("uploadManifest", orjson.dumps({"input": fields}).decode())
-            form.add_field("filename[0]", content, filename=filename, content_type=mime or "application/octet-stream")
-            status, body, headers = await self._exchange("Document", "POST", "Document", form=form, seconds=seconds)
-            if status < 300:
-                new_id = body.get("id") if isinstance(body, dict) else None
-                if not isinstance(new_id, int) or isinstance(new_id, bool):
-                    raise GlpiRetryableError(
-                        "BAD_RESPONSE", describe_answer(status, body, headers, self._where("POST", "Document")), status
-                    )
-                result = body.get("upload_result")
-                return new_id, result if isinstance(result, dict) else {}
-            error = error_for_response(status, body, headers, self._where("POST", "Document"))
-            if isinstance(error, GlpiSessionInvalidError) and attempt == 1:
-                await self._init_session(used)
-                continue
-            raise error
-        raise AssertionError("unreachable")  # pragma: no cover
+            built = aiohttp.FormData()
+            built.add_field("uploadManifest", orjson.dumps({"input": fields}).decode())
+            built.add_field("filename[0]", content, filename=filename, content_type=mime or "application/octet-stream")
+            return built
+
+        status, body, headers = await self._call("Document", "POST", "Document", form=form, seconds=seconds)
+        result = body.get("upload_result") if isinstance(body, dict) else None
+        return self._new_id(status, body, headers, "Document"), result if isinstance(result, dict) else {}
 
     async def download_document(
-        self, document_id: int, sink: Callable[[bytes], Any], cap: int, *, seconds: float
+        self, document_id: int, sink: Callable[[bytes], object], cap: int, *, seconds: float
     ) -> int:
         """Stream a Document's file (``Accept: application/octet-stream``) into ``sink``; the bytes read.
 
         Stops reading past ``cap`` bytes (the answer is then ``cap + 1``: too large). Errors as for any call.
         """
-        if self._session_token is None:
-            await self._init_session(None)
+        return await self._in_session(lambda: self._download(document_id, sink, cap, seconds))
+
+    async def _download(self, document_id: int, sink: Callable[[bytes], object], cap: int, seconds: float) -> int:
         url = f"{self.base}/Document/{document_id}"
         headers = {**self._headers(with_session=True), "Accept": "application/octet-stream"}
         taken_at = await self.limiter.acquire() if self.limiter is not None else 0.0
@@ -487,9 +494,7 @@ class GlpiClient:
                     total += len(chunk)
                     if total > cap:
                         return cap + 1
-                    result = sink(chunk)
-                    if asyncio.iscoroutine(result):
-                        await result
+                    sink(chunk)
         except TimeoutError:
             raise GlpiRetryableError("TIMEOUT", f"GET Document/{document_id}: no answer within {seconds:g} s") from None
         except aiohttp.ClientError as exc:

@@ -97,6 +97,11 @@ async def test_a_photo_becomes_a_document_with_its_bytes_and_is_linked_to_the_fo
     assert document["sha1sum"] == hashlib.sha1(photo).hexdigest() and stage.emu.files[outcome.glpi_id] == photo
     assert document["comment"] == "[cw-file:7:4000:1]" and document["mime"] == "image/png"
     assert _count(stage, "to_glpi", "moved") == 1
+    # Read back through the API after GLPI forgot the session (it expires): the client opens a new one.
+    stage.emu.sessions.clear()
+    back = bytearray()
+    assert await stage.glpi.download_document(outcome.glpi_id, back.extend, 10**7, seconds=5) == len(photo)
+    assert bytes(back) == photo
 
     ticket = await stage.glpi.create("Ticket", {"name": "t", "content": "c"})
     followup = await stage.glpi.create("ITILFollowup", {"itemtype": "Ticket", "items_id": ticket, "content": "x"})
