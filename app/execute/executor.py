@@ -351,7 +351,7 @@ class GlpiExecutor:
                 if self._on_duplicate_removed is not None:
                     self._on_duplicate_removed(itemtype)
 
-    async def _kept(self, outcome: str, reason: str) -> FileKept:
+    def _kept(self, outcome: str, reason: str) -> FileKept:
         if self.files is not None:
             self.files.observe("to_glpi", outcome)
         return FileKept(reason)
@@ -376,15 +376,15 @@ class GlpiExecutor:
                     return Resolved(found, created=False)
                 await self.client.delete("Document", found, purge=True)  # an earlier upload GLPI kept no file of
         if self.files is None:
-            return await self._kept("not_allowed", "this worker does not move files")
+            return self._kept("not_allowed", "this worker does not move files")
         glpi_cap = (await self.client.server_info()).document_max_size_mb
         cap = min(self.files.max_bytes, glpi_cap * MIB) if glpi_cap else self.files.max_bytes
         try:
             fetched = await self.files.fetch(cmd.url, cap, self.hook_id)
         except FileTooLargeError:
-            return await self._kept("too_large", f"it is larger than {megabytes(cap)}, the most GLPI is given")
+            return self._kept("too_large", f"it is larger than {megabytes(cap)}, the most GLPI is given")
         except FetchError as exc:
-            return await self._kept("unreachable", f"it could not be downloaded from Chatwoot: {exc}")
+            return self._kept("unreachable", f"it could not be downloaded from Chatwoot: {exc}")
         try:
             mime = (fetched.mime or "").split(";", 1)[0].strip() or None
             fields = {"name": cmd.name, "comment": cmd.marker, "entities_id": cmd.entity_id}
@@ -403,12 +403,12 @@ class GlpiExecutor:
                 raise
             except (GlpiRejectedError, GlpiAuthError) as exc:
                 await self._refused(cmd)
-                return await self._kept("refused", f"GLPI refused it ({exc.code}: {exc.message})"[:300])
+                return self._kept("refused", f"GLPI refused it ({exc.code}: {exc.message})"[:300])
             if not await self._stored(document_id):
                 await self.client.delete("Document", document_id, purge=True)
                 said = _upload_error(result)
                 why = said or "its type is not among GLPI's document types, or it is over PHP's upload limit"
-                return await self._kept("refused", f"GLPI did not keep the file ({why})"[:300])
+                return self._kept("refused", f"GLPI did not keep the file ({why})"[:300])
             self.files.observe("to_glpi", "moved", fetched.size)
             return Resolved(document_id)
         finally:

@@ -101,17 +101,7 @@ def download_refusal(url: str, chatwoot_urls: tuple[str | None, ...], policy: Fi
     )
 
 
-def file_name(label: str | None, url: str | None, mime: str | None = None) -> str:
-    """A file name safe for both sides: the label or the URL's last segment, no path, no control characters."""
-    raw = (label or "").strip() or (url or "").split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    name = re.sub(r"[\x00-\x1f\x7f/\\:*?\"<>|]+", "_", raw).strip(" .")[:200]
-    if not name:
-        name = "attachment"
-    if "." not in name and mime:
-        name += _EXTENSIONS.get(mime.split(";", 1)[0].strip().lower(), "")
-    return name
-
-
+#: File name extensions by MIME type, for files that came without one.
 _EXTENSIONS = {
     "image/jpeg": ".jpg",
     "image/png": ".png",
@@ -123,6 +113,17 @@ _EXTENSIONS = {
     "audio/mpeg": ".mp3",
     "video/mp4": ".mp4",
 }
+
+
+def file_name(label: str | None, url: str | None, mime: str | None = None) -> str:
+    """A file name safe for both sides: the label or the URL's last segment, no path, no control characters."""
+    raw = (label or "").strip() or (url or "").split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    name = re.sub(r"[\x00-\x1f\x7f/\\:*?\"<>|]+", "_", raw).strip(" .")[:200]
+    if not name:
+        name = "attachment"
+    if "." not in name and mime:
+        name += _EXTENSIONS.get(mime.split(";", 1)[0].strip().lower(), "")
+    return name
 
 
 def attachment_kind(mime: str | None) -> str:

@@ -34,6 +34,11 @@ class TechnicianFiles:
         self.clients = clients
         self.max_per_message = max_per_message
 
+    def sent(self, files: list[tuple[str, str | None, Fetched]]) -> None:
+        """Count the files posted with a message."""
+        for _, _, data in files:
+            self.mover.observe("to_chatwoot", "moved", data.size)
+
     @staticmethod
     async def listed(client: GlpiClient, hook: HookRecord, payload: dict[str, Any]) -> list[dict[str, Any]]:
         """The GLPI Documents attached to a followup or solution (at most :data:`MAX_ATTACHMENTS`).

@@ -17,7 +17,7 @@ class FileTransfers:
     """
 
     def __init__(self, settings: WorkerSettings, metrics: Metrics) -> None:
-        self.max_bytes = settings.file_max_mb * MIB
+        self.max_bytes = settings.file_policy.max_bytes
         self.timeout = settings.file_timeout
         self.rate = ByteRate(int(settings.file_rate_mb * MIB))
         self.metrics = metrics

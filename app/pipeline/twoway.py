@@ -99,7 +99,6 @@ class TwoWay:
     ) -> None:
         self.store = store
         #: Technicians' Documents: listed by the poll, posted as Chatwoot attachments (None: they stay links).
-        self.files = files
         self.documents = TechnicianFiles(files, clients, ctx.files.max_per_message) if files is not None else None
         self.clients = clients
         #: The control topic: polls publish the GLPI changes there, keyed by hook.
@@ -278,8 +277,8 @@ class TwoWay:
                     message_id = await self._post(
                         client, key, reply, conversation_id, action.content or "", action, files
                     )
-                    for _, _, data in attachments:
-                        self.files.observe("to_chatwoot", "moved", data.size)  # type: ignore[union-attr]
+                    if self.documents is not None:
+                        self.documents.sent(attachments)
                     done.append(f"posted message {message_id}" + (f" with {len(files)} file(s)" if files else ""))
                     since = glpi_epoch(change.payload.date, settings.timezone)
                     if since is not None:
