@@ -16,7 +16,7 @@ from app.events import Attachment, Message
 from app.files.policy import FILE_KINDS, download_refusal, file_name
 from app.sync import mapping
 from app.sync.commands import LinkFiles, StoreFile
-from app.sync.record import earlier_attempt
+from app.sync.record import earlier_attempt, looks_first
 from app.sync.state import MessageRecord, SyncContext, SyncView
 
 
@@ -70,7 +70,7 @@ def store_step(view: SyncView, msg: Message, account_id: int, ctx: SyncContext) 
             _label(att),
             marker,
             entity_id=view.hook.settings.entity_id if view.hook is not None else 0,
-            lookup_first=lookup or view.cautious,
+            lookup_first=lookup or looks_first(view),
             not_before=not_before,
         )
     return None

@@ -151,3 +151,14 @@ async def test_files_glpi_would_not_keep_stay_links_with_the_reason_and_leave_no
     )
     assert stage.emu.items["Document"] == {}
     assert _count(stage, "to_glpi", "too_large") == 1 and _count(stage, "to_glpi", "unreachable") == 3
+
+
+async def test_a_file_of_exactly_glpis_limit_goes_and_one_byte_more_stays_a_link(stage: Stage) -> None:
+    limit = stage.emu.document_max_size_mb * 1024 * 1024
+    stage.files["edge.pdf"] = (b"%PDF" + os.urandom(limit - 4), "application/pdf")
+    stage.files["over.pdf"] = (b"%PDF" + os.urandom(limit - 3), "application/pdf")
+    edge = await stage.executor().run(stage.command("edge.pdf"))
+    assert isinstance(edge, Resolved) and len(stage.emu.files[edge.glpi_id]) == limit
+    over = await stage.executor().run(stage.command("over.pdf", key="2"))
+    assert over == FileKept("it is larger than 2.0 MB, the most GLPI is given")
+    assert len(stage.emu.items["Document"]) == 1
